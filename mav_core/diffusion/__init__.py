@@ -1,0 +1,14 @@
+"""Diffusion pieces, each its own small module: schedules, noise, the denoiser wrapper, guidance,
+training loss and samplers (plain functions of (model, x, sigmas, callback))."""
+
+from .schedule import NoiseSchedule
+from .noise import seeded_noise, NoiseSampler
+from .denoiser import Denoiser
+from .guidance import CFGDenoiser
+from .loss import diffusion_loss
+from .samplers import SAMPLERS, sample, sampling_sigmas
+
+__all__ = [
+    "NoiseSchedule", "seeded_noise", "NoiseSampler", "Denoiser", "CFGDenoiser", "diffusion_loss",
+    "SAMPLERS", "sample", "sampling_sigmas",
+]

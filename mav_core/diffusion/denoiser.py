@@ -1,0 +1,49 @@
+"""Wraps an eps- or v-predicting network trained on a discrete schedule as a denoiser D(x, sigma) -> x0.
+
+The samplers see only sigmas: x = x0 + sigma * eps. The network sees x / sqrt(1 + sigma^2) (its
+training input) and the discrete timestep whose sigma is nearest in log space (interpolated).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .schedule import NoiseSchedule
+
+PREDICTIONS = ("eps", "v")
+
+
+class Denoiser(nn.Module):
+    def __init__(self, network: nn.Module, schedule: NoiseSchedule, prediction: str = "eps"):
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction {prediction!r} is not one of {PREDICTIONS}")
+        self.network = network
+        self.schedule = schedule
+        self.prediction = prediction
+        self.register_buffer("log_sigmas", schedule.sigmas().log().float(), persistent=False)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.log_sigmas[0].exp())
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.log_sigmas[-1].exp())
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        log_sigma = sigma.float().clamp(min=1e-10).log().to(self.log_sigmas.device)
+        dists = log_sigma[:, None] - self.log_sigmas[None]
+        low = (dists >= 0).cumsum(dim=1).argmax(dim=1).clamp(max=self.log_sigmas.shape[0] - 2)
+        lo, hi = self.log_sigmas[low], self.log_sigmas[low + 1]
+        w = ((lo - log_sigma) / (lo - hi)).clamp(0, 1)
+        return ((1 - w) * low + w * (low + 1)).to(sigma.device)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
+        sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma
+        s = sigma.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        c_in = 1 / (s**2 + 1).sqrt()
+        out = self.network(x * c_in, self.sigma_to_t(sigma), **cond).to(x.dtype)
+        if self.prediction == "eps":
+            return x - s * out
+        return x / (s**2 + 1) - s * c_in * out

@@ -1,0 +1,33 @@
+"""The DDPM training loss for eps- or v-prediction on any number of leading dims."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .schedule import NoiseSchedule
+
+
+def diffusion_loss(network, x0: torch.Tensor, schedule: NoiseSchedule, prediction: str = "eps",
+                   generator: torch.Generator | None = None, shared_frames: bool = False,
+                   loss_mask: torch.Tensor | None = None, **cond) -> torch.Tensor:
+    """MSE between the network's output at a random timestep and its target (eps or v).
+
+    x0: [B, C, H, W] or [B, C, F, H, W]. With shared_frames, one noise image is used for all frames.
+    loss_mask (broadcastable to x0) weights the per-element loss (e.g. only the generated frames).
+    """
+    b = x0.shape[0]
+    ac = schedule.alphas_cumprod().to(x0.device, torch.float32)
+    t = torch.randint(0, schedule.num_train_steps, (b,), generator=generator).to(x0.device)
+    if shared_frames and x0.dim() == 5:
+        noise = torch.randn((*x0.shape[:2], 1, *x0.shape[3:]), generator=generator).to(x0).expand_as(x0)
+    else:
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+    a = ac[t].reshape(-1, *([1] * (x0.dim() - 1)))
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    target = noise if prediction == "eps" else a.sqrt() * noise - (1 - a).sqrt() * x0
+    out = network(x_t, t, **cond).float()
+    err = (out - target.float()) ** 2
+    if loss_mask is not None:
+        mask = loss_mask.expand_as(err).float()
+        return (err * mask).sum() / mask.sum().clamp(min=1)
+    return err.mean()

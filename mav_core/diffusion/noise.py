@@ -1,0 +1,36 @@
+"""Seeded noise that is the same on every device, optionally shared by all frames.
+
+Noise is always drawn on the CPU from a torch.Generator and then moved, so a seed gives the same
+numbers on CPU and GPU (bit-identical before the move; the move itself is exact).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def seeded_noise(shape, seed: int | torch.Generator, *, device=None, dtype=torch.float32,
+                 shared_frames: bool = False, frame_dim: int = 2) -> torch.Tensor:
+    """Standard normal noise of `shape`. With shared_frames, one draw is repeated along frame_dim
+    (Make-A-Video's SR_h uses the same noise for every frame)."""
+    gen = seed if isinstance(seed, torch.Generator) else torch.Generator("cpu").manual_seed(int(seed))
+    shape = list(shape)
+    if shared_frames:
+        one = shape.copy()
+        one[frame_dim] = 1
+        noise = torch.randn(one, generator=gen, dtype=torch.float32).expand(shape).contiguous()
+    else:
+        noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+    return noise.to(device=device, dtype=dtype)
+
+
+class NoiseSampler:
+    """Draws the per-step noise of ancestral samplers from one CPU generator."""
+
+    def __init__(self, seed: int, shared_frames: bool = False, frame_dim: int = 2):
+        self.gen = torch.Generator("cpu").manual_seed(int(seed) + 1)
+        self.shared_frames = shared_frames
+        self.frame_dim = frame_dim
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        return seeded_noise(like.shape, self.gen, device=like.device, dtype=like.dtype,
+                            shared_frames=self.shared_frames and like.dim() == 5, frame_dim=self.frame_dim)

@@ -1,0 +1,283 @@
+"""SpaceTimeUNet: one configurable pseudo-3D UNet for every Make-A-Video diffusion stage.
+
+  D / D^t   the (spatiotemporal) decoder: x = frames, conditioned on text tokens, an image embedding
+            and fps;
+  ↑F        the frame interpolator: extra input channels = masked frames + mask;
+  SR^t_l    spatiotemporal super-resolution: extra input channels = the upsampled low-res video;
+  SR_h      per-frame super-resolution: the same network run in image mode.
+The same class holds third-party UNet3D checkpoints (ModelScope T2V / Zeroscope): their layout is
+switched on by `temporal_conv_blocks`, `transformer_in` and `num_attention_heads` in the config.
+
+Image mode (temporal=False) folds frames into the batch and skips every temporal layer, so it is
+exactly the image model. Video mode starts equal to it (identity-initialised temporal layers).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .layers import (Downsample, PseudoConv3d, ResBlock, SpatialTransformer, TemporalConvBlock,
+                     TemporalTransformer, TimestepEmbedding, Upsample, timestep_embedding)
+
+
+@dataclass
+class UNetConfig:
+    in_channels: int = 3                 # channels of x: 3 for pixel families, 4 for latent ones
+    out_channels: int = 3
+    extra_in_channels: int = 0           # conditioning concatenated to x (↑F: 3 + 1, SR: 3)
+    block_out_channels: tuple = (64, 128, 256)
+    layers_per_block: int = 2
+    attention_levels: tuple = (False, True, True)   # spatial + temporal attention at these levels
+    mid_attention: bool = True
+    attention_head_dim: int = 32         # size of a head, used when num_attention_heads is None
+    num_attention_heads: int | None = None  # fixed head count per block (UNet3D layout)
+    context_dim: int = 256               # width of the cross-attention context (text tokens)
+    norm_num_groups: int = 32
+    linear_projection: bool = False      # spatial transformer proj_in/out as Linear instead of 1x1 conv
+    # temporal structure
+    pseudo3d_convs: bool = True          # Make-A-Video: a temporal conv after every 2D conv in ResBlocks
+    temporal_conv_blocks: bool = False   # UNet3D: a TemporalConvBlock after every ResBlock
+    temporal_attention: bool = True      # a TemporalTransformer after every spatial transformer
+    temporal_position_embedding: bool = True
+    transformer_in: bool = False         # UNet3D: a TemporalTransformer right after conv_in
+    transformer_in_heads: int = 8
+    transformer_in_head_dim: int = 64
+    # conditioning
+    fps_conditioning: bool = True        # fps embedding added to the timestep embedding (starts at 0)
+    image_embed_dim: int = 0             # image embedding (from the prior or an image encoder); 0 = none
+    image_embed_tokens: int = 4          # the image embedding also becomes this many context tokens
+
+    def __post_init__(self):
+        self.block_out_channels = tuple(self.block_out_channels)
+        self.attention_levels = tuple(self.attention_levels)
+        if len(self.attention_levels) != len(self.block_out_channels):
+            raise ValueError(f"attention_levels {self.attention_levels} must have one entry per "
+                             f"block_out_channels {self.block_out_channels}")
+        for c in self.block_out_channels:
+            if c % self.norm_num_groups:
+                raise ValueError(f"block_out_channels {c} is not divisible by norm_num_groups {self.norm_num_groups}")
+
+    def heads(self, channels: int) -> tuple[int, int]:
+        if self.num_attention_heads:
+            return self.num_attention_heads, channels // self.num_attention_heads
+        return max(1, channels // self.attention_head_dim), min(channels, self.attention_head_dim)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UNetConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown UNet config keys {sorted(unknown)}")
+        return cls(**d)
+
+
+class DownBlock(nn.Module):
+    def __init__(self, cfg: UNetConfig, c_in: int, c_out: int, emb: int, attention: bool, downsample: bool):
+        super().__init__()
+        n, g = cfg.layers_per_block, cfg.norm_num_groups
+        self.resnets = nn.ModuleList([ResBlock(c_in if i == 0 else c_out, c_out, emb, g, pseudo3d=cfg.pseudo3d_convs)
+                                      for i in range(n)])
+        self.temp_convs = nn.ModuleList([TemporalConvBlock(c_out, g) for _ in range(n)]) if cfg.temporal_conv_blocks else None
+        heads, dim_head = cfg.heads(c_out)
+        self.attentions = nn.ModuleList([SpatialTransformer(c_out, heads, dim_head, cfg.context_dim, g, cfg.linear_projection)
+                                         for _ in range(n)]) if attention else None
+        self.temp_attentions = nn.ModuleList([TemporalTransformer(c_out, heads, dim_head, g, cfg.temporal_position_embedding)
+                                              for _ in range(n)]) if attention and cfg.temporal_attention else None
+        self.downsamplers = nn.ModuleList([Downsample(c_out)]) if downsample else None
+
+    def forward(self, x, emb, context, num_frames):
+        skips = []
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(x, emb, num_frames)
+            if self.temp_convs is not None:
+                x = self.temp_convs[i](x, num_frames)
+            if self.attentions is not None:
+                x = self.attentions[i](x, context)
+            if self.temp_attentions is not None:
+                x = self.temp_attentions[i](x, num_frames)
+            skips.append(x)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+            skips.append(x)
+        return x, skips
+
+
+class MidBlock(nn.Module):
+    def __init__(self, cfg: UNetConfig, c: int, emb: int, attention: bool):
+        super().__init__()
+        g = cfg.norm_num_groups
+        self.resnets = nn.ModuleList([ResBlock(c, c, emb, g, pseudo3d=cfg.pseudo3d_convs) for _ in range(2)])
+        self.temp_convs = nn.ModuleList([TemporalConvBlock(c, g) for _ in range(2)]) if cfg.temporal_conv_blocks else None
+        heads, dim_head = cfg.heads(c)
+        self.attentions = nn.ModuleList([SpatialTransformer(c, heads, dim_head, cfg.context_dim, g, cfg.linear_projection)]) if attention else None
+        self.temp_attentions = nn.ModuleList([TemporalTransformer(c, heads, dim_head, g, cfg.temporal_position_embedding)]) if attention and cfg.temporal_attention else None
+
+    def forward(self, x, emb, context, num_frames):
+        x = self.resnets[0](x, emb, num_frames)
+        if self.temp_convs is not None:
+            x = self.temp_convs[0](x, num_frames)
+        if self.attentions is not None:
+            x = self.attentions[0](x, context)
+        if self.temp_attentions is not None:
+            x = self.temp_attentions[0](x, num_frames)
+        x = self.resnets[1](x, emb, num_frames)
+        if self.temp_convs is not None:
+            x = self.temp_convs[1](x, num_frames)
+        return x
+
+
+class UpBlock(nn.Module):
+    def __init__(self, cfg: UNetConfig, c_prev: int, c_out: int, c_skip_last: int, emb: int, attention: bool, upsample: bool):
+        super().__init__()
+        n, g = cfg.layers_per_block + 1, cfg.norm_num_groups
+        self.resnets = nn.ModuleList()
+        for i in range(n):
+            c_skip = c_skip_last if i == n - 1 else c_out
+            c_res_in = c_prev if i == 0 else c_out
+            self.resnets.append(ResBlock(c_res_in + c_skip, c_out, emb, g, pseudo3d=cfg.pseudo3d_convs))
+        self.temp_convs = nn.ModuleList([TemporalConvBlock(c_out, g) for _ in range(n)]) if cfg.temporal_conv_blocks else None
+        heads, dim_head = cfg.heads(c_out)
+        self.attentions = nn.ModuleList([SpatialTransformer(c_out, heads, dim_head, cfg.context_dim, g, cfg.linear_projection)
+                                         for _ in range(n)]) if attention else None
+        self.temp_attentions = nn.ModuleList([TemporalTransformer(c_out, heads, dim_head, g, cfg.temporal_position_embedding)
+                                              for _ in range(n)]) if attention and cfg.temporal_attention else None
+        self.upsamplers = nn.ModuleList([Upsample(c_out)]) if upsample else None
+
+    def forward(self, x, skips, emb, context, num_frames, size=None):
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(torch.cat([x, skips.pop()], dim=1), emb, num_frames)
+            if self.temp_convs is not None:
+                x = self.temp_convs[i](x, num_frames)
+            if self.attentions is not None:
+                x = self.attentions[i](x, context)
+            if self.temp_attentions is not None:
+                x = self.temp_attentions[i](x, num_frames)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x, size)
+        return x
+
+
+class SpaceTimeUNet(nn.Module):
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        cfg = self.config = config
+        ch = cfg.block_out_channels
+        emb = ch[0] * 4
+        self.conv_in = PseudoConv3d(cfg.in_channels + cfg.extra_in_channels, ch[0], temporal=cfg.pseudo3d_convs)
+        self.time_embedding = TimestepEmbedding(ch[0], emb)
+        self.fps_embedding = TimestepEmbedding(ch[0], emb, zero_init=True) if cfg.fps_conditioning else None
+        if cfg.image_embed_dim:
+            self.image_embedding = nn.Linear(cfg.image_embed_dim, emb)
+            self.image_tokens = nn.Linear(cfg.image_embed_dim, cfg.image_embed_tokens * cfg.context_dim)
+        self.transformer_in = (TemporalTransformer(ch[0], cfg.transformer_in_heads, cfg.transformer_in_head_dim,
+                                                   cfg.norm_num_groups, cfg.temporal_position_embedding)
+                               if cfg.transformer_in else None)
+
+        self.down_blocks = nn.ModuleList()
+        c_out = ch[0]
+        skip_channels = [ch[0]]
+        for i, c in enumerate(ch):
+            c_in, c_out = c_out, c
+            last = i == len(ch) - 1
+            self.down_blocks.append(DownBlock(cfg, c_in, c_out, emb, cfg.attention_levels[i], not last))
+            skip_channels += [c_out] * cfg.layers_per_block + ([] if last else [c_out])
+        self.mid_block = MidBlock(cfg, ch[-1], emb, cfg.mid_attention)
+
+        self.up_blocks = nn.ModuleList()
+        rev = list(reversed(ch))
+        c_out = rev[0]
+        for i, c in enumerate(rev):
+            c_prev, c_out = c_out, c
+            c_skip_last = rev[min(i + 1, len(ch) - 1)]
+            last = i == len(ch) - 1
+            self.up_blocks.append(UpBlock(cfg, c_prev, c_out, c_skip_last, emb,
+                                          cfg.attention_levels[len(ch) - 1 - i], not last))
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0])
+        self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
+
+    def temporal_parameters(self):
+        """Parameters of the temporal layers only (what D^t training and motion files update)."""
+        return [p for n, p in self.named_parameters() if is_temporal_key(n)]
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
+                image_embed: torch.Tensor | None = None, fps: torch.Tensor | None = None,
+                extra: torch.Tensor | None = None, temporal: bool = True,
+                down_residuals: list | None = None, mid_residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, C, F, H, W] (video) or [B, C, H, W] (image). t: [B] timesteps. context: [B, L, D].
+        image_embed: [B, E]. fps: [B]. extra: conditioning channels shaped like x.
+        temporal=False runs the image model on every frame independently.
+        down_residuals / mid_residual: control residuals added to the skips (ControlNet-style)."""
+        cfg = self.config
+        video = x.dim() == 5
+        b = x.shape[0]
+        f = x.shape[2] if video else 1
+        if extra is not None:
+            if extra.shape[0] != b or extra.shape[2:] != x.shape[2:]:
+                raise ValueError(f"extra conditioning of shape {tuple(extra.shape)} does not match x {tuple(x.shape)}")
+            x = torch.cat([x, extra.to(x.dtype)], dim=1)
+        if x.shape[1] != cfg.in_channels + cfg.extra_in_channels:
+            raise ValueError(f"input has {x.shape[1]} channels; this model expects "
+                             f"{cfg.in_channels} + {cfg.extra_in_channels} extra")
+        num_frames = f if (video and temporal) else None
+        h = rearrange(x, "b c f h w -> (b f) c h w") if video else x
+
+        ch0 = cfg.block_out_channels[0]
+        t = t.reshape(-1).expand(b) if t.numel() == 1 else t
+        emb = self.time_embedding(timestep_embedding(t, ch0).to(h.dtype))
+        if self.fps_embedding is not None and fps is not None and num_frames is not None:
+            fps = torch.as_tensor(fps, device=h.device, dtype=torch.float32).reshape(-1).expand(b)
+            emb = emb + self.fps_embedding(timestep_embedding(fps, ch0).to(h.dtype))
+        if cfg.image_embed_dim and image_embed is not None:
+            image_embed = image_embed.to(h.dtype)
+            emb = emb + self.image_embedding(image_embed)
+            tokens = self.image_tokens(image_embed).reshape(b, cfg.image_embed_tokens, cfg.context_dim)
+            context = tokens if context is None else torch.cat([context.to(h.dtype), tokens], dim=1)
+        if context is None:
+            context = h.new_zeros(b, 1, cfg.context_dim)
+        elif context.shape[-1] != cfg.context_dim:
+            raise ValueError(f"context width {context.shape[-1]} does not match the model's context_dim {cfg.context_dim}")
+        context = context.to(h.dtype)
+        if f > 1:
+            emb = emb.repeat_interleave(f, dim=0)
+            context = context.repeat_interleave(f, dim=0)
+
+        size = h.shape[-2:]
+        h = self.conv_in(h, num_frames)
+        if self.transformer_in is not None:
+            h = self.transformer_in(h, num_frames)
+        skips = [h]
+        for block in self.down_blocks:
+            h, s = block(h, emb, context, num_frames)
+            skips += s
+        if down_residuals is not None:
+            if len(down_residuals) != len(skips):
+                raise ValueError(f"got {len(down_residuals)} control residuals, the model has {len(skips)} skips")
+            skips = [s + r.to(s.dtype) for s, r in zip(skips, down_residuals)]
+        h = self.mid_block(h, emb, context, num_frames)
+        if mid_residual is not None:
+            h = h + mid_residual.to(h.dtype)
+        sizes = [s.shape[-2:] for s in skips]
+        for i, block in enumerate(self.up_blocks):
+            n = len(block.resnets)
+            block_skips = skips[-n:]
+            skips = skips[:-n]
+            up_size = skips[-1].shape[-2:] if skips else None
+            h = block(h, block_skips, emb, context, num_frames, up_size)
+        h = self.conv_out(F.silu(self.conv_norm_out(h)))
+        return rearrange(h, "(b f) c h w -> b c f h w", b=b) if video else h
+
+
+TEMPORAL_KEY_PARTS = (".temporal.", "temp_convs.", "temp_attentions.", "transformer_in.", "fps_embedding.")
+
+
+def is_temporal_key(name: str) -> bool:
+    """Whether a parameter name belongs to a temporal layer (absent from the image model)."""
+    return any(part in name or name.startswith(part) for part in TEMPORAL_KEY_PARTS)
