@@ -1,4 +1,4 @@
-"""Wraps an eps- or v-predicting network trained on a discrete schedule as a denoiser D(x, sigma) -> x0.
+"""Wraps an eps-, v- or x0-predicting network trained on a discrete schedule as a denoiser D(x, sigma) -> x0.
 
 The samplers see only sigmas: x = x0 + sigma * eps. The network sees x / sqrt(1 + sigma^2) (its
 training input) and the discrete timestep whose sigma is nearest in log space (interpolated).
@@ -10,7 +10,7 @@ from torch import nn
 
 from .schedule import NoiseSchedule
 
-PREDICTIONS = ("eps", "v")
+PREDICTIONS = ("eps", "v", "x0")
 
 
 class Denoiser(nn.Module):
@@ -46,4 +46,6 @@ class Denoiser(nn.Module):
         out = self.network(x * c_in, self.sigma_to_t(sigma), **cond).to(x.dtype)
         if self.prediction == "eps":
             return x - s * out
+        if self.prediction == "x0":
+            return out
         return x / (s**2 + 1) - s * c_in * out

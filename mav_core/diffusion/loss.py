@@ -1,4 +1,4 @@
-"""The DDPM training loss for eps- or v-prediction on any number of leading dims."""
+"""The DDPM training loss for eps-, v- or x0-prediction on any number of leading dims."""
 from __future__ import annotations
 
 import torch
@@ -24,7 +24,10 @@ def diffusion_loss(network, x0: torch.Tensor, schedule: NoiseSchedule, predictio
         noise = torch.randn(x0.shape, generator=generator).to(x0)
     a = ac[t].reshape(-1, *([1] * (x0.dim() - 1)))
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    target = noise if prediction == "eps" else a.sqrt() * noise - (1 - a).sqrt() * x0
+    if prediction not in ("eps", "v", "x0"):
+        raise ValueError(f"prediction {prediction!r} is not one of ('eps', 'v', 'x0')")
+    target = {"eps": lambda: noise, "x0": lambda: x0,
+              "v": lambda: a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]()
     out = network(x_t, t, **cond).float()
     err = (out - target.float()) ** 2
     if loss_mask is not None:

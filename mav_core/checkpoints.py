@@ -1,0 +1,209 @@
+"""Checkpoints: safetensors files with the model's config in the header metadata.
+
+Our files carry metadata keys
+  mav_module   the module class ("SpaceTimeUNet", "TextImageEncoder", "DiffusionPrior", ...)
+  mav_stage    what the model is for ("decoder", "interpolator", "sr_video", "sr_frame", "prior", "text", ...)
+  mav_config   the module's config dataclass as JSON
+  mav_schedule the noise schedule as JSON (diffusion models), mav_prediction ("eps" | "v")
+The header is validated (size, JSON, dtypes, tensor extents inside the file and not overlapping)
+before anything is allocated, and every error names the file and what was expected.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .diffusion.schedule import NoiseSchedule
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and the problem."""
+
+
+def _module_registry():
+    from .unet import SpaceTimeUNet, UNetConfig
+    reg = {"SpaceTimeUNet": (UNetConfig, SpaceTimeUNet)}
+    try:
+        from .text import TextImageEncoder, TextImageConfig
+        reg["TextImageEncoder"] = (TextImageConfig, TextImageEncoder)
+    except ImportError:
+        pass
+    try:
+        from .prior import DiffusionPrior, PriorConfig
+        reg["DiffusionPrior"] = (PriorConfig, DiffusionPrior)
+    except ImportError:
+        pass
+    try:
+        from .control import ControlAdapter, ControlConfig
+        reg["ControlAdapter"] = (ControlConfig, ControlAdapter)
+    except ImportError:
+        pass
+    return reg
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Validate a safetensors file's header without loading tensors: returns (tensor_index, metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    size = path.stat().st_size
+    if size < 8:
+        raise CheckpointError(f"{path}: file is {size} bytes, too short to be a safetensors file")
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > MAX_HEADER_BYTES or 8 + n > size:
+            raise CheckpointError(f"{path}: not a safetensors file or truncated (header claims {n} bytes, "
+                                  f"file has {size})")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"{path}: __metadata__ must map strings to strings")
+    data_len = size - 8 - n
+    extents = []
+    for name, info in header.items():
+        if not isinstance(info, dict) or {"dtype", "shape", "data_offsets"} - info.keys():
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry")
+        dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in DTYPE_SIZES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
+        if not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape {shape}")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if not (0 <= start <= end <= data_len) or end - start != numel * DTYPE_SIZES[dtype]:
+            raise CheckpointError(f"{path}: tensor {name!r} claims bytes {start}..{end} for shape {shape} "
+                                  f"{dtype}, outside or inconsistent with the {data_len}-byte data section "
+                                  "(truncated or corrupt file)")
+        extents.append((start, end, name))
+    extents.sort()
+    for (s0, e0, n0), (s1, e1, n1) in zip(extents, extents[1:]):
+        if s1 < e0:
+            raise CheckpointError(f"{path}: tensors {n0!r} and {n1!r} overlap in the file")
+    return header, meta
+
+
+def load_state_dict(path: str | os.PathLike, device="cpu") -> tuple[dict, dict]:
+    """(state_dict, metadata) of a validated safetensors file."""
+    _, meta = read_header(path)
+    try:
+        sd = load_file(str(path), device=str(device))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: cannot read tensors ({e})") from None
+    return sd, meta
+
+
+def atomic_save_file(tensors: dict, path: str | os.PathLike, metadata: dict | None = None):
+    """save_file into a temp file beside `path`, then rename: never a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(path, module: torch.nn.Module, stage: str, schedule: NoiseSchedule | None = None,
+               prediction: str | None = None, extra: dict | None = None, state_dict: dict | None = None):
+    meta = {"mav_module": type(module).__name__, "mav_stage": stage,
+            "mav_config": json.dumps(asdict(module.config))}
+    if schedule is not None:
+        meta["mav_schedule"] = json.dumps(schedule.to_dict())
+    if prediction is not None:
+        meta["mav_prediction"] = prediction
+    meta.update({k: str(v) for k, v in (extra or {}).items()})
+    atomic_save_file(state_dict if state_dict is not None else module.state_dict(), path, meta)
+
+
+@dataclass
+class LoadedModel:
+    path: str
+    stage: str
+    family: str
+    module: torch.nn.Module
+    schedule: NoiseSchedule | None = None
+    prediction: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def config(self):
+        return self.module.config
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+
+def load_model(path, device="cpu", dtype: torch.dtype | None = None, expect_stage: str | tuple | None = None) -> LoadedModel:
+    """Load one of our checkpoints (or, through mav_core.convert, a UNet3D checkpoint)."""
+    path = str(path)
+    if not path.endswith(".safetensors"):
+        from .external import load_external  # .pth/.bin/.ckpt and diffusers folders
+        loaded = load_external(path, device=device, dtype=dtype)
+    else:
+        sd, meta = load_state_dict(path)
+        if "mav_module" not in meta:
+            from .external import load_external
+            loaded = load_external(path, device=device, dtype=dtype, state_dict=sd, metadata=meta)
+        else:
+            loaded = _load_ours(path, sd, meta, device, dtype)
+    if expect_stage is not None:
+        expected = (expect_stage,) if isinstance(expect_stage, str) else tuple(expect_stage)
+        if loaded.stage not in expected:
+            raise CheckpointError(f"{path}: is a {loaded.stage!r} checkpoint, expected {' or '.join(map(repr, expected))}")
+    return loaded
+
+
+def _load_ours(path, sd, meta, device, dtype) -> LoadedModel:
+    registry = _module_registry()
+    name = meta["mav_module"]
+    if name not in registry:
+        raise CheckpointError(f"{path}: module {name!r} is not one of {sorted(registry)}")
+    config_cls, module_cls = registry[name]
+    try:
+        config = config_cls.from_dict(json.loads(meta["mav_config"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: invalid mav_config metadata ({e})") from None
+    module = module_cls(config)
+    check_state_dict(path, module, sd)
+    module.load_state_dict(sd, strict=True)
+    module.to(device=device, dtype=dtype).eval()
+    schedule = NoiseSchedule.from_dict(json.loads(meta["mav_schedule"])) if "mav_schedule" in meta else None
+    return LoadedModel(path, meta.get("mav_stage", "unknown"), "mav", module, schedule,
+                       meta.get("mav_prediction"), meta)
+
+
+def check_state_dict(path, module: torch.nn.Module, sd: dict, allow_missing=lambda k: False):
+    """Raise a CheckpointError naming the first missing, unexpected or mis-shaped key."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in sd and not allow_missing(k)]
+    unexpected = [k for k in sd if k not in expected]
+    if missing:
+        raise CheckpointError(f"{path}: missing key {missing[0]!r} ({len(missing)} missing in all); "
+                              "the file does not match its declared config")
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected key {unexpected[0]!r} ({len(unexpected)} in all)")
+    for k, v in sd.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise CheckpointError(f"{path}: key {k!r} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
