@@ -146,7 +146,7 @@ def _extent(shape: str) -> float:
 
 def position_range(shape: str, size: str, scale: float = 1.0) -> tuple[float, float]:
     """Centre positions (fraction of side) that keep the whole object inside the frame."""
-    margin = SIZES[size] * scale * _extent(shape) + 0.03
+    margin = SIZES[size] * scale * _extent(shape) + 0.05
     return margin, 1.0 - margin
 
 
