@@ -1,0 +1,412 @@
+"""Start a real ComfyUI with this pack symlinked in, and talk to it over HTTP / WebSocket.
+
+Only the standard library is used, so the tests run from the pack's own dev venv while ComfyUI runs
+in its own venv (``$COMFYUI_ROOT/.venv``). See scripts/setup_comfyui_host.sh for making that host.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACK_DIR_NAME = "ComfyUI-MakeAVideo"
+PACK_MODEL_FOLDER = "makeavideo"
+"""Folder name under which the test host's temp models dir is announced (extra_model_paths YAML)."""
+
+
+class HostUnavailable(RuntimeError):
+    """The ComfyUI host cannot be used (not configured, not installed, or it did not start)."""
+
+
+class PromptRejected(RuntimeError):
+    """POST /prompt answered with an error status (validation failed)."""
+
+    def __init__(self, status: int, body: Any):
+        self.status = status
+        self.body = body
+        super().__init__(f"POST /prompt -> HTTP {status}: {json.dumps(body)[:2000]}")
+
+
+@dataclass
+class HostPaths:
+    """Where a ComfyUI host lives and which python runs it."""
+
+    root: Path
+    python: Path
+
+    @classmethod
+    def from_env(cls) -> "HostPaths":
+        """Read COMFYUI_ROOT / COMFYUI_PYTHON; raise HostUnavailable with the reason if unusable."""
+        root_text = os.environ.get("COMFYUI_ROOT", "").strip()
+        if not root_text:
+            raise HostUnavailable(
+                "COMFYUI_ROOT is not set (point it at a ComfyUI checkout with a .venv; "
+                "scripts/setup_comfyui_host.sh makes one)"
+            )
+        root = Path(root_text).expanduser().resolve()
+        if not (root / "main.py").is_file():
+            raise HostUnavailable(f"COMFYUI_ROOT={root} holds no main.py (expected a ComfyUI checkout)")
+        python_text = os.environ.get("COMFYUI_PYTHON", "").strip()
+        python = Path(python_text).expanduser() if python_text else root / ".venv" / "bin" / "python"
+        if not (python.is_file() and os.access(python, os.X_OK)):
+            raise HostUnavailable(
+                f"no ComfyUI python at {python} (set COMFYUI_PYTHON or create $COMFYUI_ROOT/.venv)"
+            )
+        return cls(root=root, python=python)
+
+    def version(self) -> str:
+        match = re.search(r'__version__\s*=\s*"([^"]+)"', (self.root / "comfyui_version.py").read_text())
+        return match.group(1) if match else "unknown"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ComfyServer:
+    """A ComfyUI process on 127.0.0.1 with the pack symlinked into a temp custom_nodes folder."""
+
+    host: HostPaths
+    work_dir: Path
+    pack_dir: Path = REPO_ROOT
+    startup_timeout_s: float = 180.0
+    extra_args: list[str] = field(default_factory=list)
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    # -- layout ---------------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def custom_nodes_dir(self) -> Path:
+        return self.work_dir / "custom_nodes"
+
+    @property
+    def models_dir(self) -> Path:
+        """Announced to the host as folder name PACK_MODEL_FOLDER; tests may drop small files here."""
+        return self.work_dir / "models" / PACK_MODEL_FOLDER
+
+    @property
+    def input_dir(self) -> Path:
+        return self.work_dir / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.work_dir / "output"
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.work_dir / "temp"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "server.log"
+
+    def _write_layout(self) -> Path:
+        for folder in (self.custom_nodes_dir, self.models_dir, self.input_dir, self.output_dir,
+                       self.temp_dir, self.work_dir / "user"):
+            folder.mkdir(parents=True, exist_ok=True)
+        link = self.custom_nodes_dir / PACK_DIR_NAME
+        if not link.is_symlink():
+            link.symlink_to(self.pack_dir.resolve(), target_is_directory=True)
+        config = self.work_dir / "extra_model_paths.yaml"
+        config.write_text(
+            "makeavideo_test_host:\n"
+            f"  base_path: {json.dumps(str(self.work_dir))}\n"
+            "  custom_nodes: custom_nodes\n"
+            f"  {PACK_MODEL_FOLDER}: models/{PACK_MODEL_FOLDER}\n"
+        )
+        return config
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "ComfyServer":
+        config = self._write_layout()
+        self.port = self.port or free_port()
+        command = [
+            str(self.host.python), "main.py", "--cpu",
+            "--listen", "127.0.0.1", "--port", str(self.port),
+            "--extra-model-paths-config", str(config),
+            "--output-directory", str(self.output_dir),
+            "--input-directory", str(self.input_dir),
+            "--temp-directory", str(self.temp_dir),
+            "--user-directory", str(self.work_dir / "user"),
+            "--database-url", f"sqlite:///{self.work_dir / 'user' / 'comfyui.db'}",
+            *self.extra_args,
+        ]
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("MKL_NUM_THREADS", "1")
+        env["PYTHONUNBUFFERED"] = "1"
+        log_file = open(self.log_path, "wb")
+        try:
+            self.process = subprocess.Popen(
+                command, cwd=self.host.root, env=env, stdin=subprocess.DEVNULL,
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        finally:
+            log_file.close()
+        self._wait_until_ready()
+        return self
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise HostUnavailable(
+                    f"ComfyUI exited with code {self.process.returncode} during startup; log tail:\n"
+                    + self.log_tail()
+                )
+            try:
+                info = self.object_info()
+                if info:
+                    return
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise HostUnavailable(
+            f"ComfyUI did not answer /object_info within {self.startup_timeout_s:.0f} s; log tail:\n"
+            + self.log_tail()
+        )
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGINT)
+            self.process.wait(timeout=grace_s)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(timeout=grace_s)
+
+    # -- log ------------------------------------------------------------------------------------
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def pack_import_errors(self, pack_name: str = PACK_DIR_NAME) -> list[str]:
+        """Log lines that say the pack failed to import: '(IMPORT FAILED)' lines naming the pack,
+        'Cannot import ...<pack>...' lines, and every traceback that mentions the pack's folder."""
+        lines = self.log_text().splitlines()
+        problems = [
+            line for line in lines
+            if pack_name in line and ("IMPORT FAILED" in line or "Cannot import" in line)
+        ]
+        for start, line in enumerate(lines):
+            if not line.startswith("Traceback"):
+                continue
+            block = [line]
+            for follow in lines[start + 1:]:
+                block.append(follow)
+                if follow and not follow.startswith((" ", "\t", "Traceback", "During handling",
+                                                     "The above exception")):
+                    break
+            text = "\n".join(block)
+            if pack_name in text or str(self.pack_dir.resolve()) in text:
+                problems.append(text)
+        return problems
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.base_url + path, data=data, method=method,
+            headers={"Content-Type": "application/json"} if data is not None else {},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, raw = error.code, error.read()
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def object_info(self, node_class: str | None = None) -> dict:
+        path = "/object_info" if node_class is None else f"/object_info/{node_class}"
+        status, body = self._request("GET", path)
+        if status != 200:
+            raise ValueError(f"GET {path} -> HTTP {status}")
+        return body
+
+    def post_prompt(self, api_json: dict, client_id: str | None = None) -> tuple[int, Any]:
+        """POST /prompt with an API-format graph; returns (HTTP status, parsed body) as is."""
+        payload: dict[str, Any] = {"prompt": api_json}
+        if client_id:
+            payload["client_id"] = client_id
+        return self._request("POST", "/prompt", payload)
+
+    def queue_prompt(self, api_json: dict, client_id: str | None = None) -> str:
+        """Queue a graph and return its prompt_id; raise PromptRejected(status, body) if refused."""
+        status, body = self.post_prompt(api_json, client_id)
+        if status != 200 or not isinstance(body, dict) or "prompt_id" not in body:
+            raise PromptRejected(status, body)
+        return body["prompt_id"]
+
+    def history(self, prompt_id: str) -> dict | None:
+        status, body = self._request("GET", f"/history/{prompt_id}")
+        if status != 200 or not isinstance(body, dict):
+            return None
+        return body.get(prompt_id)
+
+    def wait_history(self, prompt_id: str, timeout: float = 120.0) -> dict:
+        """Poll /history until the prompt has finished (success, error or interrupt); return its entry."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.history(prompt_id)
+            if entry is not None and entry.get("status", {}).get("status_str") is not None:
+                return entry
+            if self.process is not None and self.process.poll() is not None:
+                raise HostUnavailable("ComfyUI exited while running a prompt; log tail:\n" + self.log_tail())
+            time.sleep(0.25)
+        raise TimeoutError(f"prompt {prompt_id} not finished after {timeout:.0f} s; log tail:\n"
+                           + self.log_tail())
+
+    def run_prompt(self, api_json: dict, timeout: float = 120.0) -> dict:
+        return self.wait_history(self.queue_prompt(api_json), timeout)
+
+    def interrupt(self, prompt_id: str | None = None) -> int:
+        status, _ = self._request("POST", "/interrupt", {"prompt_id": prompt_id} if prompt_id else {})
+        return status
+
+    def queue(self) -> dict:
+        return self._request("GET", "/queue")[1]
+
+    def output_files(self, history: dict) -> list[Path]:
+        """Existing files named in a history entry's outputs (any key: images, gifs, videos, ...)."""
+        folders = {"output": self.output_dir, "temp": self.temp_dir, "input": self.input_dir}
+        found: list[Path] = []
+        for node_output in history.get("outputs", {}).values():
+            for items in node_output.values():
+                if not isinstance(items, list):
+                    continue
+                for item in items:
+                    if isinstance(item, dict) and "filename" in item:
+                        folder = folders.get(item.get("type", "output"), self.output_dir)
+                        path = folder / item.get("subfolder", "") / item["filename"]
+                        if path.is_file():
+                            found.append(path)
+        return found
+
+    def websocket(self, client_id: str | None = None) -> "EventSocket":
+        return EventSocket(self.port, client_id or uuid.uuid4().hex)
+
+
+def history_status(history: dict) -> str:
+    """'success' or 'error' (an interrupt also reads 'error'; see history_events)."""
+    return history.get("status", {}).get("status_str", "")
+
+
+def history_events(history: dict) -> dict[str, dict]:
+    """Status messages of a finished prompt by event name: execution_start, execution_error,
+    execution_interrupted, execution_success, ..."""
+    return {name: data for name, data in history.get("status", {}).get("messages", [])}
+
+
+class EventSocket:
+    """A minimal WebSocket client for /ws: collects JSON events and binary messages (previews).
+
+    Binary messages are kept as (event_type, payload); ComfyUI's event 1 is PREVIEW_IMAGE whose
+    payload starts with a 4-byte image type (1 JPEG, 2 PNG) followed by the encoded image.
+    """
+
+    def __init__(self, port: int, client_id: str):
+        self.client_id = client_id
+        self.events: list[dict] = []
+        self.binary: list[tuple[int, bytes]] = []
+        self._lock = threading.Lock()
+        self._sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self._sock.sendall(
+            (f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+        )
+        header = b""
+        while b"\r\n\r\n" not in header:
+            chunk = self._sock.recv(1)
+            if not chunk:
+                raise ConnectionError("WebSocket handshake closed")
+            header += chunk
+        if b" 101 " not in header.split(b"\r\n", 1)[0]:
+            raise ConnectionError(f"WebSocket handshake refused: {header[:200]!r}")
+        self._sock.settimeout(None)
+        self._thread = threading.Thread(target=self._read_loop, daemon=True)
+        self._thread.start()
+
+    def _recv_exact(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self._sock.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError("WebSocket closed")
+            data += chunk
+        return data
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                first, second = self._recv_exact(2)
+                opcode, length = first & 0x0F, second & 0x7F
+                if length == 126:
+                    length = struct.unpack(">H", self._recv_exact(2))[0]
+                elif length == 127:
+                    length = struct.unpack(">Q", self._recv_exact(8))[0]
+                payload = self._recv_exact(length)
+                if opcode == 0x8:
+                    return
+                with self._lock:
+                    if opcode == 0x1:
+                        self.events.append(json.loads(payload))
+                    elif opcode == 0x2 and len(payload) >= 4:
+                        self.binary.append((struct.unpack(">I", payload[:4])[0], payload[4:]))
+        except (OSError, ConnectionError, ValueError):
+            return
+
+    def events_of(self, event_type: str) -> list[dict]:
+        with self._lock:
+            return [event["data"] for event in self.events if event.get("type") == event_type]
+
+    def previews(self) -> list[tuple[str, bytes]]:
+        """Preview images received so far as (format, encoded bytes)."""
+        with self._lock:
+            return [({1: "JPEG", 2: "PNG"}.get(struct.unpack(">I", payload[:4])[0], "?"), payload[4:])
+                    for event, payload in self.binary if event == 1 and len(payload) >= 4]
+
+    def close(self) -> None:
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "EventSocket":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
