@@ -60,6 +60,22 @@ def _to_rgb(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
+def scene_cuts(frames: np.ndarray, ratio: float = 6.0, floor: float = 25.0) -> list[int]:
+    """Indices i where frame i starts a new shot (mean abs difference to frame i-1 jumps)."""
+    if len(frames) < 2:
+        return []
+    small = np.stack([cv2.resize(f, (32, 32), interpolation=cv2.INTER_AREA) for f in frames]).astype(np.float32)
+    diff = np.abs(np.diff(small, axis=0)).mean(axis=(1, 2, 3))
+    limit = max(floor, ratio * float(np.median(diff)))
+    return [int(i) + 1 for i in np.flatnonzero(diff > limit)]
+
+
+def shots(frames: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) frame ranges between scene cuts."""
+    bounds = [0, *scene_cuts(frames), len(frames)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
 def template_name(path: str | Path) -> str:
     """'api_foo_bar-2.webp' -> 'api_foo_bar' (variants of one template share a split)."""
     return re.sub(r"-\d+$", "", Path(path).stem)
@@ -92,7 +108,7 @@ class RealClips(_ShardedStream):
     """Infinite stream of (clip float [F,3,H,W] in -1..1, fps float) from animated WEBP files.
 
     Each item: a random clip, a random frame stride in `strides` (fps divided accordingly), a random
-    temporal window, one random square crop (side `crop_scale` x the short side) shared by all frames,
+    temporal window inside one shot (windows never span a scene cut), one random square crop (side `crop_scale` x the short side) shared by all frames,
     resized to `size`. Decoded clips are cached in memory, pre-shrunk so the crop still covers `size`.
     """
 
@@ -111,12 +127,12 @@ class RealClips(_ShardedStream):
         if not self.clips:
             raise ValueError(f"no {split} clips with >= {num_frames} frames in {folder}")
         self.cache = cache
-        self._cache: dict[Path, tuple[np.ndarray, float]] = {}
+        self._cache: dict[Path, tuple[np.ndarray, float, list[tuple[int, int]]]] = {}
 
     def __len__(self) -> int:  # number of source files, not items (the stream is infinite)
         return len(self.clips)
 
-    def _frames(self, info: ClipInfo) -> tuple[np.ndarray, float]:
+    def _frames(self, info: ClipInfo) -> tuple[np.ndarray, float, list[tuple[int, int]]]:
         if info.path in self._cache:
             return self._cache[info.path]
         frames, fps = decode_webp(info.path)
@@ -126,19 +142,24 @@ class RealClips(_ShardedStream):
             f = target / short
             hw = (max(1, round(frames.shape[2] * f)), max(1, round(frames.shape[1] * f)))
             frames = np.stack([cv2.resize(x, hw, interpolation=cv2.INTER_AREA) for x in frames])
+        entry = (frames, fps, shots(frames))
         if self.cache:
-            self._cache[info.path] = (frames, fps)
-        return frames, fps
+            self._cache[info.path] = entry
+        return entry
 
     def __iter__(self):
         rng = self._rng()
         while True:
             info = self.clips[rng.integers(len(self.clips))]
-            frames, fps = self._frames(info)
-            n = len(frames)
-            strides = [s for s in self.strides if (self.num_frames - 1) * s + 1 <= n] or [1]
+            frames, fps, clip_shots = self._frames(info)
+            need = lambda stride: (self.num_frames - 1) * stride + 1  # noqa: E731
+            fits = [(a, b) for a, b in clip_shots if b - a >= need(1)]
+            if not fits:  # every shot too short: fall back to the whole clip
+                fits = [(0, len(frames))]
+            a, b = fits[rng.integers(len(fits))]
+            strides = [s for s in self.strides if need(s) <= b - a] or [1]
             stride = strides[rng.integers(len(strides))]
-            start = rng.integers(n - (self.num_frames - 1) * stride)
+            start = a + rng.integers(b - a - need(stride) + 1)
             window = frames[start: start + (self.num_frames - 1) * stride + 1: stride]
             h, w = window.shape[1:3]
             side = max(1, round(min(h, w) * rng.uniform(*self.crop_scale)))
