@@ -165,3 +165,17 @@ def test_real_clips_stream_and_split():
     for (clip, fps), (clip2, fps2) in zip(items, again):
         assert clip.shape == (8, 3, 32, 32) and -1 <= clip.min() and clip.max() <= 1
         assert fps > 0 and fps == fps2 and torch.equal(clip, clip2)
+
+
+def test_scene_cuts_found_at_a_join_and_not_in_smooth_motion():
+    from mav_core.data.clips import scene_cuts, shots
+
+    def clip(shape, colour, background, vx):
+        start = W.Scene(shape, colour, "large", background, x=0.4, y=0.5)
+        return W.render_scenes(W.motion_scenes(W.Motion("translate", start, vx=vx, vy=0.2), 12, fps=12.0), 64)
+
+    first, second = clip("circle", "red", "black", 0.3), clip("square", "yellow", "gray", -0.3)
+    assert scene_cuts(first) == [] and scene_cuts(second) == []
+    joined = np.concatenate([first, second])
+    assert scene_cuts(joined) == [12]
+    assert shots(joined) == [(0, 12), (12, 24)]
