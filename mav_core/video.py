@@ -130,6 +130,12 @@ def _fps_fraction(fps) -> Fraction:
 # atomic targets
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def _temp_file_for(path: Path) -> Iterator[Path]:
     """Yield a temp path in the target's folder; move it onto ``path`` on success, delete it on failure."""
@@ -140,6 +146,7 @@ def _temp_file_for(path: Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual mode
     try:
         yield tmp
         os.replace(tmp, path)
@@ -161,6 +168,7 @@ def _temp_folder_for(path: Path) -> Iterator[Path]:
             raise FileExistsError(f"output folder {str(path)!r} holds files other than frames ({others[:3]}); not replacing it")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_current_umask())
         yield tmp
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
@@ -218,7 +226,13 @@ def write_video(
         return path
     with _temp_file_for(path) as tmp:
         if av is not None:
-            _write_with_av(u8, tmp, fmt, fps_q, quality, loop, meta)
+            try:
+                _write_with_av(u8, tmp, fmt, fps_q, quality, loop, meta)
+            except av.FFmpegError as error:
+                raise RuntimeError(
+                    f"{fmt} encoding failed for {u8.shape[0]} frames of {u8.shape[2]}x{u8.shape[1]} (WxH) "
+                    f"at {float(fps_q):g} fps: {error}"
+                ) from error
         else:
             _write_with_cv2(u8, tmp, fmt, fps_q, quality, loop, meta)
         if fmt == "gif" and meta:
@@ -659,14 +673,18 @@ def _read_with_cv2(path: Path, selector: _Selector, size) -> tuple[list, float, 
     return kept, fps, index
 
 
-def _read_webp(path: Path, selector: _Selector, size, chunk: int = 64) -> tuple[list, float, int]:
-    """Animated WebP via OpenCV (FFmpeg cannot decode it), ``chunk`` frames per call."""
+_WEBP_CHUNK_FRAMES = 64  # animated WebP frames decoded per OpenCV call
+
+
+def _read_webp(path: Path, selector: _Selector, size) -> tuple[list, float, int]:
+    """Animated WebP via OpenCV (FFmpeg cannot decode it), a chunk of frames per call."""
     if cv2 is None or not hasattr(cv2, "imreadanimation"):
         if av is None:
             raise RuntimeError("reading webp needs OpenCV >= 4.11 or PyAV")
         return _read_with_av(path, selector, size)  # still images only
     kept, index, durations = [], 0, []
     while not selector.done:
+        chunk = _WEBP_CHUNK_FRAMES
         count = chunk if selector.last_index is None else min(chunk, selector.last_index - index + 1)
         ok, animation = cv2.imreadanimation(str(path), index, count)
         if not ok or not animation.frames:
