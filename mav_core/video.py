@@ -92,7 +92,10 @@ def _frames_to_uint8(frames: torch.Tensor, pingpong: bool) -> np.ndarray:
         raise ValueError(f"frames has an empty frame size {tuple(frames.shape[1:3])}")
     if not bool(torch.isfinite(frames).all()):
         raise ValueError("frames contains NaN or infinite values")
-    u8 = (frames.detach().float().clamp(0, 1) * 255).round_().to(device="cpu", dtype=torch.uint8).numpy()
+    u8 = np.empty(tuple(frames.shape), dtype=np.uint8)
+    for start in range(0, frames.shape[0], 16):  # in chunks: no full-size float temporaries
+        chunk = frames[start:start + 16].detach().float().clamp(0, 1).mul_(255).round_()
+        u8[start:start + 16] = chunk.to(device="cpu", dtype=torch.uint8).numpy()
     if pingpong and u8.shape[0] > 2:
         u8 = np.concatenate([u8, u8[-2:0:-1]])
     return u8
@@ -277,6 +280,11 @@ def _write_with_av(u8: np.ndarray, tmp: Path, fmt: str, fps: Fraction, quality: 
         stream.options = options
         if fmt == "gif":
             frames_out = _gif_palette_frames(u8, fps)
+        elif fmt in ("mp4", "webm"):
+            frames_out = (_to_bt709_yuv(frame) for frame in u8)
+            context = stream.codec_context  # tag the stream so players pick the same matrix back
+            context.colorspace = context.color_primaries = context.color_trc = _BT709
+            context.color_range = _LIMITED_RANGE
         else:
             frames_out = (av.VideoFrame.from_ndarray(frame, format="rgb24") for frame in u8)
         for index, frame in enumerate(frames_out):
@@ -285,6 +293,17 @@ def _write_with_av(u8: np.ndarray, tmp: Path, fmt: str, fps: Fraction, quality: 
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+_BT709 = 1  # AVCOL_SPC_BT709 == AVCOL_PRI_BT709 == AVCOL_TRC_BT709
+_LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG (16..235)
+
+
+def _to_bt709_yuv(rgb: np.ndarray):
+    """RGB -> limited-range BT.709 yuv420p, the matrix players assume for untagged HD video."""
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    return frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG",
+                          dst_color_primaries=_BT709, dst_color_trc=_BT709)
 
 
 def _gif_palette_frames(u8: np.ndarray, fps: Fraction) -> Iterator:

@@ -93,6 +93,18 @@ def test_quality_changes_mp4_size_and_fidelity(tmp_path):
 
 
 @av_missing
+@pytest.mark.parametrize("name", ["sat.mp4", "sat.webm"])
+def test_saturated_colours_survive_and_the_colour_matrix_is_tagged(tmp_path, name):
+    colours = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1], [0.5, 0.25, 0.8], [1, 1, 1]])
+    clip = colours.repeat_interleave(W // 8, dim=0)[None, None].expand(4, H, W, 3).contiguous()
+    path = video.write_video(clip, tmp_path / name, fps=8, quality=95)
+    assert psnr(video.read_video(path)[0], clip) >= 35
+    with video.av.open(str(path)) as container:
+        context = container.streams.video[0].codec_context
+        assert (context.colorspace, context.color_range) == (video._BT709, video._LIMITED_RANGE)
+
+
+@av_missing
 def test_fractional_fps_survives_mp4(tmp_path):
     path = video.write_video(smooth_clip(6), tmp_path / "ntsc.mp4", fps=30000 / 1001)
     assert video.read_video(path)[1] == pytest.approx(30000 / 1001, rel=1e-4)
