@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import re
 import shutil
@@ -90,11 +91,12 @@ def _frames_to_uint8(frames: torch.Tensor, pingpong: bool) -> np.ndarray:
         raise ValueError("frames has zero frames; a video needs at least one")
     if frames.shape[1] == 0 or frames.shape[2] == 0:
         raise ValueError(f"frames has an empty frame size {tuple(frames.shape[1:3])}")
-    if not bool(torch.isfinite(frames).all()):
-        raise ValueError("frames contains NaN or infinite values")
     u8 = np.empty(tuple(frames.shape), dtype=np.uint8)
     for start in range(0, frames.shape[0], 16):  # in chunks: no full-size float temporaries
-        chunk = frames[start:start + 16].detach().float().clamp(0, 1).mul_(255).round_()
+        chunk = frames[start:start + 16].detach().float()
+        if not bool(torch.isfinite(chunk).all()):
+            raise ValueError(f"frames contains NaN or infinite values (in frames {start}..{start + len(chunk) - 1})")
+        chunk = chunk.clamp(0, 1).mul_(255).round_()
         u8[start:start + 16] = chunk.to(device="cpu", dtype=torch.uint8).numpy()
     if pingpong and u8.shape[0] > 2:
         u8 = np.concatenate([u8, u8[-2:0:-1]])
@@ -109,10 +111,8 @@ def _check_metadata(metadata: dict | None) -> dict[str, str]:
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"metadata must map str to str (JSON-encode other values), got {key!r}: {type(value).__name__}")
-        if not key or "\0" in key or ":" in key or len(key) > 79:
+        if not key or "\0" in key or ":" in key or len(key) > 79:  # ':' also keeps FPS_KEY reserved
             raise ValueError(f"metadata key {key!r} must be 1..79 characters without ':' or NUL")
-        if key == FPS_KEY:
-            raise ValueError(f"metadata key {FPS_KEY!r} is reserved for the frame rate")
     return dict(metadata)
 
 
@@ -124,9 +124,10 @@ def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None
 
 
 def _fps_fraction(fps) -> Fraction:
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not math.isfinite(fps) or fps <= 0:
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
         raise ValueError(f"fps must be a positive finite number, got {fps!r}")
-    return Fraction(fps).limit_denominator(1001)
+    exact = Fraction(fps) if isinstance(fps, numbers.Rational) else Fraction(float(fps))
+    return exact.limit_denominator(1001)
 
 
 # ---------------------------------------------------------------------------------------------

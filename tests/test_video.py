@@ -105,9 +105,10 @@ def test_saturated_colours_survive_and_the_colour_matrix_is_tagged(tmp_path, nam
 
 
 @av_missing
-def test_fractional_fps_survives_mp4(tmp_path):
-    path = video.write_video(smooth_clip(6), tmp_path / "ntsc.mp4", fps=30000 / 1001)
-    assert video.read_video(path)[1] == pytest.approx(30000 / 1001, rel=1e-4)
+@pytest.mark.parametrize("fps", [30000 / 1001, np.float32(12.5), np.int64(15)])
+def test_fractional_and_numpy_fps_survive_mp4(tmp_path, fps):
+    path = video.write_video(smooth_clip(6), tmp_path / "rate.mp4", fps=fps)
+    assert video.read_video(path)[1] == pytest.approx(float(fps), rel=1e-4)
 
 
 @av_missing
