@@ -235,6 +235,8 @@ class SpaceTimeUNet(nn.Module):
         if self.fps_embedding is not None and fps is not None and num_frames is not None:
             fps = torch.as_tensor(fps, device=h.device, dtype=torch.float32).reshape(-1).expand(b)
             emb = emb + self.fps_embedding(timestep_embedding(fps, ch0).to(h.dtype))
+        if context is not None and context.shape[-1] != cfg.context_dim:
+            raise ValueError(f"context width {context.shape[-1]} does not match the model's context_dim {cfg.context_dim}")
         if cfg.image_embed_dim and image_embed is not None:
             image_embed = image_embed.to(h.dtype)
             emb = emb + self.image_embedding(image_embed)
@@ -242,8 +244,6 @@ class SpaceTimeUNet(nn.Module):
             context = tokens if context is None else torch.cat([context.to(h.dtype), tokens], dim=1)
         if context is None:
             context = h.new_zeros(b, 1, cfg.context_dim)
-        elif context.shape[-1] != cfg.context_dim:
-            raise ValueError(f"context width {context.shape[-1]} does not match the model's context_dim {cfg.context_dim}")
         context = context.to(h.dtype)
         if f > 1:
             emb = emb.repeat_interleave(f, dim=0)

@@ -1,0 +1,54 @@
+"""`python -m mav_core generate PROMPT -o out.mp4`: the whole chain into a video file."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import fields
+
+from tqdm import tqdm
+
+
+def add_generate_arguments(p):
+    from .pipeline import ChainSettings
+    p.add_argument("prompt")
+    p.add_argument("-o", "--output", default="out.mp4", help="mp4, webm, gif, webp, or a folder for PNG frames")
+    p.add_argument("--weights", default=None, help="folder of stage checkpoints (default: the shipped MAV-Tiny)")
+    p.add_argument("--device", default="cpu")
+    defaults = ChainSettings()
+    for f in fields(ChainSettings):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
+                       default=getattr(defaults, f.name))
+
+
+def main_generate(args):
+    from .pipeline import ChainSettings, MakeAVideo
+    from .video import write_video
+    mav = MakeAVideo.load(args.weights, device=args.device)
+    for path in mav.untrained():
+        print(f"WARNING: {path} holds randomly initialised, UNTRAINED weights: the output is noise-like, "
+              "not a trained model's video", file=sys.stderr)
+    settings = ChainSettings(**{f.name: getattr(args, f.name) for f in fields(ChainSettings)})
+    bars = {}
+
+    def progress(stage, step, total):
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[stage] = tqdm(total=total, desc=stage, leave=True)
+        bar = bars[stage]
+        if step <= bar.n:   # a stage that samples several windows/chunks restarts its count
+            bar.reset(total)
+        bar.update(step - bar.n)
+
+    t0 = time.perf_counter()
+    result = mav(args.prompt, settings, progress=progress)
+    for bar in bars.values():
+        bar.close()
+    meta = {"prompt": json.dumps({"prompt": args.prompt, **{f.name: getattr(settings, f.name) for f in fields(ChainSettings)}})}
+    path = write_video(result.frames, args.output, result.fps, metadata=meta)
+    total = time.perf_counter() - t0
+    f, h, w, _ = result.frames.shape
+    print(f"wrote {path}: {f} frames {w}x{h} at {result.fps:g} fps in {total:.1f}s "
+          f"({', '.join(f'{k} {v:.1f}s' for k, v in result.timings.items())})")
+    return 0

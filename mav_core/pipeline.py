@@ -1,0 +1,123 @@
+"""The whole Make-A-Video chain as one object: text -> prior -> D^t -> ↑F -> SR^t_l -> SR_h.
+
+    mav = MakeAVideo.load()                     # the shipped MAV-Tiny weights
+    result = mav("a red circle on a blue background", seed=1)
+    write_video(result.frames, "out.mp4", result.fps)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import family
+from .checkpoints import LoadedModel, load_model
+from .stages import (encode_prompt, generate_video, interpolate_video, run_prior, upscale_video,
+                     video_to_frames)
+
+
+@dataclass
+class ChainSettings:
+    frames: int = 16
+    fps: float = 4.0
+    seed: int = 0
+    negative: str = ""
+    prior_steps: int = 20
+    prior_cfg: float = 1.0
+    steps: int = 25
+    cfg: float = 4.0
+    sampler: str = "ddim"
+    multiplier: int = 2          # ↑F: (frames - 1) * multiplier + 1 frames; 1 skips the stage
+    interp_steps: int = 15
+    sr_steps: int = 10
+    upscale: int = 2             # 0: none, 1: SR^t_l only, 2: SR^t_l and SR_h
+
+
+@dataclass
+class ChainResult:
+    frames: torch.Tensor         # [F, H, W, 3] 0..1
+    fps: float
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class MakeAVideo:
+    text: LoadedModel
+    prior: LoadedModel
+    decoder: LoadedModel
+    interpolator: LoadedModel | None = None
+    sr_video: LoadedModel | None = None
+    sr_frame: LoadedModel | None = None
+
+    @classmethod
+    def load(cls, folder: str | Path | None = None, device="cpu", dtype=None) -> "MakeAVideo":
+        folder = Path(folder) if folder else family.WEIGHTS_DIR
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such weights folder")
+
+        def get(stage, required=True):
+            path = folder / family.STAGE_FILES[stage]
+            if not path.exists():
+                if required:
+                    raise FileNotFoundError(f"{path}: the {stage!r} checkpoint is missing from {folder}")
+                return None
+            return load_model(path, device=device, dtype=dtype, expect_stage=stage)
+
+        return cls(get("text"), get("prior"), get("decoder"), get("interpolator", False), get("sr_video", False),
+                   get("sr_frame", False))
+
+    def untrained(self) -> list[str]:
+        return [m.path for m in self.models() if m.metadata.get("mav_untrained") == "1"]
+
+    def models(self) -> list[LoadedModel]:
+        return [m for m in (self.text, self.prior, self.decoder, self.interpolator, self.sr_video, self.sr_frame) if m]
+
+    def conditioning(self, prompt: str, negative: str, seed: int, steps: int, cfg: float, callback=None):
+        tokens, pooled = encode_prompt(self.text, [prompt])
+        embed = run_prior(self.prior, tokens, pooled, seed=seed, steps=steps, cfg=cfg, callback=callback)
+        neg_tokens, _ = encode_prompt(self.text, [negative])
+        cond = {"context": tokens, "image_embed": embed}
+        uncond = {"context": neg_tokens, "image_embed": torch.zeros_like(embed)}
+        return cond, uncond
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, settings: ChainSettings | None = None, progress=None, **overrides) -> ChainResult:
+        """progress(stage: str, step: int, total: int) is called after every sampling step."""
+        s = settings or ChainSettings()
+        for k, v in overrides.items():
+            if not hasattr(s, k):
+                raise ValueError(f"unknown setting {k!r}")
+            setattr(s, k, v)
+        timings = {}
+
+        def cb(stage, total):
+            return (lambda info: progress(stage, info["i"] + 1, total)) if progress else None
+
+        t0 = time.perf_counter()
+        cond, uncond = self.conditioning(prompt, s.negative, s.seed, s.prior_steps, s.prior_cfg, cb("prior", s.prior_steps))
+        timings["text+prior"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        size = family.BASE_SIZE
+        video = generate_video(self.decoder, cond, uncond, frames=s.frames, height=size, width=size, fps=s.fps,
+                               seed=s.seed, steps=s.steps, cfg=s.cfg, sampler=s.sampler, callback=cb("decoder", s.steps))
+        timings["decoder"] = time.perf_counter() - t0
+        fps = s.fps
+        if self.interpolator is not None and s.multiplier > 1:
+            t0 = time.perf_counter()
+            video = interpolate_video(self.interpolator, video, cond, None, multiplier=s.multiplier, fps=s.fps,
+                                      seed=s.seed, steps=s.interp_steps, callback=cb("interpolator", s.interp_steps))
+            fps = s.fps * s.multiplier
+            timings["interpolator"] = time.perf_counter() - t0
+        if self.sr_video is not None and s.upscale >= 1:
+            t0 = time.perf_counter()
+            video = upscale_video(self.sr_video, video, seed=s.seed, steps=s.sr_steps, temporal=True,
+                                  callback=cb("sr_video", s.sr_steps))
+            timings["sr_video"] = time.perf_counter() - t0
+        if self.sr_frame is not None and s.upscale >= 2:
+            t0 = time.perf_counter()
+            video = upscale_video(self.sr_frame, video, seed=s.seed, steps=s.sr_steps, temporal=False,
+                                  shared_noise=True, frame_chunk=16, callback=cb("sr_frame", s.sr_steps))
+            timings["sr_frame"] = time.perf_counter() - t0
+        return ChainResult(video_to_frames(video), fps, timings)

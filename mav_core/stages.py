@@ -1,0 +1,214 @@
+"""Inference for each Make-A-Video stage as a plain function over loaded models.
+
+Video tensors are [B, C, F, H, W] in -1..1 (model space); `frames_to_video` / `video_to_frames`
+convert from/to the [F, H, W, 3] 0..1 frames that ComfyUI's IMAGE type and the video writer use.
+Every sampling function takes `callback` (called once per step; raise from it to cancel) and draws
+its noise from `seed` on the CPU (same numbers on every device).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoints import LoadedModel
+from .diffusion import CFGDenoiser, Denoiser, NoiseSampler, sample, sampling_sigmas, seeded_noise
+from .frame_masks import extrapolation_mask, interpolation_mask, masked_condition
+
+MAX_FRAMES = 1024
+
+
+def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
+    """[F, H, W, 3] 0..1 -> [1, 3, F, H, W] -1..1."""
+    if frames.dim() != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [F, H, W, 3], got {tuple(frames.shape)}")
+    return frames.permute(3, 0, 1, 2)[None].float() * 2 - 1
+
+
+def video_to_frames(video: torch.Tensor) -> torch.Tensor:
+    """[B, 3, F, H, W] -1..1 -> [B*F, H, W, 3] 0..1 on the CPU (float32)."""
+    return ((video.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).flatten(0, 1).cpu()
+
+
+def _param(module):
+    return next(module.parameters())
+
+
+def check_positive_int(name: str, value, lo: int = 1, hi: int | None = None):
+    if not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi if hi is not None else 'inf'}], got {value!r}")
+
+
+def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = None, *, seed: int = 0,
+                steps: int = 25, cfg: float = 1.0, sampler: str = "ddim", init: torch.Tensor | None = None,
+                denoise: float = 1.0, shared_noise: bool = False, temporal: bool = True,
+                callback: Callable | None = None) -> torch.Tensor:
+    """Draw a sample of `shape` ([B, C, F, H, W]) from a SpaceTimeUNet with guidance.
+
+    init + denoise < 1: start from `init` noised to the matching level (vid2vid / variations)."""
+    check_positive_int("steps", steps, 1, 1000)
+    if not math.isfinite(cfg) or cfg < 0:
+        raise ValueError(f"cfg must be a finite number >= 0, got {cfg}")
+    if model.schedule is None:
+        raise ValueError(f"{model.path}: checkpoint has no noise schedule; it is not a diffusion model")
+    p = _param(model.module)
+    net = model.module
+    if not temporal:
+        net = _ImageMode(net)
+    den = Denoiser(net, model.schedule, model.prediction or "eps").to(p.device)
+    guided = CFGDenoiser(den, cond, uncond, cfg)
+    sigmas = sampling_sigmas(model.schedule, steps, denoise if init is not None else 1.0).to(p.device)
+    noise = seeded_noise(shape, seed, device=p.device, dtype=p.dtype, shared_frames=shared_noise)
+    x = noise * sigmas[0]
+    if init is not None:
+        if tuple(init.shape) != tuple(shape):
+            raise ValueError(f"init frames of shape {tuple(init.shape)} do not match the requested {tuple(shape)}")
+        x = init.to(p.device, p.dtype) + x
+    out = sample(sampler, guided, x, sigmas, callback=callback,
+                 noise_sampler=NoiseSampler(seed, shared_frames=shared_noise))
+    if not torch.isfinite(out).all():
+        raise FloatingPointError(f"{model.path}: sampling produced NaN/inf values (try float32 or fewer steps)")
+    return out
+
+
+class _ImageMode(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, t, **cond):
+        return self.net(x, t, temporal=False, **cond)
+
+
+def encode_prompt(text_model: LoadedModel, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        return text_model.module.encode_text(list(prompts))
+
+
+def run_prior(prior: LoadedModel, tokens: torch.Tensor, pooled: torch.Tensor, *, seed: int = 0, steps: int = 20,
+              cfg: float = 1.0, uncond: dict | None = None, callback=None) -> torch.Tensor:
+    from .prior import sample_image_embed
+    return sample_image_embed(prior.module, prior.schedule, tokens, pooled, steps=steps, cfg=cfg, seed=seed,
+                              callback=callback, uncond=uncond)
+
+
+def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, frames: int = 16, height: int = 32,
+                   width: int = 32, fps: float = 8.0, seed: int = 0, steps: int = 25, cfg: float = 5.0,
+                   sampler: str = "ddim", init: torch.Tensor | None = None, denoise: float = 1.0,
+                   known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
+                   callback=None) -> torch.Tensor:
+    """D^t: text/image-embedding-conditioned video [B, 3, F, H, W].
+
+    known + known_mask (interpolator checkpoints only): frames to keep, as in ↑F."""
+    check_positive_int("frames", frames, 1, MAX_FRAMES)
+    cfgm = decoder.config
+    down = 2 ** (len(cfgm.block_out_channels) - 1)
+    for name, v in (("height", height), ("width", width)):
+        check_positive_int(name, v, down, 4096)
+        if v % down:
+            raise ValueError(f"{name} {v} must be a multiple of {down} for this model")
+    if not (math.isfinite(fps) and 0 < fps <= 240):
+        raise ValueError(f"fps must be in (0, 240], got {fps}")
+    b = _batch(cond)
+    p = _param(decoder.module)
+    fps_t = torch.full((b,), float(fps), device=p.device)
+    cond = {**cond, "fps": fps_t}
+    uncond = None if uncond is None else {**uncond, "fps": fps_t}
+    if known is not None:
+        extra = masked_condition(known.to(p.device, p.dtype), known_mask)
+        cond["extra"] = extra
+        if uncond is not None:
+            uncond["extra"] = extra
+    shape = (b, cfgm.out_channels, frames, height, width)
+    return sample_unet(decoder, shape, cond, uncond, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
+                       init=init, denoise=denoise, callback=callback)
+
+
+def _batch(cond: dict) -> int:
+    for v in cond.values():
+        if isinstance(v, torch.Tensor):
+            return v.shape[0]
+    return 1
+
+
+def interpolate_video(interpolator: LoadedModel, video: torch.Tensor, cond: dict, uncond: dict | None = None, *,
+                      multiplier: int = 2, mode: str = "interpolate", extra_frames: int | None = None,
+                      fps: float = 8.0, seed: int = 0, steps: int = 20, cfg: float = 1.0, sampler: str = "ddim",
+                      window: int = 17, callback=None) -> torch.Tensor:
+    """↑F. interpolate: N frames -> (N-1)*m+1, input frames kept at every m-th position, in windows of
+    at most `window` frames that share their end frames. extrapolate: continue the clip by
+    `extra_frames` (default (N-1)*m+1-N, at least 1) new frames, window by window, each window
+    conditioned on the last frames generated so far. Returns [B, 3, T, H, W]."""
+    check_positive_int("multiplier", multiplier, 1, 16)
+    b, c, n, h, w = video.shape
+    if mode == "interpolate":
+        if n < 2:
+            raise ValueError(f"frame interpolation needs at least 2 input frames, got {n}")
+        if multiplier == 1:
+            return video
+        per_window = max(2, (window - 1) // multiplier + 1)
+        pieces = []
+        start = 0
+        step_cb = callback
+        while start < n - 1:
+            known_idx = list(range(start, min(start + per_window, n)))
+            t = (len(known_idx) - 1) * multiplier + 1
+            grid = video.new_zeros(b, c, t, h, w)
+            grid[:, :, ::multiplier] = video[:, :, known_idx]
+            mask = interpolation_mask(t, multiplier)
+            out = generate_video(interpolator, cond, uncond, frames=t, height=h, width=w, fps=fps * multiplier,
+                                 seed=seed + start, steps=steps, cfg=cfg, sampler=sampler, known=grid,
+                                 known_mask=mask, callback=step_cb)
+            out[:, :, ::multiplier] = video[:, :, known_idx].to(out)
+            pieces.append(out if not pieces else out[:, :, 1:])
+            start = known_idx[-1]
+        return torch.cat(pieces, dim=2)
+    if mode != "extrapolate":
+        raise ValueError(f"mode must be 'interpolate' or 'extrapolate', got {mode!r}")
+    total_new = extra_frames if extra_frames is not None else max(1, (n - 1) * multiplier + 1 - n)
+    check_positive_int("extra_frames", total_new, 1, MAX_FRAMES)
+    result = video
+    made = 0
+    while made < total_new:
+        ctx = min(result.shape[2], max(1, window // 2))
+        new = min(window - ctx, total_new - made)
+        t = ctx + new
+        grid = video.new_zeros(b, c, t, h, w)
+        grid[:, :, :ctx] = result[:, :, -ctx:]
+        out = generate_video(interpolator, cond, uncond, frames=t, height=h, width=w, fps=fps, seed=seed + made,
+                             steps=steps, cfg=cfg, sampler=sampler, known=grid,
+                             known_mask=extrapolation_mask(t, ctx), callback=callback)
+        result = torch.cat([result, out[:, :, ctx:].to(result)], dim=2)
+        made += new
+    return result
+
+
+def upscale_video(sr: LoadedModel, video: torch.Tensor, *, seed: int = 0, steps: int = 10, sampler: str = "ddim",
+                  temporal: bool = True, shared_noise: bool = False, frame_chunk: int = 32,
+                  callback=None) -> torch.Tensor:
+    """x2 super-resolution conditioned on the bilinearly upsampled input [B, 3, F, H, W] -> [B, 3, F, 2H, 2W].
+
+    SR^t_l: temporal=True (spatiotemporal model; frames in chunks of `frame_chunk` overlapping by 2).
+    SR_h: temporal=False, shared_noise=True: each frame alone, all with the same noise."""
+    check_positive_int("frame_chunk", frame_chunk, 1, MAX_FRAMES)
+    b, c, f, h, w = video.shape
+    p = _param(sr.module)
+    outs = []
+    overlap = 2 if temporal and f > frame_chunk else 0
+    start = 0
+    while start < f:
+        end = min(f, start + frame_chunk)
+        lo = video[:, :, start:end].to(p.device, p.dtype)
+        k = end - start
+        up = F.interpolate(lo.transpose(1, 2).flatten(0, 1), scale_factor=2.0, mode="bilinear",
+                           align_corners=False).reshape(b, k, c, 2 * h, 2 * w).transpose(1, 2)
+        shape = (b, sr.config.out_channels, k, 2 * h, 2 * w)
+        out = sample_unet(sr, shape, {"extra": up}, None, seed=seed, steps=steps, cfg=1.0, sampler=sampler,
+                          shared_noise=shared_noise, temporal=temporal, callback=callback)
+        outs.append(out if start == 0 else out[:, :, overlap:])
+        if end == f:
+            break
+        start = end - overlap
+    return torch.cat(outs, dim=2)

@@ -1,0 +1,106 @@
+"""Stages 3-5 of the recipe, all on the same SpaceTimeUNet:
+
+  decoder        D on captioned images: conditioned on the frozen image encoder's embedding of the
+                 image and the caption's text tokens, each dropped 10% of the time (guidance);
+  decoder_video  D^t: D inflated (identity temporal layers), only temporal layers trained, on
+                 UNLABELED clips (world motion + real clips) with fps conditioning; no captions;
+  interpolator   ↑F: D^t with masked frames + mask as 4 extra input channels (zero-initialised
+                 input weights), trained on random interpolation / extrapolation masks.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import family
+from ..checkpoints import load_model, save_model
+from ..data.world import CaptionedImages, WorldClips
+from ..diffusion.loss import diffusion_loss
+from ..frame_masks import masked_condition, random_training_mask
+from ..unet import SpaceTimeUNet
+from .common import (add_common_arguments, batches, frozen_text_encoder, mixed, real_clip_stream,
+                     settings_from_args)
+from .loop import dist_info, maybe_init_distributed, train_loop
+
+DROP = 0.1
+
+
+def _null_text(enc, b):
+    tokens, _ = enc.encode_text([""] * b)
+    return tokens
+
+
+def _drop(gen, b, p=DROP):
+    return torch.rand(b, generator=gen) < p
+
+
+def add_arguments(p, stage: str):
+    defaults = {"decoder": (1500, 24, 4e-4), "decoder_video": (500, 2, 2e-4), "interpolator": (500, 2, 1e-4)}[stage]
+    add_common_arguments(p, *defaults)
+    p.add_argument("--frames", type=int, default=17 if stage == "interpolator" else family.FRAMES)
+
+
+def run(args, stage: str):
+    rank, world = maybe_init_distributed()
+    settings = settings_from_args(args)
+    enc = frozen_text_encoder(args.out)
+    text_width, embed_dim = enc.config.width, enc.config.embed_dim
+    out = f"{args.out}/{stage}.safetensors"
+    seed = args.seed * 100 + rank
+
+    if stage == "decoder":
+        model = SpaceTimeUNet(family.decoder_config(text_width, embed_dim))
+        params = list(model.parameters())
+        data = batches(CaptionedImages(size=family.BASE_SIZE, seed=seed), args.batch_size)
+
+        def loss_fn(step, gen):
+            images, captions = next(data)
+            b = images.shape[0]
+            with torch.no_grad():
+                tokens, _ = enc.encode_text(list(captions))
+                embed = enc.encode_image(images)
+                drop_t, drop_i = _drop(gen, b), _drop(gen, b)
+                tokens = torch.where(drop_t[:, None, None], _null_text(enc, b), tokens)
+                embed = torch.where(drop_i[:, None], torch.zeros_like(embed), embed)
+            return diffusion_loss(model, images, family.SCHEDULE, family.PREDICTION, generator=gen,
+                                  context=tokens, image_embed=embed)
+    else:
+        if stage == "decoder_video":
+            src = load_model(f"{args.out}/decoder.safetensors", expect_stage=("decoder", "decoder_image")).module
+            model = SpaceTimeUNet(src.config)
+            model.load_state_dict(src.state_dict())  # identity temporal layers: starts as D frame by frame
+            model.requires_grad_(False)
+            params = model.temporal_parameters()
+            for p_ in params:
+                p_.requires_grad_(True)
+        else:
+            src = load_model(f"{args.out}/decoder_video.safetensors", expect_stage="decoder").module
+            model = SpaceTimeUNet(family.interpolator_config(text_width, embed_dim))
+            sd = src.state_dict()
+            w = sd["conv_in.weight"]
+            sd["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], 4, *w.shape[2:])], dim=1)
+            model.load_state_dict(sd)
+            params = list(model.parameters())
+        world_clips = batches(WorldClips(num_frames=args.frames, size=family.BASE_SIZE, seed=seed), args.batch_size)
+        real = real_clip_stream(args.clips, args.frames, family.BASE_SIZE, args.batch_size, seed, rank, world)
+        data = mixed((world_clips, 0.7), (real, 0.3), seed=seed) if real else world_clips
+
+        def loss_fn(step, gen):
+            clips, fps = next(data)
+            video = clips.permute(0, 2, 1, 3, 4).float()  # [B, C, F, H, W]
+            b, f = video.shape[0], video.shape[2]
+            with torch.no_grad():
+                embed = enc.encode_image(video[:, :, f // 2])
+                embed = torch.where(_drop(gen, b)[:, None], torch.zeros_like(embed), embed)
+                tokens = _null_text(enc, b)
+            cond = dict(context=tokens, image_embed=embed, fps=fps.float())
+            if stage == "interpolator":
+                mask = torch.stack([random_training_mask(f, gen) for _ in range(b)])
+                cond["extra"] = masked_condition(video, mask)
+            return diffusion_loss(model, video, family.SCHEDULE, family.PREDICTION, generator=gen, **cond)
+
+    def on_save(m):
+        save_model(out, m, "decoder" if stage != "interpolator" else "interpolator", family.SCHEDULE,
+                   family.PREDICTION, extra={"mav_recipe_stage": stage})
+
+    train_loop(stage, model, params, loss_fn, settings, on_save)
+    return out

@@ -1,0 +1,20 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def tiny_unet_config():
+    from mav_core.unet import UNetConfig
+    return UNetConfig(block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, True),
+                      context_dim=24, norm_num_groups=8, attention_head_dim=16, image_embed_dim=12,
+                      image_embed_tokens=2)
