@@ -1,0 +1,254 @@
+"""Stage "text": the CLIP-style text/image encoders, symmetric InfoNCE on captioned toy-world images.
+
+Captions repeat (the world has few distinct ones), so every image that fits a caption counts as a
+positive: the targets of each row/column are uniform over its matches. Half the captions name only
+some attributes ("a red shape", "a small triangle"), which pushes the embeddings to be built from
+separate colour / shape / size / background parts, so unseen colour+shape pairs compose. A quarter
+of the images get their RGB channels permuted and a caption that does not name the colour, so shape
+features learn not to depend on colour. A fraction
+of the captions get an unknown word inserted, so out-of-vocabulary words (UNK) learn to be ignored.
+
+    python -m mav_core.train.text --steps 600 --out runs/mav-tiny
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..checkpoints import save_model
+from ..data import world
+from ..text import TextImageConfig, TextImageEncoder, split_words
+from .loop import TrainSettings, train_loop
+
+STAGE = "text"
+UNKNOWN_WORD = "zzunknownzz"  # never in the vocabulary: becomes UNK
+
+
+def world_vocab() -> list[str]:
+    """Every word the toy world's captions can use (training and held-out), sorted."""
+    words = set()
+    for prompt in world.train_prompts() + world.heldout_prompts():
+        words.update(split_words(prompt))
+    for name in (*world.COLOURS, *world.SHAPES, *world.SIZES, *world.BACKGROUND_WORDS.values(), "an", "shape"):
+        words.update(split_words(name))
+    return sorted(words)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, steps: int, batch_size: int, lr: float):
+    parser.add_argument("--steps", type=int, default=steps, help="optimiser steps (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="examples per step (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=lr, help="peak learning rate (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/mav-tiny", help="run folder (default %(default)s)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help="continue from <out>/<stage>.state.pt if present (default on)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--save-every", type=int, default=200)
+    parser.add_argument("--device", default="cpu")
+
+
+def settings_from(args) -> TrainSettings:
+    return TrainSettings(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         seed=args.seed, bf16=args.bf16, resume=args.resume, threads=args.threads,
+                         save_every=args.save_every, warmup=min(50, max(1, args.steps // 10)))
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    add_common_arguments(parser, steps=500, batch_size=128, lr=1e-3)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--embed-dim", type=int, default=64)
+    parser.add_argument("--image-channels", default="32,64,128", help="CNN widths, comma separated")
+    parser.add_argument("--unk-prob", type=float, default=0.15, help="captions given an unknown word")
+    parser.add_argument("--partial-prob", type=float, default=0.5,
+                        help="captions naming only some attributes ('a red shape'), for compositionality")
+    parser.add_argument("--recolour-prob", type=float, default=0.25,
+                        help="images with RGB channels permuted, captioned without their colour")
+
+
+ATTRIBUTES = ("size", "colour", "shape", "background")
+
+
+def captioned_batch(batch_size: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, list]:
+    """batch_size (image, scene) pairs of world.CaptionedImages, its seed drawn from `gen`."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+    items = list(itertools.islice(iter(world.CaptionedImages(size=size, seed=seed, with_scene=True)), batch_size))
+    return torch.stack([it[0] for it in items]), [it[2] for it in items]
+
+
+def partial_caption(scene, keep: set[str]) -> str:
+    """The scene's caption with only the attributes in `keep`: 'a red shape', 'a small triangle on a black background'."""
+    words = ["a"]
+    if "size" in keep:
+        words.append(scene.size)
+    if "colour" in keep:
+        words.append(scene.colour)
+    words.append(scene.shape if "shape" in keep else "shape")
+    if "background" in keep:
+        words += ["on", "a", world.BACKGROUND_WORDS[scene.background], "background"]
+    return " ".join(words)
+
+
+PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def recolour(images: torch.Tensor, prob: float, gen: torch.Generator) -> tuple[torch.Tensor, list[bool]]:
+    """Permute the RGB channels of a fraction of the images (a non-identity permutation each): the
+    object (and a navy background) change colour, black and gray backgrounds stay. Their captions
+    must then name neither colour nor a navy background."""
+    images = images.clone()
+    changed = []
+    for i in range(images.shape[0]):
+        hit = prob > 0 and float(torch.rand((), generator=gen)) < prob
+        if hit:
+            perm = PERMUTATIONS[int(torch.randint(0, len(PERMUTATIONS), (1,), generator=gen))]
+            images[i] = images[i, list(perm)]
+        changed.append(hit)
+    return images, changed
+
+
+def draw_captions(scenes, partial_prob: float, gen: torch.Generator,
+                  recoloured: list[bool] | None = None) -> tuple[list[str], list[set[str]]]:
+    """Full captions, or with probability partial_prob a random non-empty subset of the attributes.
+    Recoloured images never get their (now wrong) colour or navy background named."""
+    captions, kept = [], []
+    recoloured = recoloured or [False] * len(scenes)
+    for scene, changed in zip(scenes, recoloured):
+        keep = set(ATTRIBUTES)
+        if changed or (partial_prob > 0 and float(torch.rand((), generator=gen)) < partial_prob):
+            mask = torch.rand(len(ATTRIBUTES), generator=gen) < 0.5
+            keep = {a for a, drop in zip(ATTRIBUTES, mask.tolist()) if not drop}
+            if changed:
+                keep -= {"colour"} | ({"background"} if scene.background == "navy" else set())
+            if not keep or keep == set(ATTRIBUTES):
+                keep = {"shape"} if changed else keep - {ATTRIBUTES[int(torch.randint(0, 4, (1,), generator=gen))]}
+        captions.append(world.caption(scene) if keep == set(ATTRIBUTES) else partial_caption(scene, keep))
+        kept.append(keep)
+    return captions, kept
+
+
+def matches(scenes, kept: list[set[str]], recoloured: list[bool] | None = None) -> torch.Tensor:
+    """[images, captions] bool: image i fits caption j (every attribute caption j names agrees).
+    A recoloured image's colour (and navy background) agrees with nothing."""
+    values = torch.tensor([[hash(getattr(s, a)) for a in ATTRIBUTES] for s in scenes])
+    for i, changed in enumerate(recoloured or []):
+        if changed:
+            values[i, 1] = -1 - i
+            if scenes[i].background == "navy":
+                values[i, 3] = -1 - i
+    named = torch.tensor([[a in k for a in ATTRIBUTES] for k in kept])
+    agree = values[:, None, :] == values[None, :, :]  # [image, caption, attribute]
+    return (agree | ~named[None]).all(dim=-1)
+
+
+def with_unknown_words(captions: list[str], prob: float, gen: torch.Generator) -> list[str]:
+    out = []
+    for c in captions:
+        words = c.split()
+        if prob > 0 and float(torch.rand((), generator=gen)) < prob:
+            at = int(torch.randint(0, len(words) + 1, (1,), generator=gen))
+            words.insert(at, UNKNOWN_WORD)
+        out.append(" ".join(words))
+    return out
+
+
+def contrastive_loss(model: TextImageEncoder, images: torch.Tensor, prompts: list[str], positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with several positives: positives[i, j] says image i fits prompt j; the
+    targets of each row (image) and column (prompt) are uniform over its positives."""
+    img = model.encode_image(images)
+    unique = sorted(set(prompts))  # captions repeat a lot: encode each once
+    _, txt_unique = model.encode_text(unique)
+    txt = txt_unique[torch.tensor([unique.index(p) for p in prompts], device=txt_unique.device)]
+    logits = model.similarity(img, txt).float()
+    same = positives.float().to(logits.device)
+    loss_i = -(same / same.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    loss_t = -(same / same.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
+    return (loss_i + loss_t) / 2
+
+
+def build_model(args) -> TextImageEncoder:
+    config = TextImageConfig(vocab=world_vocab(), width=args.width, layers=args.layers, embed_dim=args.embed_dim,
+                             image_size=args.image_size,
+                             image_channels=tuple(int(c) for c in str(args.image_channels).split(",")))
+    return TextImageEncoder(config)
+
+
+def run(args) -> Path:
+    settings = settings_from(args)
+    torch.manual_seed(args.seed)
+    model = build_model(args).to(args.device)
+    path = Path(args.out) / f"{STAGE}.safetensors"
+
+    def loss_fn(step, gen):
+        images, scenes = captioned_batch(settings.batch_size, model.config.image_size, gen)
+        images, recoloured = recolour(images, args.recolour_prob, gen)
+        captions, kept = draw_captions(scenes, args.partial_prob, gen, recoloured)
+        prompts = with_unknown_words(captions, args.unk_prob, gen)
+        return contrastive_loss(model, images.to(args.device), prompts, matches(scenes, kept, recoloured))
+
+    def on_save(m):
+        save_model(path, m, STAGE, extra={"mav_steps": settings.steps})
+
+    model.history = train_loop(STAGE, model, list(model.parameters()), loss_fn, settings, on_save, args.device)
+    return path
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def heldout_scenes(n: int, seed: int, combos=world.HELDOUT_COMBOS) -> list:
+    rng = np.random.default_rng(seed)
+    return [world.random_scene(rng, list(combos)) for _ in range(n)]
+
+
+def all_combo_prompts() -> list[str]:
+    """One caption per (colour, shape, size, background) of the world, held-out combos included."""
+    return [world.caption(world.Scene(shape=s, colour=c, size=z, background=b))
+            for c in world.COLOURS for s in world.SHAPES for z in world.SIZES for b in world.BACKGROUNDS]
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model: TextImageEncoder, n: int = 600, seed: int = 1234, combos=world.HELDOUT_COMBOS) -> dict:
+    """Classify rendered scenes of `combos` against every caption of the world; returns accuracies of
+    colour+shape, full caption, colour, shape."""
+    model.eval()
+    scenes = heldout_scenes(n, seed, combos)
+    images = world.to_tensor(world.render_scenes(scenes, model.config.image_size))
+    prompts = all_combo_prompts()
+    parsed = [world.parse_caption(p) for p in prompts]
+    _, txt = model.encode_text(prompts)
+    img = torch.cat([model.encode_image(images[i:i + 256]) for i in range(0, n, 256)])
+    best = (img @ txt.t()).argmax(1).tolist()
+    hits = {"colour_shape": 0, "caption": 0, "colour": 0, "shape": 0}
+    for scene, b in zip(scenes, best):
+        p = parsed[b]
+        hits["colour"] += p["colour"] == scene.colour
+        hits["shape"] += p["shape"] == scene.shape
+        hits["colour_shape"] += p["colour"] == scene.colour and p["shape"] == scene.shape
+        hits["caption"] += prompts[b] == world.caption(scene)
+    return {k: v / n for k, v in hits.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    t0 = time.time()
+    path = run(args)
+    print(f"wrote {path} in {time.time() - t0:.0f} s")
+    from ..checkpoints import load_model
+    model = load_model(path, expect_stage=STAGE).module
+    print("held-out zero-shot:", zero_shot_accuracy(model))
+    print("train-combo zero-shot:", zero_shot_accuracy(model, combos=world.TRAIN_COMBOS))
+
+
+if __name__ == "__main__":
+    main()
