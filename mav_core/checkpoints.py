@@ -49,6 +49,11 @@ def _module_registry():
         reg["ControlAdapter"] = (ControlConfig, ControlAdapter)
     except ImportError:
         pass
+    try:
+        from .motion import MotionModule  # motion files: temporal layers only, the base UNetConfig
+        reg["MotionModule"] = (UNetConfig, MotionModule)
+    except ImportError:
+        pass
     return reg
 
 
