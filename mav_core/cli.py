@@ -48,17 +48,13 @@ def cmd_init(args):
             "sr_video": family.sr_config(True), "sr_frame": family.sr_config(False)}
     for stage, cfg in cfgs.items():
         save_model(out / family.STAGE_FILES[stage], SpaceTimeUNet(cfg), stage, family.SCHEDULE, family.PREDICTION, extra)
-    try:
-        from .text import TextImageEncoder, TextImageConfig
-        from .prior import DiffusionPrior, PriorConfig
-        from .data.world import vocabulary
-        tcfg = TextImageConfig(vocab=vocabulary())
-        save_model(out / family.STAGE_FILES["text"], TextImageEncoder(tcfg), "text", extra=extra)
-        prior = DiffusionPrior(PriorConfig())
-        save_model(out / family.STAGE_FILES["prior"], prior, "prior", prior.config.noise_schedule(),
-                   prior.config.prediction, extra=extra)
-    except ImportError as e:
-        print(f"(text encoder / prior not written: {e})", file=sys.stderr)
+    from .prior import DiffusionPrior, PriorConfig
+    from .text import TextImageConfig, TextImageEncoder
+    from .train.text import world_vocab
+    save_model(out / family.STAGE_FILES["text"], TextImageEncoder(TextImageConfig(vocab=world_vocab())), "text", extra=extra)
+    prior = DiffusionPrior(PriorConfig())
+    save_model(out / family.STAGE_FILES["prior"], prior, "prior", prior.config.noise_schedule(),
+               prior.config.prediction, extra=extra)
     print(f"wrote untrained MAV-Tiny-layout checkpoints to {out}")
     return 0
 
@@ -110,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--videos", type=int, default=30)
     s.add_argument("--steps", type=int, default=20)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--clips", default="data/clips", help="real clips folder for the ↑F comparison ('' to skip)")
     s.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     s.set_defaults(fn=cmd_eval)
     return p
