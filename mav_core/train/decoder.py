@@ -4,8 +4,9 @@
                  image and the caption's text tokens, each dropped 10% of the time (guidance);
   decoder_video  D^t: D inflated (identity temporal layers), only temporal layers trained, on
                  UNLABELED clips (world motion + real clips) with fps conditioning; no captions;
-  interpolator   ↑F: D^t with masked frames + mask as 4 extra input channels (zero-initialised
-                 input weights), trained on random interpolation / extrapolation masks.
+  interpolator   ↑F: D^t (or D inflated, --init decoder) with masked frames + mask as 4 extra input
+                 channels (zero-initialised input weights), trained on random interpolation /
+                 extrapolation masks.
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def add_arguments(p, stage: str):
     defaults = {"decoder": (1500, 24, 4e-4), "decoder_video": (500, 2, 2e-4), "interpolator": (500, 2, 1e-4)}[stage]
     add_common_arguments(p, *defaults)
     p.add_argument("--frames", type=int, default=17 if stage == "interpolator" else family.FRAMES)
+    if stage == "interpolator":
+        p.add_argument("--init", choices=("decoder_video", "decoder"), default="decoder_video",
+                       help="start from D^t (the paper's recipe) or from D inflated (lets ↑F train beside D^t)")
 
 
 def run(args, stage: str):
@@ -73,7 +77,7 @@ def run(args, stage: str):
             for p_ in params:
                 p_.requires_grad_(True)
         else:
-            src = load_model(f"{args.out}/decoder_video.safetensors", expect_stage="decoder").module
+            src = load_model(f"{args.out}/{args.init}.safetensors", expect_stage="decoder").module
             model = SpaceTimeUNet(family.interpolator_config(text_width, embed_dim))
             sd = src.state_dict()
             w = sd["conv_in.weight"]

@@ -1,0 +1,50 @@
+"""Copy a training run's stage checkpoints into the shipped MAV-Tiny folder, stored as float16.
+
+    python scripts/ship_weights.py [--run runs/mav-tiny] [--dest mav_core/weights/mav-tiny]
+
+Float16 storage halves the files; loading casts back to the model's dtype (float32 on CPU). The
+run's `decoder_video` checkpoint is D^t, shipped as `decoder.safetensors`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mav_core import family  # noqa: E402
+from mav_core.checkpoints import atomic_save_file, load_state_dict  # noqa: E402
+
+SOURCES = {"text": "text", "prior": "prior", "decoder": "decoder_video", "interpolator": "interpolator",
+           "sr_video": "sr_video", "sr_frame": "sr_frame"}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--run", default="runs/mav-tiny")
+    p.add_argument("--dest", default=str(family.WEIGHTS_DIR))
+    args = p.parse_args()
+    dest = Path(args.dest)
+    total = 0
+    for stage, src in SOURCES.items():
+        path = Path(args.run) / f"{src}.safetensors"
+        if not path.exists():
+            print(f"missing {path}", file=sys.stderr)
+            return 1
+        sd, meta = load_state_dict(path)
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+        meta = {**meta, "mav_storage_dtype": "float16"}
+        out = dest / family.STAGE_FILES[stage]
+        atomic_save_file(sd, out, meta)
+        total += out.stat().st_size
+        print(f"{out}: {out.stat().st_size / 1e6:.1f} MB from {path}")
+    print(f"total {total / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
