@@ -73,7 +73,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict]:
         raw = fh.read(n)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {e})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header is not a JSON object")
@@ -83,13 +83,17 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict]:
     data_len = size - 8 - n
     extents = []
     for name, info in header.items():
-        if not isinstance(info, dict) or {"dtype", "shape", "data_offsets"} - info.keys():
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry")
-        dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in DTYPE_SIZES:
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if (not isinstance(info, dict) or {"dtype", "shape", "data_offsets"} - info.keys()
+                or not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry (expected dtype, shape "
+                                  "and data_offsets [start, end])")
+        dtype, shape, (start, end) = info["dtype"], info["shape"], offsets
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
             raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
-        if not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape {shape}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape {shape!r} (expected a list of "
+                                  "non-negative integers)")
         numel = 1
         for d in shape:
             numel *= d
@@ -102,6 +106,14 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict]:
     for (s0, e0, n0), (s1, e1, n1) in zip(extents, extents[1:]):
         if s1 < e0:
             raise CheckpointError(f"{path}: tensors {n0!r} and {n1!r} overlap in the file")
+    covered = 0
+    for s0, e0, _ in extents:
+        if s0 > covered:
+            break
+        covered = max(covered, e0)
+    if covered != data_len:
+        raise CheckpointError(f"{path}: bytes {covered}.. of the {data_len}-byte data section belong to no tensor "
+                              "(corrupt file)")
     return header, meta
 
 
