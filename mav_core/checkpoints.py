@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from .diffusion.schedule import NoiseSchedule
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+PREDICTIONS = ("eps", "v", "x0")
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -202,16 +203,56 @@ def _load_ours(path, sd, meta, device, dtype) -> LoadedModel:
         raise CheckpointError(f"{path}: module {name!r} is not one of {sorted(registry)}")
     config_cls, module_cls = registry[name]
     try:
-        config = config_cls.from_dict(json.loads(meta["mav_config"]))
-    except (KeyError, ValueError, TypeError) as e:
+        config_json = json.loads(meta["mav_config"])
+        if not isinstance(config_json, dict):
+            raise TypeError(f"expected a JSON object, got {type(config_json).__name__}")
+        config = config_cls.from_dict(config_json)
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
         raise CheckpointError(f"{path}: invalid mav_config metadata ({e})") from None
+    schedule = parse_schedule(path, meta["mav_schedule"]) if "mav_schedule" in meta else None
+    if meta.get("mav_prediction", "eps") not in PREDICTIONS:
+        raise CheckpointError(f"{path}: invalid mav_prediction {meta['mav_prediction']!r} (expected one of "
+                              f"{PREDICTIONS})")
+    # the declared config is checked against the tensors on the meta device first: a hostile config
+    # (huge or invalid sizes) allocates nothing
+    check_state_dict(path, build_skeleton(path, module_cls, config), sd)
     module = module_cls(config)
-    check_state_dict(path, module, sd)
     module.load_state_dict(sd, strict=True)
     module.to(device=device, dtype=dtype).eval()
-    schedule = NoiseSchedule.from_dict(json.loads(meta["mav_schedule"])) if "mav_schedule" in meta else None
     return LoadedModel(path, meta.get("mav_stage", "unknown"), "mav", module, schedule,
                        meta.get("mav_prediction"), meta)
+
+
+MAX_TRAIN_STEPS = 100_000
+
+
+def parse_schedule(path, text: str) -> NoiseSchedule:
+    """The NoiseSchedule of a mav_schedule metadata string, checked (a CheckpointError names the file)."""
+    try:
+        d = json.loads(text)
+        if not isinstance(d, dict):
+            raise TypeError(f"expected a JSON object, got {type(d).__name__}")
+        steps = d.get("num_train_steps", 1000)
+        if type(steps) is not int or not 2 <= steps <= MAX_TRAIN_STEPS:
+            raise ValueError(f"num_train_steps must be an integer in [2, {MAX_TRAIN_STEPS}], got {steps!r}")
+        for key in ("beta_start", "beta_end"):
+            beta = d.get(key, 0.01)
+            if type(beta) not in (int, float) or not 0 < beta < 1:
+                raise ValueError(f"{key} must be a number in (0, 1), got {beta!r}")
+        return NoiseSchedule.from_dict(d)
+    except (ValueError, TypeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: invalid mav_schedule metadata ({e})") from None
+
+
+def build_skeleton(path, module_cls, config) -> torch.nn.Module:
+    """module_cls(config) on the meta device (no memory); a config that cannot build a module raises a
+    CheckpointError naming the file."""
+    try:
+        with torch.device("meta"):
+            return module_cls(config)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError, AttributeError) as e:
+        raise CheckpointError(f"{path}: invalid mav_config metadata: the config cannot build a "
+                              f"{module_cls.__name__} ({type(e).__name__}: {e})") from None
 
 
 def check_state_dict(path, module: torch.nn.Module, sd: dict, allow_missing=lambda k: False):
