@@ -86,8 +86,8 @@ def read_pickled_state_dict(path: str | Path) -> dict:
             f"so it will not be loaded (only weights_only=True loading is allowed; torch said: "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}). Convert it to safetensors with a "
             "trusted tool first.") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
+    except Exception as e:  # noqa: BLE001 - weights_only=True ran no code; any parse failure is a bad file
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
     return unwrap_state_dict(obj, path)
 
 
