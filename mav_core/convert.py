@@ -374,11 +374,30 @@ def _block_attention(down: tuple, up: tuple, kind: str) -> tuple:
     return tuple(attention)
 
 
+def _positive_int(value) -> bool:
+    return type(value) is int and value > 0
+
+
+def _check_sizes(cfg: Mapping) -> None:
+    """diffusers config sizes must be positive integers (lists of them where diffusers allows a list)."""
+    channels = cfg.get("block_out_channels", [1])
+    if not isinstance(channels, (list, tuple)) or not channels or not all(map(_positive_int, channels)):
+        raise ValueError(f"diffusers config block_out_channels={channels!r} must be a list of positive integers")
+    for key in ("in_channels", "out_channels", "layers_per_block", "norm_num_groups", "cross_attention_dim",
+                "attention_head_dim", "num_attention_heads"):
+        value = cfg.get(key)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if value is not None and (not values or not all(map(_positive_int, values))):
+            raise ValueError(f"diffusers config {key}={value!r} must be a positive integer"
+                             + (" or a list of them" if key != "in_channels" else ""))
+
+
 def config_from_diffusers(config_json: Mapping, temporal: bool = True) -> UNetConfig:
     """UNetConfig from a diffusers config.json (UNet3DConditionModel, or UNet2DConditionModel for SD 1.x/2.x).
     A UNet2D config gives our video family (pseudo-3D convs + temporal attention, identity-initialised)
     when `temporal`, else the plain image model."""
     cfg = dict(config_json)
+    _check_sizes(cfg)
     name = cfg.get("_class_name") or ("UNet3DConditionModel" if any("3D" in t for t in cfg.get("down_block_types", ()))
                                       else "UNet2DConditionModel")
     if name not in ("UNet3DConditionModel", "UNet2DConditionModel"):

@@ -20,7 +20,7 @@ from typing import Mapping
 import torch
 
 from . import convert
-from .checkpoints import CheckpointError, LoadedModel, check_state_dict, load_state_dict
+from .checkpoints import CheckpointError, LoadedModel, build_skeleton, check_state_dict, load_state_dict
 from .diffusion.schedule import NoiseSchedule
 from .unet import SpaceTimeUNet
 
@@ -150,8 +150,7 @@ def target_dtype(source: torch.dtype, device, dtype: torch.dtype | None) -> tupl
 def build_loaded(path, module_sd: dict, config, device, dtype) -> tuple[SpaceTimeUNet, dict]:
     """SpaceTimeUNet(config) holding module_sd (checked key by key), built on meta and filled with assign=True;
     returns (module, dtype metadata). module_sd is consumed."""
-    with torch.device("meta"):
-        module = SpaceTimeUNet(config)
+    module = build_skeleton(path, SpaceTimeUNet, config)
     check_state_dict(path, module, module_sd)
     source = file_dtype(module_sd)
     target, note = target_dtype(source, device, dtype)
@@ -206,7 +205,7 @@ def load_external(path, device="cpu", dtype: torch.dtype | None = None, state_di
             config, config_source = convert.config_from_diffusers(diffusers_config), "config.json"
         else:
             config, config_source = convert.infer_unet3d_config(ours), "inferred from tensor shapes"
-    except ValueError as e:
+    except (ValueError, TypeError, ZeroDivisionError) as e:   # a config.json with wrong types or values
         raise CheckpointError(f"{weights}: {e}") from None
     del state_dict
     module, dtype_meta = build_loaded(weights, ours, config, device, dtype)
