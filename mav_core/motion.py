@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from . import convert
-from .checkpoints import CheckpointError, LoadedModel, check_state_dict, load_state_dict, save_model
+from .checkpoints import (CheckpointError, LoadedModel, build_skeleton, check_state_dict, load_state_dict,
+                          parse_schedule, save_model)
 from .diffusion.schedule import NoiseSchedule
 from .unet import SpaceTimeUNet, UNetConfig, is_temporal_key
 
@@ -116,8 +117,7 @@ def inflate_image_checkpoint(path_or_state_dict, config: UNetConfig | Mapping | 
         raise CheckpointError(f"{path}: {e}") from None
     del sd
     loaded_keys = len(ours)
-    with torch.device("meta"):
-        skeleton = SpaceTimeUNet(cfg)
+    skeleton = build_skeleton(path, SpaceTimeUNet, cfg)
     target = skeleton.state_dict()
     check_state_dict(path, skeleton, ours, allow_missing=is_temporal_key)
     # the new temporal layers: identity-initialised tensors of a real (CPU) model of the same config
@@ -145,16 +145,15 @@ def _inflate_ours(path, sd, meta, device, dtype) -> LoadedModel:
         raise CheckpointError(f"{path}: is a {meta.get('mav_module')!r} checkpoint, not an image SpaceTimeUNet")
     try:
         cfg = inflated_config(UNetConfig.from_dict(json.loads(meta["mav_config"])))
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
         raise CheckpointError(f"{path}: invalid mav_config metadata ({e})") from None
-    with torch.device("meta"):
-        skeleton = SpaceTimeUNet(cfg)
+    skeleton = build_skeleton(path, SpaceTimeUNet, cfg)
     check_state_dict(path, skeleton, sd, allow_missing=is_temporal_key)
     fresh = _temporal_init(cfg)
     missing = [k for k in skeleton.state_dict() if k not in sd]
     sd.update({k: fresh[k] for k in missing})
     module, dtype_meta = build_loaded(path, sd, cfg, device, dtype)
-    schedule = NoiseSchedule.from_dict(json.loads(meta["mav_schedule"])) if "mav_schedule" in meta else SD_SCHEDULE
+    schedule = parse_schedule(path, meta["mav_schedule"]) if "mav_schedule" in meta else SD_SCHEDULE
     prediction = meta.get("mav_prediction", SD_PREDICTION)
     meta = {**meta, **dtype_meta, "mav_inflated_temporal_tensors": str(len(missing))}
     return LoadedModel(path, "decoder", "mav-inflated", module, schedule, prediction, meta)
