@@ -1,0 +1,118 @@
+"""Glue shared by the nodes: host types <-> core arguments, per-step progress with previews."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import host
+
+CATEGORY = "MakeAVideo"
+SAMPLERS = ["ddim", "ddpm", "euler_ancestral", "dpmpp_2m"]
+SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True})
+MAX_SEED = 2 ** 63 - 1
+
+TEXT, PRIOR, DECODER, INTERPOLATOR, UPSCALER = "MAV_TEXT", "MAV_PRIOR", "MAV_DECODER", "MAV_INTERPOLATOR", "MAV_UPSCALER"
+IMAGE_EMBED_KEY = "mav_image_embed"
+
+
+def require_model(model, input_name: str, stages: tuple[str, ...]):
+    """The LoadedModel in `input_name`, or an error naming the input and the stage(s) it needs."""
+    if model is None:
+        raise ValueError(f"{input_name}: no model connected (the bundle folder has no {' / '.join(stages)} "
+                         "checkpoint; load one with its own loader)")
+    stage = getattr(model, "stage", None)
+    if stage not in stages:
+        raise ValueError(f"{input_name}: got a {stage!r} model ({getattr(model, 'path', '?')}), "
+                         f"expected {' or '.join(map(repr, stages))}")
+    return model
+
+
+def core_seed(seed: int) -> int:
+    """The host allows seeds up to 2**64-1; the core's generators take int64."""
+    return int(seed) % MAX_SEED
+
+
+def require_frames(images, input_name: str) -> torch.Tensor:
+    """An IMAGE batch [F, H, W, 3] (an RGBA image loses alpha)."""
+    if images is None:
+        raise ValueError(f"{input_name}: no frames (a latent-space decoder fills LATENT, not IMAGE; "
+                         "decode it with VAE Decode first)")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] not in (3, 4):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{input_name}: expected an IMAGE batch [frames, height, width, 3], got {shape}")
+    return images[..., :3]
+
+
+def conditioning_dict(conditioning, input_name: str, model, negative_of: dict | None = None) -> dict:
+    """The first entry of a CONDITIONING list -> the core's cond dict {context, image_embed}.
+
+    Checks the token width against the model's context width and the image embedding against its
+    embedding size; a CLIP-vision embedding from the host's unCLIPConditioning stands in for the
+    prior's output. negative_of: the positive dict (a missing negative embedding becomes zeros)."""
+    if not conditioning:
+        raise ValueError(f"{input_name}: empty CONDITIONING")
+    try:
+        tokens, extras = conditioning[0][0], conditioning[0][1]
+    except (TypeError, IndexError, KeyError):
+        raise ValueError(f"{input_name}: not a CONDITIONING list of [tensor, dict] entries") from None
+    cfg = model.config
+    if tokens.dim() != 3 or tokens.shape[-1] != cfg.context_dim:
+        raise ValueError(f"{input_name}: conditioning tokens have width {tokens.shape[-1]} "
+                         f"(shape {tuple(tokens.shape)}), but {model.path} expects context width {cfg.context_dim}")
+    cond = {"context": tokens}
+    embed = extras.get(IMAGE_EMBED_KEY)
+    if embed is None:
+        for unclip in extras.get("unclip_conditioning") or []:
+            out = unclip.get("clip_vision_output")
+            embed = getattr(out, "image_embeds", None)
+            if embed is not None:
+                break
+    width = getattr(cfg, "image_embed_dim", 0)
+    if embed is not None and width:
+        if embed.shape[-1] != width:
+            raise ValueError(f"{input_name}: image embedding has width {embed.shape[-1]}, "
+                             f"but {model.path} expects {width}")
+        cond["image_embed"] = embed.reshape(-1, width)
+    elif negative_of is not None and "image_embed" in negative_of:
+        cond["image_embed"] = torch.zeros_like(negative_of["image_embed"])
+    return cond
+
+
+def to_preview(x0: torch.Tensor) -> Image.Image:
+    """The middle frame of a [B, C, F, H, W] (or [B, C, H, W]) estimate in -1..1 as a PIL image."""
+    frame = x0[0, :3, x0.shape[2] // 2] if x0.dim() == 5 else x0[0, :3]
+    if frame.shape[0] < 3:
+        frame = frame[:1].expand(3, -1, -1)
+    arr = ((frame.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+class StepProgress:
+    """The sampler callback: Cancel check, progress and a JPEG preview of x0 every step.
+
+    Stages that sample several windows/chunks restart their step count; the total grows by `steps`
+    each time the count passes it."""
+
+    def __init__(self, steps: int, preview: bool = True):
+        self.steps = steps
+        self.count = 0
+        self.preview = preview
+        self.bar = host.ProgressBar(steps)
+
+    def __call__(self, info: dict):
+        host.check_interrupted()
+        self.count += 1
+        if self.count > self.bar.total:
+            self.bar.total += self.steps
+        denoised = info.get("denoised")
+        image = None
+        if self.preview and isinstance(denoised, torch.Tensor) and denoised.dim() >= 4:
+            image = ("JPEG", to_preview(denoised), 512)
+        self.bar.update_absolute(self.count, self.bar.total, image)
+
+
+def frames_out(video: torch.Tensor) -> torch.Tensor:
+    """Core video [B, 3, F, H, W] -> IMAGE [B*F, H, W, 3] on the host's intermediate device."""
+    from ..mav_core.stages import video_to_frames
+    return video_to_frames(video).to(host.intermediate_device())

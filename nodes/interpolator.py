@@ -1,0 +1,64 @@
+"""MakeAVideo Frame Interpolator (up-F): more frames between (interpolate) or after (extrapolate) the input."""
+from __future__ import annotations
+
+from ..mav_core.stages import frames_to_video, interpolate_video
+from . import host
+from .common import (CATEGORY, INTERPOLATOR, SAMPLERS, SEED, StepProgress, conditioning_dict, core_seed,
+                     frames_out, require_frames, require_model)
+
+MODES = ["interpolate", "extrapolate"]
+
+
+class FrameInterpolator:
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE", "FLOAT")
+    RETURN_NAMES = ("frames", "fps")
+    DESCRIPTION = ("interpolate: N frames -> (N-1)*multiplier+1, fps x multiplier (two images -> an in-between "
+                   "clip). extrapolate: continue the clip by extra_frames new frames (0 = (N-1)*multiplier+1-N, "
+                   "at least 1; one image -> an animation), fps unchanged.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "interpolator": (INTERPOLATOR,), "images": ("IMAGE",),
+                "fps": ("FLOAT", {"default": 4.0, "min": 0.1, "max": 240.0, "step": 0.1}),
+                "multiplier": ("INT", {"default": 2, "min": 1, "max": 16}),
+                "mode": (MODES, {"default": "interpolate"}),
+                "seed": SEED,
+                "steps": ("INT", {"default": 15, "min": 1, "max": 1000}),
+            },
+            "optional": {
+                "positive": ("CONDITIONING",),
+                "extra_frames": ("INT", {"default": 0, "min": 0, "max": 1024}),
+                "sampler_name": (SAMPLERS, {"default": "ddim"}),
+            },
+        }
+
+    def run(self, interpolator, images, fps, multiplier, mode, seed, steps, positive=None, extra_frames=0,
+            sampler_name="ddim"):
+        model = require_model(interpolator, "interpolator", ("interpolator",))
+        frames = require_frames(images, "images")
+        if mode not in MODES:
+            raise ValueError(f"mode: {mode!r} is not one of {MODES}")
+        if mode == "interpolate" and frames.shape[0] < 2:
+            raise ValueError(f"images: interpolation needs at least 2 frames, got {frames.shape[0]} "
+                             "(use mode 'extrapolate' to animate a single image)")
+        down = 2 ** (len(model.config.block_out_channels) - 1)
+        h, w = frames.shape[1:3]
+        if h % down or w % down:
+            raise ValueError(f"images: size {w}x{h} must be a multiple of {down} for {model.path} "
+                             "(resize with Upscale Image first)")
+        cond = conditioning_dict(positive, "positive", model) if positive is not None else {}
+        progress = StepProgress(steps)
+        with host.models_on_device(model):
+            video = interpolate_video(model, frames_to_video(frames), cond, None, multiplier=multiplier, mode=mode,
+                                      extra_frames=extra_frames or None, fps=fps, seed=core_seed(seed),
+                                      steps=steps, sampler=sampler_name, callback=progress)
+        out_fps = fps * multiplier if mode == "interpolate" else fps
+        return (frames_out(video), float(out_fps))
+
+
+NODE_CLASS_MAPPINGS = {"MakeAVideoFrameInterpolator": FrameInterpolator}
+NODE_DISPLAY_NAME_MAPPINGS = {"MakeAVideoFrameInterpolator": "MakeAVideo Frame Interpolator"}

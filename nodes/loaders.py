@@ -1,0 +1,121 @@
+"""Loaders: one per stage, and a bundle loader for a folder holding all MAV-Tiny stage files."""
+from __future__ import annotations
+
+import posixpath
+
+from ..mav_core import family
+from ..mav_core.checkpoints import load_model
+from . import host
+from .common import CATEGORY, DECODER, INTERPOLATOR, PRIOR, TEXT, UPSCALER
+
+TOP_LEVEL = "."
+
+
+def _load(name: str, input_name: str, stages):
+    path = host.model_path(name, input_name)
+    try:
+        return load_model(path, device=host.offload_device(), expect_stage=stages)
+    except ValueError as e:
+        raise ValueError(f"{input_name}: {e}") from None
+
+
+class _StageLoader:
+    STAGES: tuple[str, ...] = ()
+    CATEGORY = f"{CATEGORY}/loaders"
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ckpt_name": (host.model_files(), {
+            "tooltip": f"a {' / '.join(cls.STAGES)} checkpoint from models/{host.MODEL_FOLDER} or the shipped MAV-Tiny"})}}
+
+    def load(self, ckpt_name):
+        return (_load(ckpt_name, "ckpt_name", self.STAGES),)
+
+
+class TextEncoderLoader(_StageLoader):
+    STAGES = ("text",)
+    RETURN_TYPES = (TEXT,)
+    RETURN_NAMES = ("text_encoder",)
+    DESCRIPTION = "Loads the text encoder used by MakeAVideo Text Encode."
+
+
+class PriorLoader(_StageLoader):
+    STAGES = ("prior",)
+    RETURN_TYPES = (PRIOR,)
+    RETURN_NAMES = ("prior",)
+    DESCRIPTION = "Loads the diffusion prior (text embedding -> image embedding)."
+
+
+class DecoderLoader(_StageLoader):
+    STAGES = ("decoder",)
+    RETURN_TYPES = (DECODER,)
+    RETURN_NAMES = ("decoder",)
+    DESCRIPTION = "Loads the spatiotemporal decoder D^t used by the Sampler."
+
+
+class InterpolatorLoader(_StageLoader):
+    STAGES = ("interpolator",)
+    RETURN_TYPES = (INTERPOLATOR,)
+    RETURN_NAMES = ("interpolator",)
+    DESCRIPTION = "Loads the masked frame interpolation/extrapolation network (up-F)."
+
+
+class UpscalerLoader(_StageLoader):
+    STAGES = ("sr_video", "sr_frame")
+    RETURN_TYPES = (UPSCALER,)
+    RETURN_NAMES = ("upscaler",)
+    DESCRIPTION = "Loads a x2 super-resolution model: sr_video (SR^t_l, spatiotemporal) or sr_frame (SR_h, per frame)."
+
+
+def bundle_folders() -> list[str]:
+    """Folders (relative to the makeavideo roots) that hold a decoder.safetensors."""
+    decoder = family.STAGE_FILES["decoder"]
+    folders = {posixpath.dirname(n) or TOP_LEVEL for n in host.model_files() if posixpath.basename(n) == decoder}
+    return sorted(folders)
+
+
+class BundleLoader:
+    CATEGORY = f"{CATEGORY}/loaders"
+    FUNCTION = "load"
+    RETURN_TYPES = (TEXT, PRIOR, DECODER, INTERPOLATOR, UPSCALER, UPSCALER)
+    RETURN_NAMES = ("text_encoder", "prior", "decoder", "interpolator", "sr_video", "sr_frame")
+    DESCRIPTION = ("Loads every stage file (text, prior, decoder, interpolator, sr_video, sr_frame .safetensors) "
+                   "of one folder; interpolator and upscalers are optional (None when missing).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"folder": (bundle_folders(), {
+            "tooltip": "a folder of MAV-Tiny-layout stage files (mav-tiny = the shipped weights)"})}}
+
+    def load(self, folder):
+        files = set(host.model_files())
+        out = []
+        for stage in ("text", "prior", "decoder", "interpolator", "sr_video", "sr_frame"):
+            name = family.STAGE_FILES[stage] if folder == TOP_LEVEL else f"{folder}/{family.STAGE_FILES[stage]}"
+            if name not in files:
+                if stage in ("text", "prior", "decoder"):
+                    raise FileNotFoundError(f"folder: {folder!r} has no {family.STAGE_FILES[stage]} "
+                                            f"(the {stage!r} stage is required)")
+                out.append(None)
+                continue
+            out.append(_load(name, "folder", (stage,)))
+        return tuple(out)
+
+
+NODE_CLASS_MAPPINGS = {
+    "MakeAVideoBundleLoader": BundleLoader,
+    "MakeAVideoTextEncoderLoader": TextEncoderLoader,
+    "MakeAVideoPriorLoader": PriorLoader,
+    "MakeAVideoDecoderLoader": DecoderLoader,
+    "MakeAVideoInterpolatorLoader": InterpolatorLoader,
+    "MakeAVideoUpscalerLoader": UpscalerLoader,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "MakeAVideoBundleLoader": "MakeAVideo Bundle Loader",
+    "MakeAVideoTextEncoderLoader": "MakeAVideo Text Encoder Loader",
+    "MakeAVideoPriorLoader": "MakeAVideo Prior Loader",
+    "MakeAVideoDecoderLoader": "MakeAVideo Decoder Loader",
+    "MakeAVideoInterpolatorLoader": "MakeAVideo Interpolator Loader",
+    "MakeAVideoUpscalerLoader": "MakeAVideo Upscaler Loader",
+}

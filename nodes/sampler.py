@@ -1,0 +1,79 @@
+"""MakeAVideo Sampler: the spatiotemporal decoder D^t, text/image-embedding conditioned video."""
+from __future__ import annotations
+
+from einops import rearrange
+
+from ..mav_core.stages import frames_to_video, generate_video
+from . import host
+from .common import (CATEGORY, DECODER, SAMPLERS, SEED, StepProgress, conditioning_dict, core_seed, frames_out,
+                     require_frames, require_model)
+
+LATENT_SCALE = 8   # latent families (UNet3D / ModelScope): pixel size / 8, as the host's Empty Latent Image
+
+
+class Sampler:
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("IMAGE", "FLOAT", "LATENT")
+    RETURN_NAMES = ("frames", "fps", "latent")
+    DESCRIPTION = ("Spatiotemporal sampler (D^t). Pixel-space decoders fill `frames` (IMAGE [F, H, W, 3]); "
+                   "latent-space decoders (UNet3D / ModelScope) fill `latent` as a batch of F frame latents "
+                   "[F, 4, H/8, W/8] for the host's VAE Decode. With init_frames, frames/width/height come "
+                   "from init_frames and denoise < 1 keeps part of them (video variation).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "decoder": (DECODER,), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
+                "seed": SEED,
+                "steps": ("INT", {"default": 25, "min": 1, "max": 1000}),
+                "cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1}),
+                "sampler_name": (SAMPLERS, {"default": "ddim"}),
+                "frames": ("INT", {"default": 16, "min": 1, "max": 1024}),
+                "fps": ("FLOAT", {"default": 4.0, "min": 0.1, "max": 240.0, "step": 0.1}),
+                "width": ("INT", {"default": 32, "min": 8, "max": 4096, "step": 4}),
+                "height": ("INT", {"default": 32, "min": 8, "max": 4096, "step": 4}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
+            },
+            "optional": {"init_frames": ("IMAGE", {"tooltip": "frames to vary (video variation); sets frames, width, height"})},
+        }
+
+    def sample(self, decoder, positive, negative, seed, steps, cfg, sampler_name, frames, fps, width, height,
+               denoise, init_frames=None):
+        model = require_model(decoder, "decoder", ("decoder",))
+        if sampler_name not in SAMPLERS:
+            raise ValueError(f"sampler_name: {sampler_name!r} is not one of {SAMPLERS}")
+        latent = model.config.in_channels == 4
+        cond = conditioning_dict(positive, "positive", model)
+        uncond = conditioning_dict(negative, "negative", model, negative_of=cond)
+        init = None
+        if init_frames is not None:
+            if latent:
+                raise ValueError("init_frames: video variation from frames needs a pixel-space decoder; "
+                                 f"{model.path} samples latents")
+            init = frames_to_video(require_frames(init_frames, "init_frames"))
+            frames, height, width = init.shape[2:]
+        elif denoise < 1.0:
+            raise ValueError(f"denoise: {denoise} < 1 needs init_frames to start from")
+        if latent:
+            for name, v in (("width", width), ("height", height)):
+                if v % LATENT_SCALE:
+                    raise ValueError(f"{name}: {v} must be a multiple of {LATENT_SCALE} for a latent decoder")
+            height, width = height // LATENT_SCALE, width // LATENT_SCALE
+        progress = StepProgress(steps)
+        with host.models_on_device(model):
+            try:
+                video = generate_video(model, cond, uncond, frames=frames, height=height, width=width, fps=fps,
+                                       seed=core_seed(seed), steps=steps, cfg=cfg, sampler=sampler_name,
+                                       init=init, denoise=denoise, callback=progress)
+            except ValueError as e:
+                raise ValueError(f"{'init_frames: ' if init is not None and 'multiple' in str(e) else ''}{e}") from None
+        if latent:
+            samples = rearrange(video, "b c f h w -> (b f) c h w").to(host.intermediate_device()).float()
+            return (None, float(fps), {"samples": samples})
+        return (frames_out(video), float(fps), None)
+
+
+NODE_CLASS_MAPPINGS = {"MakeAVideoSampler": Sampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"MakeAVideoSampler": "MakeAVideo Spatiotemporal Sampler"}

@@ -1,0 +1,250 @@
+"""The pack's nodes without ComfyUI: declared inputs/outputs, execution on untrained MAV-Tiny-layout
+checkpoints, and the errors bad inputs give. The node code is the real code; only comfy.utils /
+model_management / folder_paths are replaced by nodes/host.py's stand-ins (ComfyUI is absent)."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PACK_NAME = "comfyui_makeavideo_pack"
+STAGES = ("text", "prior", "decoder", "interpolator", "sr_video", "sr_frame")
+
+
+def make_untrained_weights(out: Path, seed: int = 0) -> Path:
+    """Untrained MAV-Tiny-layout checkpoints (python -m mav_core init), text/prior written here if init could not."""
+    from mav_core import family
+    from mav_core.cli import main as cli_main
+    assert cli_main(["init", "--out", str(out), "--seed", str(seed)]) == 0
+    if not (out / family.STAGE_FILES["text"]).exists() or not (out / family.STAGE_FILES["prior"]).exists():
+        from mav_core.checkpoints import save_model
+        from mav_core.data.world import heldout_prompts, train_prompts
+        from mav_core.prior import DiffusionPrior, PriorConfig
+        from mav_core.text import TextImageConfig, TextImageEncoder, split_words
+        torch.manual_seed(seed)
+        vocab = sorted({w for p in train_prompts() + heldout_prompts() for w in split_words(p)})
+        save_model(out / family.STAGE_FILES["text"], TextImageEncoder(TextImageConfig(vocab=vocab)), "text",
+                   extra={"mav_untrained": "1"})
+        prior = DiffusionPrior(PriorConfig())
+        save_model(out / family.STAGE_FILES["prior"], prior, "prior", prior.config.noise_schedule(),
+                   prior.config.prediction, extra={"mav_untrained": "1"})
+    return out
+
+
+def import_pack():
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def pack():
+    module = import_pack()
+    assert not module.nodes.host.HAS_COMFY, "these tests are for the comfy-free path"
+    return module
+
+
+@pytest.fixture(scope="session")
+def models_root(pack, tmp_path_factory):
+    root = tmp_path_factory.mktemp("makeavideo_models")
+    make_untrained_weights(root / "set-a", seed=0)
+    pack.nodes.host.extra_model_dirs.insert(0, root)
+    yield root
+    pack.nodes.host.extra_model_dirs.remove(root)
+
+
+@pytest.fixture(scope="session")
+def bundle(pack, models_root):
+    return pack.nodes.loaders.BundleLoader().load("set-a")
+
+
+def node(pack, name):
+    return pack.NODE_CLASS_MAPPINGS[name]()
+
+
+def conditioning(pack, bundle, text="a red circle on a black background"):
+    return node(pack, "MakeAVideoTextEncode").encode(bundle[0], text)[0]
+
+
+# --- declarations ---------------------------------------------------------------------------------
+
+def test_plain_import_of_root_registers_nothing():
+    spec = importlib.util.spec_from_file_location("root_init_plain", ROOT / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.NODE_CLASS_MAPPINGS == {} and module.WEB_DIRECTORY == "./web"
+
+
+def test_every_node_declares_valid_inputs_and_outputs(pack, models_root):
+    expected = {"MakeAVideoBundleLoader", "MakeAVideoTextEncoderLoader", "MakeAVideoPriorLoader",
+                "MakeAVideoDecoderLoader", "MakeAVideoInterpolatorLoader", "MakeAVideoUpscalerLoader",
+                "MakeAVideoTextEncode", "MakeAVideoPrior", "MakeAVideoSampler", "MakeAVideoFrameInterpolator",
+                "MakeAVideoUpscaler"}
+    assert set(pack.NODE_CLASS_MAPPINGS) == expected
+    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == expected
+    for name, cls in pack.NODE_CLASS_MAPPINGS.items():
+        spec = cls.INPUT_TYPES()
+        assert set(spec) <= {"required", "optional", "hidden"}, name
+        params = set(spec["required"]) | set(spec.get("optional", {}))
+        fn = getattr(cls(), cls.FUNCTION)
+        assert params == set(fn.__code__.co_varnames[1:fn.__code__.co_argcount]), name
+        for input_name, decl in {**spec["required"], **spec.get("optional", {})}.items():
+            kind = decl[0]
+            assert isinstance(kind, (str, list)), (name, input_name)
+            opts = decl[1] if len(decl) > 1 else {}
+            if kind in ("INT", "FLOAT"):
+                assert opts["min"] <= opts["default"] <= opts["max"], (name, input_name)
+        assert len(cls.RETURN_TYPES) == len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)), name
+    loader_files = pack.NODE_CLASS_MAPPINGS["MakeAVideoDecoderLoader"].INPUT_TYPES()["required"]["ckpt_name"][0]
+    assert "set-a/decoder.safetensors" in loader_files
+    assert "set-a" in pack.NODE_CLASS_MAPPINGS["MakeAVideoBundleLoader"].INPUT_TYPES()["required"]["folder"][0]
+
+
+# --- execution ------------------------------------------------------------------------------------
+
+def test_bundle_loader_returns_each_stage(bundle):
+    assert [m.stage for m in bundle] == list(STAGES)
+
+
+def test_text_encode_gives_host_conditioning(pack, bundle):
+    cond = conditioning(pack, bundle)
+    assert isinstance(cond, list) and len(cond) == 1
+    tokens, extras = cond[0]
+    assert tokens.shape == (1, bundle[0].config.max_tokens, bundle[0].config.width)
+    assert extras["pooled_output"].shape == (1, bundle[0].config.embed_dim)
+    other = conditioning(pack, bundle, "a blue square on a gray background")
+    assert not torch.equal(other[0][0], tokens)
+
+
+def test_prior_adds_image_embedding_and_reports_progress(pack, bundle, monkeypatch):
+    bars = []
+    real = pack.nodes.host.ProgressBar
+    monkeypatch.setattr(pack.nodes.host, "ProgressBar", lambda total: bars.append(real(total)) or bars[-1])
+    cond = conditioning(pack, bundle)
+    out = node(pack, "MakeAVideoPrior").run(bundle[1], cond, seed=3, steps=4, cfg=1.0)[0]
+    embed = out[0][1]["mav_image_embed"]
+    assert embed.shape == (1, bundle[1].config.embed_dim)
+    assert torch.allclose(embed.norm(dim=-1), torch.ones(1), atol=1e-4)
+    assert "pooled_output" in out[0][1] and out[0][0] is cond[0][0]
+    assert bars[-1].value == 4
+    again = node(pack, "MakeAVideoPrior").run(bundle[1], cond, seed=3, steps=4, cfg=1.0)[0][0][1]["mav_image_embed"]
+    assert torch.equal(embed, again)
+
+
+def test_sampler_makes_frames_fps_and_previews(pack, bundle, monkeypatch):
+    bars = []
+    real = pack.nodes.host.ProgressBar
+    monkeypatch.setattr(pack.nodes.host, "ProgressBar", lambda total: bars.append(real(total)) or bars[-1])
+    pos = node(pack, "MakeAVideoPrior").run(bundle[1], conditioning(pack, bundle), 0, 2, 1.0)[0]
+    neg = conditioning(pack, bundle, "")
+    sampler = node(pack, "MakeAVideoSampler")
+    frames, fps, latent = sampler.sample(bundle[2], pos, neg, seed=5, steps=2, cfg=2.0, sampler_name="euler_ancestral",
+                                         frames=3, fps=6.0, width=16, height=24, denoise=1.0)
+    assert frames.shape == (3, 24, 16, 3) and frames.dtype == torch.float32
+    assert 0 <= frames.min() and frames.max() <= 1
+    assert fps == 6.0 and latent is None
+    assert bars[-1].value == 2 and bars[-1].previews == 2
+    same = sampler.sample(bundle[2], pos, neg, 5, 2, 2.0, "euler_ancestral", 3, 6.0, 16, 24, 1.0)[0]
+    assert torch.equal(frames, same)
+    other = sampler.sample(bundle[2], pos, neg, 6, 2, 2.0, "euler_ancestral", 3, 6.0, 16, 24, 1.0)[0]
+    assert not torch.equal(frames, other)
+    # video variation: init frames set the size; a small denoise stays near them
+    varied = sampler.sample(bundle[2], pos, neg, 7, 4, 1.0, "ddim", 99, 6.0, 8, 8, 0.05, init_frames=frames)[0]
+    assert varied.shape == frames.shape
+    assert (varied - frames).abs().mean() < (other - frames).abs().mean()
+
+
+def test_interpolator_modes_and_fps(pack, bundle):
+    frames = torch.rand(3, 16, 16, 3)
+    interp = node(pack, "MakeAVideoFrameInterpolator")
+    out, fps = interp.run(bundle[3], frames, fps=4.0, multiplier=2, mode="interpolate", seed=1, steps=2)
+    assert out.shape == (5, 16, 16, 3) and fps == 8.0
+    assert torch.allclose(out[::2], frames, atol=1e-6), "interpolation keeps the input frames"
+    out, fps = interp.run(bundle[3], frames[:1], fps=4.0, multiplier=2, mode="extrapolate", seed=1, steps=2,
+                          positive=conditioning(pack, bundle), extra_frames=3)
+    assert out.shape == (4, 16, 16, 3) and fps == 4.0
+    assert torch.allclose(out[0], frames[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("index,size", [(4, 32), (5, 64)])
+def test_upscalers_double_the_size(pack, bundle, index, size):
+    frames = torch.rand(4, size // 2, size // 2, 3)
+    out = node(pack, "MakeAVideoUpscaler").run(bundle[index], frames, seed=2, steps=2, frame_chunk=3)[0]
+    assert out.shape == (4, size, size, 3)
+
+
+def test_sr_frame_uses_the_same_noise_for_every_frame(pack, bundle):
+    """SR_h with identical input frames gives identical output frames (shared noise, no temporal layers)."""
+    frames = torch.rand(1, 8, 8, 3).expand(3, -1, -1, -1).contiguous()
+    out = node(pack, "MakeAVideoUpscaler").run(bundle[5], frames, seed=2, steps=2, frame_chunk=3)[0]
+    assert torch.allclose(out[0], out[1], atol=1e-5) and torch.allclose(out[0], out[2], atol=1e-5)
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+def test_wrong_checkpoint_in_a_loader_names_file_and_stage(pack, models_root):
+    loader = node(pack, "MakeAVideoPriorLoader")
+    with pytest.raises(ValueError, match=r"ckpt_name: .*sr_video\.safetensors.*'sr_video'.*expected 'prior'"):
+        loader.load("set-a/sr_video.safetensors")
+    with pytest.raises(FileNotFoundError, match="ckpt_name: no checkpoint 'nope.safetensors'"):
+        loader.load("nope.safetensors")
+
+
+def test_wrong_model_type_into_a_slot(pack, bundle):
+    cond = conditioning(pack, bundle)
+    with pytest.raises(ValueError, match="decoder: got a 'interpolator' model.*expected 'decoder'"):
+        node(pack, "MakeAVideoSampler").sample(bundle[3], cond, cond, 0, 1, 1.0, "ddim", 2, 4.0, 8, 8, 1.0)
+    with pytest.raises(ValueError, match="upscaler: got a 'decoder' model"):
+        node(pack, "MakeAVideoUpscaler").run(bundle[2], torch.rand(2, 8, 8, 3), 0, 1, 4)
+    with pytest.raises(ValueError, match="frame_chunk: must be an integer >= 3"):
+        node(pack, "MakeAVideoUpscaler").run(bundle[4], torch.rand(4, 8, 8, 3), 0, 1, 2)
+    with pytest.raises(ValueError, match="interpolator: no model connected"):
+        node(pack, "MakeAVideoFrameInterpolator").run(None, torch.rand(2, 8, 8, 3), 4.0, 2, "interpolate", 0, 1)
+
+
+def test_interpolator_needs_two_frames(pack, bundle):
+    with pytest.raises(ValueError, match="images: interpolation needs at least 2 frames, got 1"):
+        node(pack, "MakeAVideoFrameInterpolator").run(bundle[3], torch.rand(1, 8, 8, 3), 4.0, 2, "interpolate", 0, 1)
+
+
+def test_size_not_divisible(pack, bundle):
+    cond = conditioning(pack, bundle)
+    with pytest.raises(ValueError, match="height 30 must be a multiple of 4"):
+        node(pack, "MakeAVideoSampler").sample(bundle[2], cond, cond, 0, 1, 1.0, "ddim", 2, 4.0, 32, 30, 1.0)
+    with pytest.raises(ValueError, match="images: size 10x10 must be a multiple of 4"):
+        node(pack, "MakeAVideoFrameInterpolator").run(bundle[3], torch.rand(2, 10, 10, 3), 4.0, 2, "interpolate", 0, 1)
+
+
+def test_conditioning_width_mismatch_names_the_input(pack, bundle):
+    host_like = [[torch.zeros(1, 77, 1024), {"pooled_output": torch.zeros(1, 1024)}]]
+    cond = conditioning(pack, bundle)
+    with pytest.raises(ValueError, match="negative: conditioning tokens have width 1024.*expects context width 128"):
+        node(pack, "MakeAVideoSampler").sample(bundle[2], cond, host_like, 0, 1, 1.0, "ddim", 2, 4.0, 8, 8, 1.0)
+    with pytest.raises(ValueError, match="conditioning: tokens of shape"):
+        node(pack, "MakeAVideoPrior").run(bundle[1], host_like, 0, 1, 1.0)
+
+
+def test_denoise_without_init_frames_is_refused(pack, bundle):
+    cond = conditioning(pack, bundle)
+    with pytest.raises(ValueError, match="denoise: 0.5 < 1 needs init_frames"):
+        node(pack, "MakeAVideoSampler").sample(bundle[2], cond, cond, 0, 1, 1.0, "ddim", 2, 4.0, 8, 8, 0.5)
+
+
+def test_bundle_without_optional_stages(pack, models_root):
+    partial = models_root / "partial"
+    partial.mkdir(exist_ok=True)
+    for stage in ("text", "prior", "decoder"):
+        shutil.copy(models_root / "set-a" / f"{stage}.safetensors", partial)
+    out = pack.nodes.loaders.BundleLoader().load("partial")
+    assert out[3:] == (None, None, None)
+    with pytest.raises(ValueError, match="interpolator: no model connected"):
+        node(pack, "MakeAVideoFrameInterpolator").run(out[3], torch.rand(2, 8, 8, 3), 4.0, 2, "interpolate", 0, 1)
