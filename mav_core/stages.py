@@ -57,6 +57,9 @@ def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = Non
     net = model.module
     if not temporal:
         net = _ImageMode(net)
+    if cond.get("controls"):
+        from .control import ControlledUNet
+        net = ControlledUNet(net, model.schedule.num_train_steps)
     den = Denoiser(net, model.schedule, model.prediction or "eps").to(p.device)
     guided = CFGDenoiser(den, cond, uncond, cfg)
     sigmas = sampling_sigmas(model.schedule, steps, denoise if init is not None else 1.0).to(p.device)
@@ -98,10 +101,11 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, fra
                    width: int = 32, fps: float = 8.0, seed: int = 0, steps: int = 25, cfg: float = 5.0,
                    sampler: str = "ddim", init: torch.Tensor | None = None, denoise: float = 1.0,
                    known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
-                   callback=None) -> torch.Tensor:
+                   controls: list | None = None, callback=None) -> torch.Tensor:
     """D^t: text/image-embedding-conditioned video [B, 3, F, H, W].
 
-    known + known_mask (interpolator checkpoints only): frames to keep, as in ↑F."""
+    known + known_mask (interpolator checkpoints only): frames to keep, as in ↑F.
+    controls: mav_core.control.Control list (hint videos + adapters), added to both guidance halves."""
     check_positive_int("frames", frames, 1, MAX_FRAMES)
     cfgm = decoder.config
     down = 2 ** (len(cfgm.block_out_channels) - 1)
@@ -116,6 +120,10 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, fra
     fps_t = torch.full((b,), float(fps), device=p.device)
     cond = {**cond, "fps": fps_t}
     uncond = None if uncond is None else {**uncond, "fps": fps_t}
+    if controls:
+        cond["controls"] = list(controls)
+        if uncond is not None:
+            uncond["controls"] = list(controls)
     if known is not None:
         extra = masked_condition(known.to(p.device, p.dtype), known_mask)
         cond["extra"] = extra
