@@ -280,6 +280,7 @@ def _write_with_av(u8: np.ndarray, tmp: Path, fmt: str, fps: Fraction, quality: 
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.options = options
         if fmt == "gif":
+            stream.codec_context.time_base = _GIF_TIME_BASE
             frames_out = _gif_palette_frames(u8, fps)
         elif fmt in ("mp4", "webm"):
             frames_out = (_to_bt709_yuv(frame) for frame in u8)
@@ -289,13 +290,28 @@ def _write_with_av(u8: np.ndarray, tmp: Path, fmt: str, fps: Fraction, quality: 
         else:
             frames_out = (av.VideoFrame.from_ndarray(frame, format="rgb24") for frame in u8)
         for index, frame in enumerate(frames_out):
-            frame.pts = index
+            if fmt == "gif":  # delays are whole centiseconds: round the timestamps, not each delay (12, 13, 12, ...)
+                frame.pts, frame.time_base = _gif_pts(index, fps), _GIF_TIME_BASE
+            else:
+                frame.pts = index
             for packet in stream.encode(frame):
-                container.mux(packet)
+                _mux(container, packet, fmt, fps)
         for packet in stream.encode():
-            container.mux(packet)
+            _mux(container, packet, fmt, fps)
 
 
+def _gif_pts(index: int, fps: Fraction) -> int:
+    return round(index / (fps * _GIF_TIME_BASE))
+
+
+def _mux(container, packet, fmt: str, fps: Fraction) -> None:
+    if fmt == "gif" and packet.pts is not None:  # the muxer would give the last frame the rounded-up delay
+        index = round(packet.pts * _GIF_TIME_BASE * fps)
+        packet.duration = max(1, _gif_pts(index + 1, fps) - packet.pts)
+    container.mux(packet)
+
+
+_GIF_TIME_BASE = Fraction(1, 100)
 _BT709 = 1  # AVCOL_SPC_BT709 == AVCOL_PRI_BT709 == AVCOL_TRC_BT709
 _LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG (16..235)
 
@@ -660,12 +676,25 @@ def _read_with_av(path: Path, selector: _Selector, size) -> tuple[list, float, i
 
 
 def _stream_fps(stream, container) -> float:
+    if container.format.name == "gif":  # delays may alternate (12, 13, ... cs): average them all
+        fps = _gif_mean_fps(container.name)
+        if fps:
+            return fps
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate:
             return float(rate)
     if stream.frames and container.duration:
         return stream.frames / (container.duration / 1_000_000)
     return DEFAULT_FOLDER_FPS
+
+
+def _gif_mean_fps(path: str) -> float | None:
+    """Frames per second over the whole GIF from its packet durations (demuxed only, not decoded)."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        durations = [packet.duration for packet in container.demux(stream) if packet.size and packet.duration]
+    total = sum(durations) * stream.time_base if durations and stream.time_base else 0
+    return float(len(durations) / total) if total else None
 
 
 def _read_with_cv2(path: Path, selector: _Selector, size) -> tuple[list, float, int]:
