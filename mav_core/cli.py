@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--clips", default="data/clips", help="real clips folder for the ↑F comparison ('' to skip)")
     s.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    s.add_argument("--apps", action="store_true", help="also measure animation, two-image interpolation, "
+                   "variations and control")
+    s.add_argument("--skip-interp", action="store_true", help="skip the ↑F comparison on real clips")
     s.set_defaults(fn=cmd_eval)
     return p
 

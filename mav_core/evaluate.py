@@ -195,7 +195,7 @@ def main_eval(args) -> int:
     t0 = time.perf_counter()
     scores = eval_text_to_video(mav, prompts, args.steps, args.seed)
     video, image, ref = summarize(scores["video"]), summarize(scores["image"]), summarize(reference_motion())
-    interp = eval_interpolation(mav, args.clips) if args.clips else None
+    interp = eval_interpolation(mav, args.clips) if args.clips and not args.skip_interp else None
     report = {"prompts": len(prompts), "heldout_prompts": prompts, "video_model": video, "image_model": image,
               "training_clips": ref, "interpolation": interp, "seconds": time.perf_counter() - t0}
     print(f"held-out prompts: {len(prompts)} (colour/shape pairs never captioned in training)")
@@ -208,6 +208,18 @@ def main_eval(args) -> int:
         print(f"{'method':20}{'PSNR dB':>9}{'SSIM':>8}{'frames/s':>10}")
         for name, r in interp.items():
             print(f"{name:20}{r['psnr']:9.2f}{r['ssim']:8.3f}{r['frames_per_second']:10.1f}")
+    if args.apps:
+        from .evaluate_apps import eval_animation, eval_control, eval_two_image, eval_variations
+        apps = {"image_animation": eval_animation(mav, seed=args.seed),
+                "two_image_interpolation": eval_two_image(mav, seed=args.seed),
+                "video_variation": eval_variations(mav, seed=args.seed)}
+        control_path = Path(args.weights or family.WEIGHTS_DIR) / family.CONTROL_FILES["canny"]
+        if control_path.exists():
+            apps["control_canny"] = eval_control(mav, control_path, seed=args.seed)
+        report["applications"] = apps
+        print("\napplications (rendered held-out scenes, 32x32):")
+        for name, r in apps.items():
+            print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0

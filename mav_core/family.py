@@ -20,6 +20,8 @@ STAGE_FILES = {
     "sr_frame": "sr_frame.safetensors",          # SR_h, 64 -> 128, per frame, shared noise
 }
 
+CONTROL_FILES = {"canny": "control_canny.safetensors"}   # ControlAdapters for the decoder
+
 BASE_SIZE = 32
 FRAMES = 16
 SCHEDULE = NoiseSchedule("cosine")

@@ -42,6 +42,13 @@ def main() -> int:
         atomic_save_file(sd, out, meta)
         total += out.stat().st_size
         print(f"{out}: {out.stat().st_size / 1e6:.1f} MB from {path}")
+    for kind, name in family.CONTROL_FILES.items():
+        path = Path(args.run) / name
+        if path.exists():
+            sd, meta = load_state_dict(path)
+            atomic_save_file({k: v.half() for k, v in sd.items()}, dest / name, {**meta, "mav_storage_dtype": "float16"})
+            total += (dest / name).stat().st_size
+            print(f"{dest / name}: {(dest / name).stat().st_size / 1e6:.1f} MB from {path}")
     print(f"total {total / 1e6:.1f} MB")
     return 0
 
