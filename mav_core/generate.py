@@ -15,6 +15,7 @@ def add_generate_arguments(p):
     p.add_argument("-o", "--output", default="out.mp4", help="mp4, webm, gif, webp, or a folder for PNG frames")
     p.add_argument("--weights", default=None, help="folder of stage checkpoints (default: the shipped MAV-Tiny)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     defaults = ChainSettings()
     for f in fields(ChainSettings):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
@@ -24,6 +25,9 @@ def add_generate_arguments(p):
 def main_generate(args):
     from .pipeline import ChainSettings, MakeAVideo
     from .video import write_video
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     mav = MakeAVideo.load(args.weights, device=args.device)
     for path in mav.untrained():
         print(f"WARNING: {path} holds randomly initialised, UNTRAINED weights: the output is noise-like, "

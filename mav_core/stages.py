@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .checkpoints import LoadedModel
 from .diffusion import CFGDenoiser, Denoiser, NoiseSampler, sample, sampling_sigmas, seeded_noise
 from .frame_masks import extrapolation_mask, interpolation_mask, masked_condition
+from .memory import check_fits
 
 MAX_FRAMES = 1024
 
@@ -37,20 +38,60 @@ def _param(module):
 
 
 def check_positive_int(name: str, value, lo: int = 1, hi: int | None = None):
-    if not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
         raise ValueError(f"{name} must be an integer in [{lo}, {hi if hi is not None else 'inf'}], got {value!r}")
+
+
+def check_number(name: str, value, lo: float, hi: float, lo_open: bool = False):
+    """A finite real number in [lo, hi] ((lo, hi] when lo_open); bools and strings are refused."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < lo or value > hi or (lo_open and value == lo):
+        raise ValueError(f"{name} must be a finite number in {'(' if lo_open else '['}{lo}, {hi}], got {value!r}")
+
+
+MAX_SEED = 2 ** 64 - 1
+MAX_CFG = 100.0
+NAN_CHECK_EVERY_CUDA = 8   # steps between host syncs for the NaN check on CUDA (1 elsewhere: no sync cost)
+
+
+class _FiniteWatch:
+    """Callback wrapper: records after every step whether the model output (`denoised`) is finite, as a
+    device-side flag (no host sync), and checks the flags every `every` steps with one sync. A NaN/inf
+    stops sampling with a FloatingPointError naming the first bad step; on CUDA it may be noticed up to
+    every - 1 steps late (the trade-off against a sync per step). every=0: only the final sample is checked."""
+
+    def __init__(self, what: str, total: int, every: int, callback=None):
+        self.what, self.total, self.every, self.callback = what, total, every, callback
+        self.flags: list = []
+
+    def __call__(self, info):
+        if self.every:
+            self.flags.append(torch.isfinite(info["denoised"]).all())
+            if len(self.flags) % self.every == 0:
+                self.check()
+        if self.callback is not None:
+            self.callback(info)
+
+    def check(self):
+        if self.flags and not bool(torch.stack(self.flags).all()):
+            step = next(i for i, ok in enumerate(self.flags) if not bool(ok)) + 1
+            raise FloatingPointError(f"{self.what}: the model output became NaN/inf at step {step} of "
+                                     f"{self.total} (try float32, fewer steps or another checkpoint)")
 
 
 def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = None, *, seed: int = 0,
                 steps: int = 25, cfg: float = 1.0, sampler: str = "ddim", init: torch.Tensor | None = None,
                 denoise: float = 1.0, shared_noise: bool = False, temporal: bool = True,
-                callback: Callable | None = None) -> torch.Tensor:
+                callback: Callable | None = None, nan_check_every: int | None = None) -> torch.Tensor:
     """Draw a sample of `shape` ([B, C, F, H, W]) from a SpaceTimeUNet with guidance.
 
-    init + denoise < 1: start from `init` noised to the matching level (vid2vid / variations)."""
+    init + denoise < 1: start from `init` noised to the matching level (vid2vid / variations).
+    nan_check_every: steps between checks of the model output for NaN/inf (default 1 on CPU,
+    NAN_CHECK_EVERY_CUDA on CUDA; 0: only the final sample); see _FiniteWatch."""
     check_positive_int("steps", steps, 1, 1000)
-    if not math.isfinite(cfg) or cfg < 0:
-        raise ValueError(f"cfg must be a finite number >= 0, got {cfg}")
+    check_number("cfg", cfg, 0.0, MAX_CFG)
+    check_number("denoise", denoise, 0.0, 1.0, lo_open=True)
+    check_positive_int("seed", seed, 0, MAX_SEED)
     if model.schedule is None:
         raise ValueError(f"{model.path}: checkpoint has no noise schedule; it is not a diffusion model")
     p = _param(model.module)
@@ -69,10 +110,16 @@ def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = Non
         if tuple(init.shape) != tuple(shape):
             raise ValueError(f"init frames of shape {tuple(init.shape)} do not match the requested {tuple(shape)}")
         x = init.to(p.device, p.dtype) + x
-    out = sample(sampler, guided, x, sigmas, callback=callback,
+    if nan_check_every is None:
+        nan_check_every = NAN_CHECK_EVERY_CUDA if p.device.type == "cuda" else 1
+    check_positive_int("nan_check_every", nan_check_every, 0)
+    watch = _FiniteWatch(model.path, len(sigmas) - 1, nan_check_every, callback)
+    out = sample(sampler, guided, x, sigmas, callback=watch,
                  noise_sampler=NoiseSampler(seed, shared_frames=shared_noise))
+    watch.check()
     if not torch.isfinite(out).all():
-        raise FloatingPointError(f"{model.path}: sampling produced NaN/inf values (try float32 or fewer steps)")
+        raise FloatingPointError(f"{model.path}: sampling produced NaN/inf values in the final sample "
+                                 "(try float32 or fewer steps)")
     return out
 
 
@@ -113,10 +160,13 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, fra
         check_positive_int(name, v, down, 4096)
         if v % down:
             raise ValueError(f"{name} {v} must be a multiple of {down} for this model")
-    if not (math.isfinite(fps) and 0 < fps <= 240):
-        raise ValueError(f"fps must be in (0, 240], got {fps}")
+    check_number("fps", fps, 0.0, 240.0, lo_open=True)
+    check_positive_int("steps", steps, 1, 1000)
+    check_number("cfg", cfg, 0.0, MAX_CFG)
     b = _batch(cond)
     p = _param(decoder.module)
+    guided_batch = 2 * b if uncond is not None and cfg != 1.0 else b
+    check_fits(f"{decoder.path}", cfgm, guided_batch, frames, height, width, p.device, p.dtype)
     fps_t = torch.full((b,), float(fps), device=p.device)
     cond = {**cond, "fps": fps_t}
     uncond = None if uncond is None else {**uncond, "fps": fps_t}
@@ -132,6 +182,12 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, fra
     shape = (b, cfgm.out_channels, frames, height, width)
     return sample_unet(decoder, shape, cond, uncond, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
                        init=init, denoise=denoise, callback=callback)
+
+
+def _check_video(name: str, video) -> None:
+    if not isinstance(video, torch.Tensor) or video.dim() != 5 or 0 in video.shape:
+        shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+        raise ValueError(f"{name} must be a non-empty [B, C, F, H, W] tensor, got {shape}")
 
 
 def _batch(cond: dict) -> int:
@@ -150,6 +206,9 @@ def interpolate_video(interpolator: LoadedModel, video: torch.Tensor, cond: dict
     `extra_frames` (default (N-1)*m+1-N, at least 1) new frames, window by window, each window
     conditioned on the last frames generated so far. Returns [B, 3, T, H, W]."""
     check_positive_int("multiplier", multiplier, 1, 16)
+    check_positive_int("window", window, 2, MAX_FRAMES)
+    check_number("fps", fps, 0.0, 240.0, lo_open=True)
+    _check_video("video", video)
     b, c, n, h, w = video.shape
     if mode == "interpolate":
         if n < 2:
@@ -201,8 +260,13 @@ def upscale_video(sr: LoadedModel, video: torch.Tensor, *, seed: int = 0, steps:
     SR^t_l: temporal=True (spatiotemporal model; frames in chunks of `frame_chunk` overlapping by 2).
     SR_h: temporal=False, shared_noise=True: each frame alone, all with the same noise."""
     check_positive_int("frame_chunk", frame_chunk, 1, MAX_FRAMES)
+    check_positive_int("steps", steps, 1, 1000)
+    _check_video("video", video)
     b, c, f, h, w = video.shape
+    if c != sr.config.extra_in_channels:
+        raise ValueError(f"video has {c} channels; {sr.path} upscales {sr.config.extra_in_channels}-channel videos")
     p = _param(sr.module)
+    check_fits(f"{sr.path}", sr.config, b, min(f, frame_chunk), 2 * h, 2 * w, p.device, p.dtype)
     outs = []
     overlap = 2 if temporal and f > frame_chunk else 0
     start = 0
@@ -215,6 +279,9 @@ def upscale_video(sr: LoadedModel, video: torch.Tensor, *, seed: int = 0, steps:
         shape = (b, sr.config.out_channels, k, 2 * h, 2 * w)
         out = sample_unet(sr, shape, {"extra": up}, None, seed=seed, steps=steps, cfg=1.0, sampler=sampler,
                           shared_noise=shared_noise, temporal=temporal, callback=callback)
+        residual_scale = float(sr.metadata.get("mav_sr_residual_scale", 0) or 0)
+        if residual_scale:   # the model diffused (high-res - upsampled) * scale
+            out = up + out / residual_scale
         outs.append(out if start == 0 else out[:, :, overlap:])
         if end == f:
             break

@@ -5,6 +5,8 @@
             noise.
 Both train on random crops (--crop, default 32) of the full-size frames: the networks are
 convolutional, so they run on whole frames at inference.
+By default the models diffuse the residual (high-res minus the bilinearly upsampled low-res, scaled
+by --residual-scale): the upsampling is the starting point and the model adds only what it misses.
 The low-res conditioning is degraded a little (blur / noise augmentation) so the models tolerate the
 previous stage's imperfect output.
 """
@@ -25,6 +27,8 @@ from .loop import maybe_init_distributed, train_loop
 def add_arguments(p, stage: str):
     add_common_arguments(p, *{"sr_video": (300, 2, 5e-4), "sr_frame": (300, 8, 5e-4)}[stage])
     p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--residual-scale", type=float, default=4.0,
+                   help="diffuse the scaled residual (high-res - upsampled low-res) instead of the frame; 0 = frame")
     p.add_argument("--crop", type=int, default=32, help="train on random crops of this size (the network is convolutional)")
 
 
@@ -63,10 +67,13 @@ def run(args, stage: str):
             extra = cond.reshape(b, f, 3, c, c).permute(0, 2, 1, 3, 4)
         else:
             x, extra = hi, cond
+        if args.residual_scale:
+            x = (x - extra) * args.residual_scale   # what the upsampling misses, at about unit scale
         return diffusion_loss(model, x, family.SCHEDULE, family.PREDICTION, generator=gen, extra=extra)
 
     def on_save(m):
-        save_model(out, m, stage, family.SCHEDULE, family.PREDICTION)
+        save_model(out, m, stage, family.SCHEDULE, family.PREDICTION,
+                   extra={"mav_sr_residual_scale": args.residual_scale} if args.residual_scale else None)
 
     train_loop(stage, model, params=list(model.parameters()), loss_fn=loss_fn, settings=settings, on_save=on_save)
     return out
