@@ -79,6 +79,9 @@ def cmd_generate(args):
 
 
 def cmd_eval(args):
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     from .evaluate import main_eval
     return main_eval(args)
 
@@ -111,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--apps", action="store_true", help="also measure animation, two-image interpolation, "
                    "variations and control")
     s.add_argument("--skip-interp", action="store_true", help="skip the ↑F comparison on real clips")
+    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     s.set_defaults(fn=cmd_eval)
     return p
 
