@@ -34,6 +34,27 @@ class ChainSettings:
     sr_steps: int = 10
     upscale: int = 2             # 0: none, 1: SR^t_l only, 2: SR^t_l and SR_h
 
+    def validate(self) -> "ChainSettings":
+        """Raise a ValueError naming the first setting out of range (before any model runs)."""
+        from .diffusion.samplers import SAMPLERS
+        from .stages import MAX_CFG, MAX_FRAMES, MAX_SEED, check_number, check_positive_int
+        check_positive_int("frames", self.frames, 1, MAX_FRAMES)
+        check_number("fps", self.fps, 0.0, 240.0, lo_open=True)
+        check_positive_int("seed", self.seed, 0, MAX_SEED)
+        if not isinstance(self.negative, str):
+            raise ValueError(f"negative must be a string, got {type(self.negative).__name__}")
+        for name in ("prior_steps", "steps", "interp_steps", "sr_steps"):
+            check_positive_int(name, getattr(self, name), 1, 1000)
+        check_number("prior_cfg", self.prior_cfg, 0.0, MAX_CFG)
+        check_number("cfg", self.cfg, 0.0, MAX_CFG)
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
+        check_positive_int("multiplier", self.multiplier, 1, 16)
+        check_positive_int("upscale", self.upscale, 0, 2)
+        if self.fps * self.multiplier > 240:
+            raise ValueError(f"fps {self.fps} x multiplier {self.multiplier} exceeds 240 frames per second")
+        return self
+
 
 @dataclass
 class ChainResult:
@@ -90,6 +111,9 @@ class MakeAVideo:
             if not hasattr(s, k):
                 raise ValueError(f"unknown setting {k!r}")
             setattr(s, k, v)
+        s.validate()
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
         timings = {}
 
         def cb(stage, total):
