@@ -1,0 +1,233 @@
+"""The node pack inside a real ComfyUI: registration, every shipped workflow, validation errors,
+Cancel, checkpoint swapping and seed reproducibility, and graphs that mix our nodes with the host's.
+
+Runs on untrained MAV-Tiny-layout checkpoints copied into the temp models folder the harness
+announces as `makeavideo` (they shadow the shipped mav-tiny files), with every sampling step count
+cut to 1 so each graph takes seconds on a CPU."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from comfy_server import PACK_DIR_NAME, REPO_ROOT, PromptRejected, history_events, history_status
+
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from test_nodes import import_pack, make_untrained_weights  # noqa: E402
+from ui_to_api import check_ui_workflow, ui_to_api  # noqa: E402
+
+WORKFLOWS = REPO_ROOT / "workflows"
+API_FILES = sorted(p for p in WORKFLOWS.glob("*_api.json"))
+UI_FILES = sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith("_api.json"))
+MODULE = f"custom_nodes.{PACK_DIR_NAME}"
+SIZE = 32
+
+
+def upload(server, path: Path) -> str:
+    """POST /upload/image (multipart) and return the stored name."""
+    import urllib.request
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{path.name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + path.read_bytes() + \
+        (f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"overwrite\"\r\n\r\ntrue\r\n"
+         f"--{boundary}--\r\n").encode()
+    req = urllib.request.Request(server.base_url + "/upload/image", data=body, method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())["name"]
+
+
+@pytest.fixture(scope="session")
+def host(comfy_server, tmp_path_factory):
+    """The server with untrained weights as models/makeavideo/{mav-tiny,alt} and the workflows' input files."""
+    import torch
+    from mav_core.video import write_video
+    made = tmp_path_factory.mktemp("untrained")
+    shutil.copytree(make_untrained_weights(made / "a", seed=0), comfy_server.models_dir / "mav-tiny", dirs_exist_ok=True)
+    shutil.copytree(make_untrained_weights(made / "b", seed=1), comfy_server.models_dir / "alt", dirs_exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    for name in ("mav_start.png", "mav_first.png", "mav_last.png", "mav_source.mp4"):
+        frames = torch.rand(6 if name.endswith(".mp4") else 1, 40, 48, 3, generator=gen)
+        path = write_video(frames, made / name, 8.0) if name.endswith(".mp4") else made / name
+        if name.endswith(".png"):
+            from PIL import Image
+            Image.fromarray((frames[0].numpy() * 255).astype("uint8")).save(path)
+        assert upload(comfy_server, Path(path)) == name
+    return comfy_server
+
+
+def fast(api: dict, frames: int = 4) -> dict:
+    """1 step everywhere, `frames` frames, at most 3 extrapolated frames."""
+    api = json.loads(json.dumps(api))
+    for node in api.values():
+        inputs = node["inputs"]
+        if "steps" in inputs:
+            inputs["steps"] = 1
+        if node["class_type"] == "MakeAVideoSampler":
+            inputs["frames"] = frames
+        if inputs.get("extra_frames"):
+            inputs["extra_frames"] = 3
+    return api
+
+
+def test_object_info_lists_every_node(comfy_server):
+    assert comfy_server.pack_import_errors() == [], comfy_server.log_tail(80)
+    pack = import_pack()
+    info = comfy_server.object_info()
+    ours = {name for name, i in info.items() if i.get("python_module") == MODULE}
+    assert set(pack.NODE_CLASS_MAPPINGS) <= ours, "a node registered without ComfyUI is missing in the host"
+    stages = {"MakeAVideoBundleLoader", "MakeAVideoTextEncoderLoader", "MakeAVideoPriorLoader",
+              "MakeAVideoDecoderLoader", "MakeAVideoInterpolatorLoader", "MakeAVideoUpscalerLoader",
+              "MakeAVideoTextEncode", "MakeAVideoPrior", "MakeAVideoSampler", "MakeAVideoFrameInterpolator",
+              "MakeAVideoUpscaler"}
+    assert stages <= ours
+    for name, display in pack.NODE_DISPLAY_NAME_MAPPINGS.items():
+        assert info[name]["display_name"] == display
+        assert info[name]["output"] == list(pack.NODE_CLASS_MAPPINGS[name].RETURN_TYPES)
+
+
+def test_model_folder_lists_announced_and_shipped_paths(host):
+    files = host.object_info("MakeAVideoDecoderLoader")["MakeAVideoDecoderLoader"]["input"]["required"]["ckpt_name"][0]
+    assert {"mav-tiny/decoder.safetensors", "alt/decoder.safetensors"} <= set(files)
+    folders = host.object_info("MakeAVideoBundleLoader")["MakeAVideoBundleLoader"]["input"]["required"]["folder"][0]
+    assert {"mav-tiny", "alt"} <= set(folders)
+
+
+@pytest.mark.parametrize("ui_path", UI_FILES, ids=lambda p: p.stem)
+def test_ui_workflow_matches_object_info_and_its_api_file(host, ui_path):
+    ui = json.loads(ui_path.read_text())
+    info = host.object_info()
+    assert check_ui_workflow(ui, info) == []
+    api_path = ui_path.with_name(ui_path.stem + "_api.json")
+    assert ui_to_api(ui, info) == json.loads(api_path.read_text()), f"{api_path.name} is out of date"
+
+
+def test_ui_check_finds_a_mistyped_link(host):
+    ui = json.loads((WORKFLOWS / "text_to_video.json").read_text())
+    ui["links"][0][5] = "MAV_PRIOR"
+    problems = check_ui_workflow(ui, host.object_info())
+    assert problems and "MAV_PRIOR" in problems[0]
+
+
+@pytest.mark.parametrize("api_path", API_FILES, ids=lambda p: p.stem)
+def test_api_workflow_runs_to_a_video(host, api_path):
+    api = fast(json.loads(api_path.read_text()))
+    with host.websocket() as events:
+        history = host.wait_history(host.queue_prompt(api, client_id=events.client_id), timeout=300)
+        time.sleep(0.5)
+        previews = events.previews()
+    assert history_status(history) == "success", history.get("status")
+    files = host.output_files(history)
+    assert files and all(f.suffix in (".mp4", ".webp") for f in files), files
+    assert previews, "no preview images during sampling"
+    if api_path.stem == "text_to_video_api":
+        from mav_core.video import read_video
+        frames, fps = read_video(files[0])
+        # 4 frames -> interpolated x2 -> 7; 32 -> SR^t_l 64 -> SR_h 128
+        assert tuple(frames.shape) == (7, 4 * SIZE, 4 * SIZE, 3)
+        assert fps == pytest.approx(8.0, rel=1e-3)
+
+
+def _sampler_graph(decoder="mav-tiny/decoder.safetensors", seed=1, steps=1, frames=4, prefix="mav/frames"):
+    return {
+        "1": {"class_type": "MakeAVideoTextEncoderLoader", "inputs": {"ckpt_name": "mav-tiny/text.safetensors"}},
+        "2": {"class_type": "MakeAVideoDecoderLoader", "inputs": {"ckpt_name": decoder}},
+        "3": {"class_type": "MakeAVideoTextEncode", "inputs": {"text_encoder": ["1", 0], "text": "a red circle"}},
+        "4": {"class_type": "MakeAVideoTextEncode", "inputs": {"text_encoder": ["1", 0], "text": ""}},
+        "5": {"class_type": "MakeAVideoSampler", "inputs": {
+            "decoder": ["2", 0], "positive": ["3", 0], "negative": ["4", 0], "seed": seed, "steps": steps, "cfg": 3.0,
+            "sampler_name": "ddim", "frames": frames, "fps": 6.0, "width": SIZE, "height": SIZE, "denoise": 1.0}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": prefix}},
+    }
+
+
+def test_bad_prompt_is_rejected_naming_our_input(host):
+    graph = _sampler_graph()
+    graph["5"]["inputs"]["frames"] = 0
+    with pytest.raises(PromptRejected) as rejected:
+        host.queue_prompt(graph)
+    assert rejected.value.status == 400
+    assert "frames" in json.dumps(rejected.value.body["node_errors"]["5"])
+    graph = _sampler_graph()
+    graph["5"]["inputs"]["decoder"] = ["1", 0]   # a text encoder into the decoder slot
+    with pytest.raises(PromptRejected) as rejected:
+        host.queue_prompt(graph)
+    assert "MAV_TEXT" in json.dumps(rejected.value.body) and "MAV_DECODER" in json.dumps(rejected.value.body)
+
+
+def test_wrong_checkpoint_in_loader_fails_naming_file_and_stage(host):
+    graph = _sampler_graph(decoder="mav-tiny/sr_frame.safetensors")
+    history = host.run_prompt(graph, timeout=120)
+    assert history_status(history) == "error"
+    error = history_events(history)["execution_error"]
+    assert error["node_type"] == "MakeAVideoDecoderLoader"
+    assert "sr_frame.safetensors" in error["exception_message"] and "'decoder'" in error["exception_message"]
+
+
+def test_interrupt_stops_sampling(host):
+    graph = _sampler_graph(steps=1000, frames=16, seed=11)
+    with host.websocket() as events:
+        prompt_id = host.queue_prompt(graph, client_id=events.client_id)
+        deadline = time.monotonic() + 120
+        while not any(e.get("node") == "5" for e in events.events_of("progress")):
+            assert time.monotonic() < deadline, "the sampler reported no progress"
+            time.sleep(0.1)
+        started = time.monotonic()
+        assert host.interrupt() == 200
+        history = host.wait_history(prompt_id, timeout=60)
+        stopped_after = time.monotonic() - started
+        steps_done = max(e["value"] for e in events.events_of("progress") if e.get("node") == "5")
+    assert history_status(history) == "error"
+    assert "execution_interrupted" in history_events(history)
+    assert steps_done < 1000 and stopped_after < 30
+
+
+def _frames_of(history, host):
+    import numpy as np
+    from PIL import Image
+    files = sorted(host.output_files(history))
+    return np.stack([np.asarray(Image.open(f)) for f in files])
+
+
+def _cached_nodes(history) -> list:
+    return history_events(history).get("execution_cached", {}).get("nodes", [])
+
+
+def test_checkpoint_swap_changes_output_and_same_seed_reproduces(host):
+    first = host.run_prompt(_sampler_graph(prefix="swap/a1"), timeout=120)
+    swapped = host.run_prompt(_sampler_graph(decoder="alt/decoder.safetensors", prefix="swap/b"), timeout=120)
+    again = host.run_prompt(_sampler_graph(prefix="swap/a2"), timeout=120)
+    for h in (first, swapped, again):
+        assert history_status(h) == "success", h.get("status")
+    assert "5" not in _cached_nodes(again), "the sampler did not run again"
+    a1, b, a2 = (_frames_of(h, host) for h in (first, swapped, again))
+    assert a1.shape == (4, SIZE, SIZE, 3)
+    assert (a1 == a2).all(), "same checkpoint and seed gave different frames"
+    assert not (a1 == b).all(), "swapping the decoder checkpoint did not change the frames"
+
+
+def test_graph_mixing_host_nodes(host):
+    graph = _sampler_graph(prefix="mixed/unused")
+    del graph["6"]
+    graph["7"] = {"class_type": "ImageScale", "inputs": {"image": ["5", 0], "upscale_method": "bilinear",
+                                                         "width": 48, "height": 40, "crop": "disabled"}}
+    graph["8"] = {"class_type": "CreateVideo", "inputs": {"images": ["7", 0], "fps": ["5", 1]}}
+    graph["9"] = {"class_type": "SaveVideo", "inputs": {"video": ["8", 0], "filename_prefix": "mixed/video",
+                                                        "format": "auto", "codec": "auto"}}
+    graph["10"] = {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["7", 0], "filename_prefix": "mixed/anim",
+                                                                "fps": ["5", 1], "lossless": True, "quality": 80,
+                                                                "method": "fastest"}}
+    history = host.run_prompt(graph, timeout=120)
+    assert history_status(history) == "success", history.get("status")
+    files = {f.suffix: f for f in host.output_files(history)}
+    assert set(files) == {".mp4", ".webp"}
+    from mav_core.video import read_video
+    frames, fps = read_video(files[".mp4"])
+    assert tuple(frames.shape) == (4, 40, 48, 3) and fps == pytest.approx(6.0, rel=1e-3)
