@@ -1,0 +1,428 @@
+"""Video files in and out: Video Save / Video Preview (IMAGE -> file + UI preview), Load Video (file -> IMAGE),
+and, where the host has its VIDEO type, Frames To Video / Video To Frames.
+
+Files go through mav_core.video (atomic temp-then-rename writes, streaming frame-selecting reads).
+Paths follow the host's folder_paths rules (output/temp/input folders, `prefix_00001_.ext` counters,
+no escaping the output folder). Without ComfyUI the same rules run on `standin_dirs` (tests).
+
+The UI preview is `{"ui": {"videos": [entry]}}`; an entry is the host's file locator (filename,
+subfolder, type) plus container, fps, frame_count, width and height. The pack's web extension
+(web/makeavideo_video.js) plays it inside the node; the host's queue panel lists it as a video
+(mp4/webm) or image (gif/webp). PNG frame folders are returned as `images` (the host's own preview).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from ..mav_core.video import WRITE_FORMATS, read_video, write_video
+from . import host
+from .common import CATEGORY, require_frames
+
+try:
+    import folder_paths as _fp
+except ImportError:
+    _fp = None
+
+try:  # the host's VIDEO type (ComfyUI >= 0.3.3x); older hosts only get the IMAGE nodes
+    from comfy_api.input_impl import VideoFromComponents as _VideoFromComponents
+    from comfy_api.util import VideoComponents as _VideoComponents
+except ImportError:
+    _VideoFromComponents = _VideoComponents = None
+
+HAS_VIDEO_TYPE = _VideoFromComponents is not None
+SUFFIXES = {"mp4": ".mp4", "webm": ".webm", "gif": ".gif", "webp": ".webp", "png": ""}
+READABLE_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".webp")
+MAX_LISTED_INPUTS = 5000
+UI_KEY = "videos"
+
+standin_dirs: dict[str, Path] = {}
+"""Without ComfyUI: folder type ('output' / 'temp' / 'input') -> folder. Tests set these."""
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# folders and names (folder_paths when the host is there, the same rules otherwise)
+
+
+def folder_of(kind: str) -> Path:
+    """The host's output / temp / input folder (or the stand-in)."""
+    if _fp is not None:
+        getter = {"output": _fp.get_output_directory, "temp": _fp.get_temp_directory,
+                  "input": _fp.get_input_directory}[kind]
+        return Path(getter())
+    if kind not in standin_dirs:
+        raise RuntimeError(f"no {kind} folder: ComfyUI is absent and video_io.standin_dirs[{kind!r}] is not set")
+    return Path(standin_dirs[kind])
+
+
+def _standin_save_path(prefix: str, output_dir: str, width: int, height: int):
+    """folder_paths.get_save_image_path without the host: same split, containment check and counter."""
+    for key, value in (("%width%", width), ("%height%", height)):
+        prefix = prefix.replace(key, str(value))
+    subfolder = os.path.dirname(os.path.normpath(prefix))
+    filename = os.path.basename(os.path.normpath(prefix))
+    full_output_folder = os.path.join(output_dir, subfolder)
+    if os.path.commonpath((output_dir, os.path.abspath(full_output_folder))) != output_dir:
+        raise ValueError(f"Saving outside the output folder is not allowed: {os.path.abspath(full_output_folder)}")
+    counter = 1
+    try:
+        for name in os.listdir(full_output_folder):
+            if os.path.normcase(name).startswith(os.path.normcase(filename) + "_"):
+                digits = name[len(filename) + 1:].split("_")[0]
+                if digits.isdigit():
+                    counter = max(counter, int(digits) + 1)
+    except FileNotFoundError:
+        os.makedirs(full_output_folder, exist_ok=True)
+    return full_output_folder, filename, counter, subfolder, prefix
+
+
+def save_target(filename_prefix: str, kind: str, fmt: str, width: int, height: int) -> tuple[Path, str]:
+    """The next free `<prefix>_NNNNN_.<ext>` in the output (or temp) folder and its subfolder.
+
+    A prefix that leaves the folder (`../x`, `/etc/x`) is refused with an error naming filename_prefix;
+    a folder that cannot be made (e.g. its parent is a file) is reported with the folder's path."""
+    if not isinstance(filename_prefix, str) or not filename_prefix.strip():
+        raise ValueError(f"filename_prefix: expected a non-empty string, got {filename_prefix!r}")
+    if "\0" in filename_prefix:
+        raise ValueError("filename_prefix: contains a NUL character")
+    base = os.path.abspath(str(folder_of(kind)))
+    try:
+        if _fp is not None:
+            folder, filename, counter, subfolder, _ = _fp.get_save_image_path(filename_prefix, base, width, height)
+        else:
+            folder, filename, counter, subfolder, _ = _standin_save_path(filename_prefix, base, width, height)
+    except (NotADirectoryError, FileExistsError, PermissionError) as e:
+        raise OSError(f"filename_prefix: cannot create the folder for {filename_prefix!r} in {base}: {e}") from None
+    except Exception as e:  # the host raises a bare Exception for a path outside the output folder
+        if "outside the output folder" in str(e):
+            raise ValueError(f"filename_prefix: {filename_prefix!r} points outside the {kind} folder {base}; "
+                             "use a relative prefix such as 'MakeAVideo/video'") from None
+        raise
+    final = Path(folder) / f"{filename}_{counter:05}_{SUFFIXES[fmt]}"
+    real_base, real_final = os.path.realpath(base), os.path.realpath(final)
+    if os.path.commonpath((real_base, real_final)) != real_base:
+        raise ValueError(f"filename_prefix: {filename_prefix!r} resolves to {real_final}, outside {real_base}")
+    if not Path(folder).is_dir():
+        raise OSError(f"filename_prefix: the output folder {folder} is not a folder")
+    return final, subfolder
+
+
+def _metadata_disabled() -> bool:
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        return False
+    return bool(getattr(args, "disable_metadata", False))
+
+
+def host_metadata(prompt=None, extra_pnginfo=None) -> dict[str, str]:
+    """The prompt and workflow JSON as the host embeds them: key -> JSON text ('prompt', 'workflow', ...)."""
+    if _metadata_disabled():
+        return {}
+    meta = {}
+    if prompt is not None:
+        meta["prompt"] = json.dumps(prompt)
+    if isinstance(extra_pnginfo, dict):
+        for key, value in extra_pnginfo.items():
+            meta[str(key)] = json.dumps(value)
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+
+def check_fps(fps, input_name: str = "fps") -> float:
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        raise ValueError(f"{input_name}: expected a number of frames per second, got {fps!r}") from None
+    if not (value > 0 and value < 1e4):
+        raise ValueError(f"{input_name}: expected frames per second in (0, 10000), got {fps!r}")
+    return value
+
+
+def save_frames(frames, fps, filename_prefix: str, format: str, quality: int = 85, loop_count: int = 0,
+                pingpong: bool = False, kind: str = "output", metadata: dict[str, str] | None = None) -> dict:
+    """Write frames as a video file (or PNG frame folder) and return its UI entry (see module docstring)."""
+    frames = require_frames(frames, "frames")
+    fps = check_fps(fps)
+    if format not in WRITE_FORMATS:
+        raise ValueError(f"format: {format!r} is not one of {list(WRITE_FORMATS)}")
+    height, width = int(frames.shape[1]), int(frames.shape[2])
+    target, subfolder = save_target(filename_prefix, kind, format, width, height)
+    try:
+        path = write_video(frames, target, fps, format=format, quality=int(quality), loop=int(loop_count),
+                           pingpong=bool(pingpong), metadata=metadata or None)
+    except OSError as e:
+        raise OSError(f"filename_prefix: could not write {target}: {e}") from None
+    count = int(frames.shape[0])
+    if pingpong and count > 2:
+        count = 2 * count - 2
+    even = format in ("mp4", "webm")
+    return {"filename": path.name, "subfolder": subfolder.replace(os.sep, "/"), "type": kind,
+            "container": format, "fps": fps, "frame_count": count,
+            "width": width + (width % 2 if even else 0), "height": height + (height % 2 if even else 0)}
+
+
+def preview_ui(entry: dict) -> dict:
+    """The node's `ui` dict for one saved entry: a video/animation, or the host's image list for PNG frames."""
+    if entry["container"] != "png":
+        return {UI_KEY: [entry]}
+    folder = folder_of(entry["type"]) / entry["subfolder"] / entry["filename"]
+    subfolder = "/".join(p for p in (entry["subfolder"], entry["filename"]) if p)
+    return {"images": [{"filename": f.name, "subfolder": subfolder, "type": entry["type"]}
+                       for f in sorted(folder.glob("*.png"))]}
+
+
+def animated_preview_ui(frames, fps, format: str = "webp") -> dict:
+    """A temp-folder animation of `frames` as a `ui` dict: for any node of the pack that wants to show its output."""
+    prefix = f"MakeAVideo/preview_{secrets.token_hex(4)}"
+    return preview_ui(save_frames(frames, fps, prefix, format, quality=90, kind="temp"))
+
+
+QUALITY_TOOLTIP = ("0..100. mp4: crf = 40 - 0.3*quality (85 -> crf 14); webm (VP9): crf = 50 - 0.4*quality; "
+                   "webp: lossy quality, 100 = lossless; gif and png ignore it (png is lossless)")
+
+
+class VideoSave:
+    CATEGORY = f"{CATEGORY}/video"
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    DESCRIPTION = ("Saves frames as mp4 (H.264), webm (VP9), gif, animated webp or a folder of PNG frames in the "
+                   "output folder, with the prompt and workflow embedded, and plays the result in the node.")
+    KIND = "output"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "frames": ("IMAGE",),
+                "fps": ("FLOAT", {"default": 8.0, "min": 0.01, "max": 240.0, "step": 0.01,
+                                  "tooltip": "frames per second (link the Sampler's / Interpolator's fps here)"}),
+                "filename_prefix": ("STRING", {"default": "MakeAVideo/video",
+                                               "tooltip": "relative to the output folder; %width% / %height% / "
+                                                          "%year% ... are replaced"}),
+                "format": (list(WRITE_FORMATS), {"default": "mp4"}),
+                "quality": ("INT", {"default": 85, "min": 0, "max": 100, "tooltip": QUALITY_TOOLTIP}),
+                "loop_count": ("INT", {"default": 0, "min": 0, "max": 100,
+                                       "tooltip": "gif/webp: times to loop, 0 = forever"}),
+                "pingpong": ("BOOLEAN", {"default": False,
+                                         "tooltip": "append the frames reversed so the clip plays back and forth"}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def save(self, frames, fps, filename_prefix, format, quality, loop_count, pingpong, prompt=None,
+             extra_pnginfo=None):
+        meta = host_metadata(prompt, extra_pnginfo)
+        entry = save_frames(frames, fps, filename_prefix, format, quality, loop_count, pingpong,
+                            kind=self.KIND, metadata=meta)
+        path = folder_of(self.KIND) / entry["subfolder"] / entry["filename"]
+        return {"ui": preview_ui(entry), "result": (str(path),)}
+
+
+class VideoPreview(VideoSave):
+    RETURN_TYPES = ()
+    RETURN_NAMES = ()
+    DESCRIPTION = "Plays frames inside the node (written to the temp folder, not kept)."
+    KIND = "temp"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "frames": ("IMAGE",),
+                "fps": ("FLOAT", {"default": 8.0, "min": 0.01, "max": 240.0, "step": 0.01}),
+                "format": (["webp", "mp4", "webm", "gif"], {"default": "webp"}),
+            },
+        }
+
+    def save(self, frames, fps, format):
+        entry = save_frames(frames, fps, f"MakeAVideo/preview_{secrets.token_hex(4)}", format, quality=90,
+                            kind=self.KIND)
+        return {"ui": preview_ui(entry)}
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def input_videos() -> list[str]:
+    """Video files ('/'-separated, relative) in the input folder and its subfolders."""
+    try:
+        root = folder_of("input")
+    except RuntimeError:
+        return []
+    names = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if name.lower().endswith(READABLE_SUFFIXES) and not name.startswith("."):
+                names.append(Path(folder, name).relative_to(root).as_posix())
+                if len(names) >= MAX_LISTED_INPUTS:
+                    return sorted(names)
+    return sorted(names)
+
+
+def input_path(name: str) -> Path:
+    """The file `name` in the input folder ('name [output]' annotations as the host's); refuses escapes."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"video: expected a file name from the input folder, got {name!r}")
+    if _fp is not None:
+        path = Path(_fp.get_annotated_filepath(name))
+        bases = [_fp.get_input_directory(), _fp.get_output_directory(), _fp.get_temp_directory()]
+    else:
+        path = folder_of("input") / name
+        bases = [str(folder_of("input"))]
+    real = os.path.realpath(path)
+    if not any(os.path.commonpath((os.path.realpath(b), real)) == os.path.realpath(b) for b in bases):
+        raise ValueError(f"video: {name!r} is outside the input folder")
+    if not path.is_file():
+        raise FileNotFoundError(f"video: no file {name!r} in the input folder {bases[0]}")
+    return path
+
+
+def _scaled_size(path: Path, force_width: int, force_height: int) -> tuple[int, int] | None:
+    """(height, width) for read_video: both given, or one given and the other kept in proportion."""
+    if force_width <= 0 and force_height <= 0:
+        return None
+    if force_width > 0 and force_height > 0:
+        return int(force_height), int(force_width)
+    first, _ = read_video(path, max_frames=1)
+    src_h, src_w = first.shape[1:3]
+    if force_width > 0:
+        return max(1, round(src_h * force_width / src_w)), int(force_width)
+    return int(force_height), max(1, round(src_w * force_height / src_h))
+
+
+class LoadVideo:
+    CATEGORY = f"{CATEGORY}/video"
+    FUNCTION = "load"
+    RETURN_TYPES = ("IMAGE", "FLOAT", "INT")
+    RETURN_NAMES = ("frames", "fps", "frame_count")
+    DESCRIPTION = ("Loads a video (mp4, webm, mkv, mov, avi, gif, webp) from the input folder as frames. Frames "
+                   "kept: skip_first_frames, then every select_every_nth, at most frame_load_cap (0 = all). "
+                   "fps is the source rate divided by select_every_nth. force_width/height resize (0 = keep; "
+                   "one of them alone keeps the aspect ratio).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "video": (input_videos(), {"video_upload": True}),
+                "frame_load_cap": ("INT", {"default": 0, "min": 0, "max": 100000,
+                                           "tooltip": "at most this many frames (0 = all; mind the memory)"}),
+                "skip_first_frames": ("INT", {"default": 0, "min": 0, "max": 1000000}),
+                "select_every_nth": ("INT", {"default": 1, "min": 1, "max": 1000}),
+                "force_width": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 1}),
+                "force_height": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 1}),
+            },
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, video, **_):
+        try:
+            return os.path.getmtime(input_path(video))
+        except (OSError, ValueError):
+            return float("nan")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, video, **_):
+        try:
+            input_path(video)
+        except (OSError, ValueError) as e:
+            return str(e)
+        return True
+
+    def load(self, video, frame_load_cap, skip_first_frames, select_every_nth, force_width, force_height):
+        path = input_path(video)
+        for name, value, minimum in (("frame_load_cap", frame_load_cap, 0), ("skip_first_frames", skip_first_frames, 0),
+                                     ("select_every_nth", select_every_nth, 1), ("force_width", force_width, 0),
+                                     ("force_height", force_height, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+        size = _scaled_size(path, force_width, force_height)
+        try:
+            frames, fps = read_video(path, max_frames=frame_load_cap or None, skip_first=skip_first_frames,
+                                     every_nth=select_every_nth, size=size)
+        except ValueError as e:
+            raise ValueError(f"video: {e}") from None
+        return (frames.to(host.intermediate_device()), float(fps) / select_every_nth, int(frames.shape[0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# the host's VIDEO type
+
+
+def _require_video_type():
+    if not HAS_VIDEO_TYPE:
+        raise RuntimeError("this ComfyUI has no VIDEO type (comfy_api.input_impl); use Video Save / Load Video")
+
+
+class FramesToVideo:
+    CATEGORY = f"{CATEGORY}/video"
+    FUNCTION = "run"
+    RETURN_TYPES = ("VIDEO",)
+    RETURN_NAMES = ("video",)
+    DESCRIPTION = "IMAGE frames + fps -> the host's VIDEO (for Save Video and other VIDEO nodes)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"frames": ("IMAGE",),
+                             "fps": ("FLOAT", {"default": 8.0, "min": 0.01, "max": 240.0, "step": 0.01})}}
+
+    def run(self, frames, fps):
+        _require_video_type()
+        frames = require_frames(frames, "frames")
+        rate = Fraction(check_fps(fps)).limit_denominator(1001)
+        return (_VideoFromComponents(_VideoComponents(images=frames, frame_rate=rate)),)
+
+
+class VideoToFrames:
+    CATEGORY = f"{CATEGORY}/video"
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE", "FLOAT", "INT")
+    RETURN_NAMES = ("frames", "fps", "frame_count")
+    DESCRIPTION = "The host's VIDEO -> IMAGE frames, fps and frame count."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"video": ("VIDEO",)}}
+
+    def run(self, video):
+        _require_video_type()
+        if not hasattr(video, "get_components"):
+            raise ValueError(f"video: expected the host's VIDEO input, got {type(video).__name__}")
+        components = video.get_components()
+        frames = components.images
+        if not isinstance(frames, torch.Tensor) or frames.dim() != 4:
+            raise ValueError("video: its components hold no frame batch [F, H, W, 3]")
+        frames = frames[..., :3].float().to(host.intermediate_device())
+        return (frames, float(components.frame_rate), int(frames.shape[0]))
+
+
+NODE_CLASS_MAPPINGS = {
+    "MakeAVideoVideoSave": VideoSave,
+    "MakeAVideoVideoPreview": VideoPreview,
+    "MakeAVideoLoadVideo": LoadVideo,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "MakeAVideoVideoSave": "MakeAVideo Video Save",
+    "MakeAVideoVideoPreview": "MakeAVideo Video Preview",
+    "MakeAVideoLoadVideo": "MakeAVideo Load Video",
+}
+if HAS_VIDEO_TYPE:
+    NODE_CLASS_MAPPINGS.update({"MakeAVideoFramesToVideo": FramesToVideo, "MakeAVideoVideoToFrames": VideoToFrames})
+    NODE_DISPLAY_NAME_MAPPINGS.update({"MakeAVideoFramesToVideo": "MakeAVideo Frames To Video",
+                                       "MakeAVideoVideoToFrames": "MakeAVideo Video To Frames"})
