@@ -37,34 +37,36 @@ def make_untrained_weights(out: Path, seed: int = 0) -> Path:
 
 
 def import_pack():
+    """The pack's `nodes` package, imported through the repository root as a package (relative imports)."""
     if PACK_NAME in sys.modules:
-        return sys.modules[PACK_NAME]
+        return importlib.import_module(f"{PACK_NAME}.nodes")
     spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[PACK_NAME] = module
     spec.loader.exec_module(module)
-    return module
+    assert module.NODE_CLASS_MAPPINGS == {}, "without ComfyUI the root registers nothing"
+    return importlib.import_module(f"{PACK_NAME}.nodes")
 
 
 @pytest.fixture(scope="session")
 def pack():
-    module = import_pack()
-    assert not module.nodes.host.HAS_COMFY, "these tests are for the comfy-free path"
-    return module
+    nodes = import_pack()
+    assert not nodes.host.HAS_COMFY, "these tests are for the comfy-free path"
+    return nodes
 
 
 @pytest.fixture(scope="session")
 def models_root(pack, tmp_path_factory):
     root = tmp_path_factory.mktemp("makeavideo_models")
     make_untrained_weights(root / "set-a", seed=0)
-    pack.nodes.host.extra_model_dirs.insert(0, root)
+    pack.host.extra_model_dirs.insert(0, root)
     yield root
-    pack.nodes.host.extra_model_dirs.remove(root)
+    pack.host.extra_model_dirs.remove(root)
 
 
 @pytest.fixture(scope="session")
 def bundle(pack, models_root):
-    return pack.nodes.loaders.BundleLoader().load("set-a")
+    return pack.loaders.BundleLoader().load("set-a")
 
 
 def node(pack, name):
@@ -127,8 +129,8 @@ def test_text_encode_gives_host_conditioning(pack, bundle):
 
 def test_prior_adds_image_embedding_and_reports_progress(pack, bundle, monkeypatch):
     bars = []
-    real = pack.nodes.host.ProgressBar
-    monkeypatch.setattr(pack.nodes.host, "ProgressBar", lambda total: bars.append(real(total)) or bars[-1])
+    real = pack.host.ProgressBar
+    monkeypatch.setattr(pack.host, "ProgressBar", lambda total: bars.append(real(total)) or bars[-1])
     cond = conditioning(pack, bundle)
     out = node(pack, "MakeAVideoPrior").run(bundle[1], cond, seed=3, steps=4, cfg=1.0)[0]
     embed = out[0][1]["mav_image_embed"]
@@ -142,8 +144,8 @@ def test_prior_adds_image_embedding_and_reports_progress(pack, bundle, monkeypat
 
 def test_sampler_makes_frames_fps_and_previews(pack, bundle, monkeypatch):
     bars = []
-    real = pack.nodes.host.ProgressBar
-    monkeypatch.setattr(pack.nodes.host, "ProgressBar", lambda total: bars.append(real(total)) or bars[-1])
+    real = pack.host.ProgressBar
+    monkeypatch.setattr(pack.host, "ProgressBar", lambda total: bars.append(real(total)) or bars[-1])
     pos = node(pack, "MakeAVideoPrior").run(bundle[1], conditioning(pack, bundle), 0, 2, 1.0)[0]
     neg = conditioning(pack, bundle, "")
     sampler = node(pack, "MakeAVideoSampler")
@@ -244,7 +246,7 @@ def test_bundle_without_optional_stages(pack, models_root):
     partial.mkdir(exist_ok=True)
     for stage in ("text", "prior", "decoder"):
         shutil.copy(models_root / "set-a" / f"{stage}.safetensors", partial)
-    out = pack.nodes.loaders.BundleLoader().load("partial")
+    out = pack.loaders.BundleLoader().load("partial")
     assert out[3:] == (None, None, None)
     with pytest.raises(ValueError, match="interpolator: no model connected"):
         node(pack, "MakeAVideoFrameInterpolator").run(out[3], torch.rand(2, 8, 8, 3), 4.0, 2, "interpolate", 0, 1)
