@@ -44,28 +44,70 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(x)))
 
 
-def temporal_group_norm(norm: nn.GroupNorm, x: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """GroupNorm whose statistics span all frames of a clip (a GroupNorm on [b, c, f, h, w])."""
+def _inference() -> bool:
+    """Whether in-place shortcuts are safe (no autograd graph is being recorded)."""
+    return not torch.is_grad_enabled()
+
+
+def temporal_group_norm(norm: nn.GroupNorm, x: torch.Tensor, num_frames: int, silu: bool = False) -> torch.Tensor:
+    """GroupNorm whose statistics span all frames of a clip (a GroupNorm on [b, c, f, h, w]); with silu,
+    SiLU applied to the result. Statistics and the normalisation run in float32; one fused
+    scale-and-shift pass writes the output."""
     bf, c, h, w = x.shape
     g = norm.num_groups
-    xs = x.reshape(bf // num_frames, num_frames, g, c // g, h * w).float()
-    mean = xs.mean(dim=(1, 3, 4), keepdim=True)
-    var = xs.var(dim=(1, 3, 4), keepdim=True, unbiased=False)
-    xs = ((xs - mean) * torch.rsqrt(var + norm.eps)).reshape(bf, c, h, w).to(x.dtype)
+    xs = x.reshape(bf // num_frames, num_frames, g, c // g, h * w)
+    if _inference():
+        # per (frame, group) statistics from the fast GroupNorm kernel over contiguous memory, then combined
+        # over the frames of each clip (equal counts): var = mean of variances + variance of means
+        _, mean_f, rstd_f = torch.native_group_norm(x.float().contiguous(), None, None, bf, c, h * w, g, norm.eps)
+        mean_f = mean_f.reshape(bf // num_frames, num_frames, g)
+        var_f = rstd_f.reshape(mean_f.shape).pow(-2) - norm.eps
+        mean = mean_f.mean(dim=1, keepdim=True)
+        var = (var_f + (mean_f - mean).square()).mean(dim=1, keepdim=True)
+        mean, var = mean[..., None, None], var[..., None, None]  # [b, 1, g, 1, 1]
+    else:  # differentiable statistics (the kernel's mean/rstd outputs carry no gradient)
+        var, mean = torch.var_mean(xs.float(), dim=(1, 3, 4), keepdim=True, correction=0)
+    scale = torch.rsqrt(var + norm.eps)                      # [b, 1, g, 1, 1]
     if norm.affine:
-        xs = xs * norm.weight[None, :, None, None] + norm.bias[None, :, None, None]
-    return xs
+        scale = scale * norm.weight.float().reshape(1, 1, g, c // g, 1)
+        shift = norm.bias.float().reshape(1, 1, g, c // g, 1) - mean * scale
+    else:
+        shift = -mean * scale
+    out = torch.addcmul(shift, xs, scale).reshape(bf, c, h, w)
+    if silu:
+        out = F.silu(out, inplace=_inference())
+    return out.to(x.dtype)
 
 
 def temporal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   num_frames: int) -> torch.Tensor:
     """1D convolution over frames with 'same' zero padding, on the folded layout [(b f), c, h, w].
 
-    weight: [c_out, c_in, k]. Run as a (k x 1) 2D convolution over a (b, c, f, h*w) view, which
-    the conv kernels handle far faster than k broadcast matmuls (measured 8x on CPU)."""
+    weight: [c_out, c_in, k]. At large h*w (inference), k batched matmuls accumulate in place
+    into one output (no layout change); otherwise a (k x 1) 2D convolution over a (b, c, f, h*w)
+    view, which the conv kernels run far faster than broadcast matmuls (measured 8x on CPU)."""
     bf, c, h, w = x.shape
+    k = weight.shape[-1]
+    weight = weight.to(x.dtype)
+    if _inference() and h * w >= 256 and k % 2 == 1:
+        b, co, pad = bf // num_frames, weight.shape[0], k // 2
+        taps = weight.permute(2, 0, 1).contiguous()          # [k, c_out, c_in]
+        xs = x.reshape(b, num_frames, c, h * w)
+        out = torch.matmul(taps[pad], xs)                   # centre tap: [b, f, c_out, hw]
+        if bias is not None:
+            out.add_(bias.to(x.dtype)[:, None])
+        for j in range(k):
+            shift = j - pad                                  # out[t] += W_j @ x[t + shift]
+            n = num_frames - abs(shift)
+            if shift == 0 or n <= 0:
+                continue
+            wj = taps[j].expand(n, co, c)
+            for i in range(b):
+                dst = out[i, max(0, -shift):max(0, -shift) + n]
+                dst.baddbmm_(wj, xs[i, max(0, shift):max(0, shift) + n])
+        return out.reshape(bf, co, h, w)
     xs = x.reshape(bf // num_frames, num_frames, c, h * w).transpose(1, 2)
-    out = F.conv2d(xs, weight[..., None].to(x.dtype), None if bias is None else bias.to(x.dtype),
+    out = F.conv2d(xs, weight[..., None], None if bias is None else bias.to(x.dtype),
                    padding=(weight.shape[-1] // 2, 0))
     return out.transpose(1, 2).reshape(bf, -1, h, w)
 
@@ -115,11 +157,11 @@ class TemporalConvBlock(nn.Module):
         h = x
         for stage in (self.conv1, self.conv2, self.conv3, self.conv4):
             norm, conv = stage[0], stage[-1]
-            h = F.silu(temporal_group_norm(norm, h, num_frames))
+            h = temporal_group_norm(norm, h, num_frames, silu=True)
             if len(stage) == 4:
                 h = stage[2](h)
             h = temporal_conv(h, conv.weight[:, :, :, 0, 0], conv.bias, num_frames)
-        return x + h
+        return h.add_(x) if _inference() else x + h
 
 
 class ResBlock(nn.Module):
@@ -138,14 +180,23 @@ class ResBlock(nn.Module):
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x, emb, num_frames=None):
-        h = self.conv1(F.silu(self.norm1(x)), num_frames)
-        h = h + self.time_emb_proj(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))), num_frames)
-        return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
+        inplace = _inference()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace), num_frames)
+        proj = self.time_emb_proj(F.silu(emb))[:, :, None, None]
+        h = h.add_(proj) if inplace else h + proj
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)), num_frames)
+        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        return h.add_(skip) if inplace else skip + h
 
 
 class Attention(nn.Module):
-    """Multi-head attention through scaled_dot_product_attention on 4-D (B, heads, L, D) tensors."""
+    """Multi-head attention through scaled_dot_product_attention on 4-D (B, heads, L, D) tensors.
+
+    x: [B, L, C] tokens attending over their L positions (to `context` [B, Lc, Cc] when given).
+    Cross-attention with a context shared by groups of queries (the frames of a clip): x [(b n), L, C]
+    with context [b, Lc, Cc] folds the n into the query length (keys computed once per clip).
+    Temporal attention: x [b, f, L, C] with `over_frames` attends along f for each of the L positions,
+    on strided views (no (b L) f C gather)."""
 
     def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None):
         super().__init__()
@@ -156,12 +207,30 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim)])
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, over_frames: bool = False) -> torch.Tensor:
+        if over_frames:
+            return self._over_frames(x)
+        shape = x.shape
+        if context is not None and context.shape[0] != x.shape[0]:
+            if x.shape[0] % context.shape[0]:
+                raise ValueError(f"context batch {context.shape[0]} does not divide the query batch {x.shape[0]}")
+            x = x.reshape(context.shape[0], -1, x.shape[-1])        # [(b n), L, C] -> [b, n L, C]
         context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         q, k, v = (rearrange(t, "b l (h d) -> b h l d", h=self.heads) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.to_out[0](rearrange(out, "b h l d -> b l (h d)"))
+        return self.to_out[0](rearrange(out, "b h l d -> b l (h d)")).reshape(*shape[:-1], -1)
+
+    def _over_frames(self, x: torch.Tensor) -> torch.Tensor:
+        b, f, n, _ = x.shape
+        q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)     # [b, f, n, inner]
+        inner = q.shape[-1]
+        outs = []
+        for i in range(b):                                   # strided (n, heads, f, d) views per clip
+            qi, ki, vi = (t[i].view(f, n, self.heads, inner // self.heads).permute(1, 2, 0, 3) for t in (q, k, v))
+            outs.append(F.scaled_dot_product_attention(qi, ki, vi).permute(2, 0, 1, 3))  # [f, n, heads, d]
+        out = torch.stack(outs).reshape(b, f, n, inner)
+        return self.to_out[0](out)
 
 
 class GEGLU(nn.Module):
@@ -171,6 +240,8 @@ class GEGLU(nn.Module):
 
     def forward(self, x):
         h, gate = self.proj(x).chunk(2, dim=-1)
+        if _inference():
+            return h.mul_(F.gelu(gate))
         return h * F.gelu(gate)
 
 
@@ -180,7 +251,9 @@ class FeedForward(nn.Module):
         self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim)])
 
     def forward(self, x):
-        return self.net[2](self.net[0](x))
+        shape = x.shape
+        h = self.net[0](x.reshape(-1, shape[-1]))   # 2-D: the GEGLU half stays a strided view, no copy
+        return self.net[2](h).reshape(*shape[:-1], -1)
 
 
 class TransformerBlock(nn.Module):
@@ -197,10 +270,12 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(dim)
         self.cross = context_dim is not None
 
-    def forward(self, x, context=None):
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context if self.cross else None)
-        return x + self.ff(self.norm3(x))
+    def forward(self, x, context=None, over_frames: bool = False):
+        """x: [B, L, C]; with over_frames, [b, f, L, C] and the self-attentions run along f."""
+        x = self.attn1(self.norm1(x), over_frames=over_frames).add_(x)
+        x = (self.attn2(self.norm2(x), context) if self.cross else
+             self.attn2(self.norm2(x), over_frames=over_frames)).add_(x)
+        return self.ff(self.norm3(x)).add_(x)
 
 
 class SpatialTransformer(nn.Module):
@@ -262,14 +337,15 @@ class TemporalTransformer(nn.Module):
             return x
         bf, c, h, w = x.shape
         hs = temporal_group_norm(self.norm, x, num_frames)
-        hs = rearrange(hs, "(b f) c h w -> (b h w) f c", f=num_frames)
+        hs = rearrange(hs, "(b f) c h w -> b f (h w) c", f=num_frames)   # tokens stay in frame order
         hs = self.proj_in(hs)
         if self.position_embedding:
-            hs = hs + frame_position_embedding(num_frames, hs.shape[-1], hs.device, hs.dtype)
+            pos = frame_position_embedding(num_frames, hs.shape[-1], hs.device, hs.dtype)[:, None]
+            hs = hs.add_(pos) if _inference() else hs + pos
         for block in self.transformer_blocks:
-            hs = block(hs)
+            hs = block(hs, over_frames=True)
         hs = self.proj_out(hs)
-        hs = rearrange(hs, "(b h w) f c -> (b f) c h w", h=h, w=w)
+        hs = rearrange(hs, "b f (h w) c -> (b f) c h w", h=h, w=w)
         return x + hs
 
 

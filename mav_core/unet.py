@@ -247,7 +247,7 @@ class SpaceTimeUNet(nn.Module):
         context = context.to(h.dtype)
         if f > 1:
             emb = emb.repeat_interleave(f, dim=0)
-            context = context.repeat_interleave(f, dim=0)
+            # the context stays [b, L, D]: cross-attention folds the frames into the query length
 
         size = h.shape[-2:]
         h = self.conv_in(h, num_frames)

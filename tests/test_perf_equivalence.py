@@ -1,0 +1,76 @@
+"""The inference fast paths (in-place ops, fused temporal GroupNorm statistics, matmul temporal convs,
+strided temporal attention, frames folded into cross-attention queries) compute the same function as the
+differentiable paths used in training."""
+import math
+
+import pytest
+import torch
+
+from mav_core.layers import TemporalConvBlock, TemporalTransformer, temporal_conv, temporal_group_norm
+from mav_core.unet import SpaceTimeUNet, UNetConfig
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _randomise(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(max(1, p[0].numel() if p.dim() > 1 else 4)))
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("size", [8, 16])   # 16x16 = 256 pixels takes the matmul temporal conv
+def test_temporal_layers_fast_path_equals_training_path(size):
+    g = torch.Generator().manual_seed(1)
+    x = 3 + 2 * torch.randn(2 * 5, 32, size, size, generator=g)   # offset mean: the statistics must hold up
+    norm = torch.nn.GroupNorm(8, 32)
+    _randomise(norm)
+    w, b = torch.randn(32, 32, 3, generator=g) / 10, torch.randn(32, generator=g)
+    block = TemporalConvBlock(32, 8).eval()
+    attn = TemporalTransformer(32, 2, 16, 8).eval()
+    _randomise(block, 2)
+    _randomise(attn, 3)
+    with torch.no_grad():
+        fast = [temporal_group_norm(norm, x, 5, silu=True), temporal_conv(x, w, b, 5), block(x, 5), attn(x, 5)]
+    with torch.enable_grad():
+        slow = [temporal_group_norm(norm, x, 5, silu=True), temporal_conv(x, w, b, 5), block(x, 5), attn(x, 5)]
+    # reference temporal GroupNorm: nn.GroupNorm on the [b, c, f, h, w] layout
+    ref = torch.nn.functional.silu(norm(x.reshape(2, 5, 32, size, size).transpose(1, 2))).transpose(1, 2)
+    assert _rel(fast[0], ref.reshape(x.shape)) < 1e-5
+    for a, s in zip(fast, slow):
+        assert _rel(a, s.detach()) < 1e-5
+
+
+def test_unet3d_layout_fast_path_equals_training_path():
+    cfg = UNetConfig(in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                     attention_levels=(True, False), attention_head_dim=16, context_dim=24, norm_num_groups=8,
+                     linear_projection=True, pseudo3d_convs=False, temporal_conv_blocks=True,
+                     temporal_position_embedding=False, transformer_in=True, transformer_in_heads=2,
+                     transformer_in_head_dim=16, fps_conditioning=False)
+    model = SpaceTimeUNet(cfg).eval()
+    _randomise(model, 4)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 6, 16, 16, generator=g)
+    ctx = torch.randn(2, 7, 24, generator=g)
+    t = torch.tensor([10.0, 500.0])
+    with torch.no_grad():
+        fast = model(x, t, ctx)
+    slow = model(x, t, ctx)
+    assert _rel(fast, slow.detach()) < 1e-5
+    # frames folded into the cross-attention queries == the context repeated for every frame
+    frames = torch.stack([model(x[:, :, i], t, ctx).detach() for i in range(6)], dim=2)
+    with torch.no_grad():
+        image_mode = model(x, t, ctx, temporal=False)
+    assert _rel(image_mode, frames) < 1e-5
+    slow.float().mean().backward()                       # the training path still has gradients everywhere
+    assert all(p.grad is not None for p in model.parameters())
