@@ -658,6 +658,13 @@ def _stack_to_float(kept: list[np.ndarray], path: Path) -> torch.Tensor:
 
 
 def _read_with_av(path: Path, selector: _Selector, size) -> tuple[list, float, int]:
+    try:
+        return _decode_with_av(path, selector, size)
+    except av.FFmpegError as error:   # e.g. av.EOFError on a truncated file: not a ValueError/OSError
+        raise ValueError(f"{str(path)!r}: cannot decode the video ({error})") from None
+
+
+def _decode_with_av(path: Path, selector: _Selector, size) -> tuple[list, float, int]:
     kept, index = [], 0
     with av.open(str(path)) as container:
         if not container.streams.video:
@@ -787,10 +794,20 @@ def _read_image_folder(folder: Path, selector: _Selector, size) -> tuple[list, f
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """Return the str -> str tags that write_video embedded (muxer-added tags left out)."""
+    """Return the str -> str tags that write_video embedded (muxer-added tags left out).
+    A corrupt file raises ValueError naming it."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"path {str(path)!r} does not exist")
+    corrupt = (IndexError, struct.error, zlib.error, UnicodeDecodeError) + ((av.FFmpegError,) if av is not None else ())
+    try:
+        return _read_metadata(path)
+    except corrupt as error:   # the chunk walkers index past the end of truncated/corrupt files
+        raise ValueError(f"{str(path)!r}: corrupt file, cannot read its metadata ({type(error).__name__}: "
+                         f"{error})") from None
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
     suffix = path.suffix.lower()
     if path.is_dir():
         files = _numbered_frames(path)
