@@ -4,6 +4,7 @@ model_management / folder_paths are replaced by nodes/host.py's stand-ins (Comfy
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -250,3 +251,22 @@ def test_bundle_without_optional_stages(pack, models_root):
     assert out[3:] == (None, None, None)
     with pytest.raises(ValueError, match="interpolator: no model connected"):
         node(pack, "MakeAVideoFrameInterpolator").run(out[3], torch.rand(2, 8, 8, 3), 4.0, 2, "interpolate", 0, 1)
+
+
+# --- API client overrides (no server needed) -----------------------------------------------------
+
+def test_client_overrides_find_nodes_by_class_and_title():
+    from mav_core.client import apply_overrides
+    wf = json.loads((ROOT / "workflows" / "text_to_video_api.json").read_text())
+    out = apply_overrides(wf, ["prompt=a green cross", "negative=blurry", "Upscaler SR_h (frames).frame_chunk=4"],
+                          seed=9, frames=12)
+    texts = {n["_meta"]["title"]: n["inputs"]["text"] for n in out.values() if n["class_type"] == "MakeAVideoTextEncode"}
+    assert texts == {"Prompt": "a green cross", "Negative Prompt": "blurry"}
+    seeds = [n["inputs"]["seed"] for n in out.values() if "seed" in n["inputs"]]
+    assert seeds and set(seeds) == {9}
+    assert [n["inputs"]["frames"] for n in out.values() if n["class_type"] == "MakeAVideoSampler"] == [12]
+    chunks = {n["_meta"]["title"]: n["inputs"]["frame_chunk"] for n in out.values() if n["class_type"] == "MakeAVideoUpscaler"}
+    assert chunks["Upscaler SR_h (frames)"] == 4 and chunks["Upscaler SR^t_l (video)"] == 16
+    assert wf != out and "a green cross" not in json.dumps(wf), "the input workflow is left unchanged"
+    with pytest.raises(ValueError, match="no node with id, class_type or title 'Nope'"):
+        apply_overrides(wf, ["Nope.steps=3"])

@@ -231,3 +231,27 @@ def test_graph_mixing_host_nodes(host):
     from mav_core.video import read_video
     frames, fps = read_video(files[".mp4"])
     assert tuple(frames.shape) == (4, 40, 48, 3) and fps == pytest.approx(6.0, rel=1e-3)
+
+
+def test_client_queues_with_overrides_and_downloads(host, tmp_path):
+    import subprocess
+    api = fast(json.loads((WORKFLOWS / "text_to_video_api.json").read_text()))
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(api))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    run = subprocess.run([sys.executable, "-m", "mav_core.client", str(workflow), "--server", f"127.0.0.1:{host.port}",
+                          "--set", "prompt=a blue square on a gray background", "--seed", "3", "--frames", "3",
+                          "--set", "Upscaler SR_h (frames).frame_chunk=4", "-o", str(out)],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    files = [Path(line) for line in run.stdout.split()]
+    assert len(files) == 1 and files[0].parent == out and files[0].suffix == ".mp4"
+    from mav_core.video import read_video
+    frames, _ = read_video(files[0])
+    assert frames.shape[0] == 5                      # 3 frames -> interpolated x2 -> 5
+    assert "step 1/1" in run.stderr                  # progress followed over the websocket
+    rejected = subprocess.run([sys.executable, "-m", "mav_core.client", str(workflow), "--server",
+                               f"127.0.0.1:{host.port}", "--frames", "0", "-o", str(out)],
+                              capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert rejected.returncode == 2 and "frames" in rejected.stderr and "400" in rejected.stderr
