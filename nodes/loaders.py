@@ -1,6 +1,7 @@
 """Loaders: one per stage, and a bundle loader for a folder holding all MAV-Tiny stage files."""
 from __future__ import annotations
 
+import os
 import posixpath
 
 from ..mav_core import family
@@ -9,6 +10,17 @@ from . import host
 from .common import CATEGORY, DECODER, INTERPOLATOR, PRIOR, TEXT, UPSCALER
 
 TOP_LEVEL = "."
+
+
+def _stamp(names) -> str:
+    stamps = []
+    for name in names:
+        try:
+            st = os.stat(host.model_path(name))
+            stamps.append(f"{name}:{st.st_mtime_ns}:{st.st_size}")
+        except (OSError, ValueError):
+            stamps.append(f"{name}:missing")
+    return "|".join(stamps)
 
 
 def _load(name: str, input_name: str, stages):
@@ -28,6 +40,11 @@ class _StageLoader:
     def INPUT_TYPES(cls):
         return {"required": {"ckpt_name": (host.model_files(), {
             "tooltip": f"a {' / '.join(cls.STAGES)} checkpoint from models/{host.MODEL_FOLDER} or the shipped MAV-Tiny"})}}
+
+    @classmethod
+    def IS_CHANGED(cls, ckpt_name):
+        """Reload when the file is replaced under the same name."""
+        return _stamp([ckpt_name])
 
     def load(self, ckpt_name):
         return (_load(ckpt_name, "ckpt_name", self.STAGES),)
@@ -87,6 +104,11 @@ class BundleLoader:
     def INPUT_TYPES(cls):
         return {"required": {"folder": (bundle_folders(), {
             "tooltip": "a folder of MAV-Tiny-layout stage files (mav-tiny = the shipped weights)"})}}
+
+    @classmethod
+    def IS_CHANGED(cls, folder):
+        prefix = "" if folder == TOP_LEVEL else f"{folder}/"
+        return _stamp([prefix + name for name in family.STAGE_FILES.values()])
 
     def load(self, folder):
         files = set(host.model_files())

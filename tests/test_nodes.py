@@ -242,6 +242,18 @@ def test_denoise_without_init_frames_is_refused(pack, bundle):
         node(pack, "MakeAVideoSampler").sample(bundle[2], cond, cond, 0, 1, 1.0, "ddim", 2, 4.0, 8, 8, 0.5)
 
 
+def test_loaders_notice_a_replaced_file(pack, models_root, tmp_path):
+    loader = pack.NODE_CLASS_MAPPINGS["MakeAVideoDecoderLoader"]
+    target = models_root / "swap" / "decoder.safetensors"
+    target.parent.mkdir(exist_ok=True)
+    shutil.copy(models_root / "set-a" / "decoder.safetensors", target)
+    before = loader.IS_CHANGED("swap/decoder.safetensors")
+    bundle_before = pack.NODE_CLASS_MAPPINGS["MakeAVideoBundleLoader"].IS_CHANGED("swap")
+    shutil.copy(models_root / "set-a" / "interpolator.safetensors", target)
+    assert loader.IS_CHANGED("swap/decoder.safetensors") != before
+    assert pack.NODE_CLASS_MAPPINGS["MakeAVideoBundleLoader"].IS_CHANGED("swap") != bundle_before
+
+
 def test_bundle_without_optional_stages(pack, models_root):
     partial = models_root / "partial"
     partial.mkdir(exist_ok=True)
@@ -270,3 +282,25 @@ def test_client_overrides_find_nodes_by_class_and_title():
     assert wf != out and "a green cross" not in json.dumps(wf), "the input workflow is left unchanged"
     with pytest.raises(ValueError, match="no node with id, class_type or title 'Nope'"):
         apply_overrides(wf, ["Nope.steps=3"])
+
+
+def test_latent_decoder_fills_latent_and_takes_host_conditioning(pack):
+    """A latent-space decoder (UNet3D layout: 4 channels, 1024-wide context as ModelScope) gets the host's
+    CLIPTextEncode-style CONDITIONING and returns LATENT frames [F, 4, H/8, W/8] for the host's VAE Decode."""
+    from mav_core.checkpoints import LoadedModel
+    from mav_core.diffusion.schedule import NoiseSchedule
+    from mav_core.unet import SpaceTimeUNet, UNetConfig
+    torch.manual_seed(0)
+    cfg = UNetConfig(in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+                     attention_levels=(False, True), context_dim=1024, norm_num_groups=8, attention_head_dim=16)
+    model = LoadedModel("modelscope-like.safetensors", "decoder", "unet3d-diffusers", SpaceTimeUNet(cfg).eval(),
+                        NoiseSchedule("linear"), "eps")
+    clip_like = [[torch.randn(1, 77, 1024), {"pooled_output": torch.randn(1, 1024)}]]
+    frames, fps, latent = node(pack, "MakeAVideoSampler").sample(model, clip_like, clip_like, 0, 1, 1.0, "ddim", 3, 8.0,
+                                                                  48, 32, 1.0)
+    assert frames is None and fps == 8.0
+    assert latent["samples"].shape == (3, 4, 4, 6)
+    with pytest.raises(ValueError, match="width: 44 must be a multiple of 8"):
+        node(pack, "MakeAVideoSampler").sample(model, clip_like, clip_like, 0, 1, 1.0, "ddim", 3, 8.0, 44, 32, 1.0)
+    with pytest.raises(ValueError, match="images: no frames .*LATENT"):
+        pack.common.require_frames(frames, "images")
