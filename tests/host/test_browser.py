@@ -490,41 +490,73 @@ def text_to_video_graph(prefix: str, fmt: str) -> dict:
     }
 
 
-def test_front_end_plays_video_in_the_save_node(host_with_models, browser):
-    server = host_with_models
-    assert server.pack_import_errors() == [], server.log_tail(80)
-    info = server.object_info("MakeAVideoVideoSave")
-    assert "MakeAVideoVideoSave" in info, "the Video Save node is not registered in the host"
-    page = browser
+def open_front_end(server, page) -> None:
+    """The host's front end in the page, with the pack's extension registered."""
+    # a fresh user gets the template browser first; mark the tutorial as done, as a returning user
+    request = urllib.request.Request(f"{server.base_url}/settings/Comfy.TutorialCompleted", data=b"true",
+                                     method="POST", headers={"Content-Type": "application/json"})
+    assert urllib.request.urlopen(request, timeout=10).status == 200
     page.navigate(server.base_url, ready="window.app && window.app.graph && window.app.extensions && "
                                           "window.app.extensions.some(e => e.name === 'MakeAVideo.VideoPreview')",
                   timeout_s=120)
-    graph = text_to_video_graph("browser/ui", "mp4")
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm", "webp", "gif"])
+def test_front_end_shows_the_saved_video_in_the_node(host_with_models, browser, fmt):
+    server = host_with_models
+    assert server.pack_import_errors() == [], server.log_tail(80)
+    assert "MakeAVideoVideoSave" in server.object_info("MakeAVideoVideoSave")
+    page = browser
+    open_front_end(server, page)
+    graph = text_to_video_graph(f"browser/ui_{fmt}", fmt)
     page.evaluate(f"(async () => {{ await window.app.loadApiJson({json.dumps(graph)}, 'makeavideo.json'); return true; }})()")
     save_id = page.wait_for("(window.app.graph.nodes.find(n => n.type === 'MakeAVideoVideoSave') || {}).id",
                             timeout_s=30, what="the Video Save node in the loaded graph")
-    page.evaluate("(async () => { await window.app.queuePrompt(0, 1); return true; })()")
+    page.evaluate("(async () => { await window.app.queuePrompt(0, 1); return true; })()")   # as the Run button
+    tag = "video" if fmt in ("mp4", "webm") else "img"
     widget = (f"window.app.graph.getNodeById({json.dumps(save_id)}).widgets"
               ".find(w => w.name === 'mav_video_preview')")
-    page.wait_for(f"({widget}) && ({widget}).element.querySelector('video') && "
-                  f"({widget}).element.querySelector('video').readyState >= 2", timeout_s=240,
-                  what="a loaded <video> in the Video Save node")
-    state = page.evaluate(f"""(async () => {{
-        const video = ({widget}).element.querySelector('video');
-        const t0 = video.currentTime;
-        await new Promise((resolve) => setTimeout(resolve, 1000));
-        const box = video.getBoundingClientRect();
-        return {{ t0, t1: video.currentTime, paused: video.paused, readyState: video.readyState,
-                  duration: video.duration, src: video.currentSrc, width: box.width, height: box.height,
-                  caption: ({widget}).element.textContent, filename: video.dataset.filename }};
+    media = f"({widget}).element.querySelector('{tag}')"
+    loaded = f"{media}.readyState >= 2" if tag == "video" else f"{media}.complete && {media}.naturalWidth > 0"
+    page.wait_for(f"({widget}) && {media} && {loaded}", timeout_s=240,
+                  what=f"a loaded <{tag}> in the Video Save node")
+    page.evaluate(f"""(() => {{
+        window.app.canvas.centerOnNode(window.app.graph.getNodeById({json.dumps(save_id)}));
+        window.app.canvas.setDirty(true, true);
+        return true;
     }})()""")
-    shot = page.screenshot(ARTIFACTS / "video_save_node.png")
-    print(f"screenshot of the Video Save node playing: {shot}")
-    assert state["readyState"] >= 2 and not state["paused"]
-    assert state["t1"] > state["t0"], f"currentTime did not advance: {state}"
-    assert state["width"] > 20 and state["height"] > 20, f"the video element is not visible: {state}"
-    assert abs(state["duration"] - 8 / 8.0) <= 1 / 8.0 + 1e-6
+    page.wait_for(f"(() => {{ const m = {media}; const r = m.getBoundingClientRect();"
+                  " return r.width > 20 && r.height > 20 && document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2) === m; })()",
+                  timeout_s=20, what=f"the <{tag}> of the Video Save node visible on the canvas")
+    state = page.evaluate(f"""(async () => {{
+        const m = {media};
+        const times = [];
+        for (let i = 0; i < 10; i++) {{
+            times.push(m.currentTime);
+            await new Promise((resolve) => setTimeout(resolve, 90));
+        }}
+        const state = {{ times, paused: m.paused, readyState: m.readyState, duration: m.duration,
+                        src: m.currentSrc, width: m.naturalWidth || m.videoWidth, height: m.naturalHeight || m.videoHeight,
+                        caption: ({widget}).element.textContent, filename: m.dataset.filename }};
+        if (m.tagName === 'IMG') {{
+            const decoder = new ImageDecoder({{ data: await (await fetch(m.currentSrc)).arrayBuffer(), type: 'image/{fmt}' }});
+            await decoder.tracks.ready;
+            state.frameCount = decoder.tracks.selectedTrack.frameCount;
+            decoder.close();
+        }}
+        return state;
+    }})()""")
+    shot = page.screenshot(ARTIFACTS / f"video_save_node_{fmt}.png")
+    print(f"screenshot of the Video Save node showing its {fmt}: {shot}")
     assert "8 frames" in state["caption"] and "/view?" in state["src"]
+    assert (state["width"], state["height"]) == (32, 32)
+    if tag == "video":
+        times = state["times"]
+        assert state["readyState"] >= 2 and not state["paused"]
+        assert sum(b > a for a, b in zip(times, times[1:])) >= 5, f"currentTime did not advance: {state}"
+        assert abs(state["duration"] - 8 / 8.0) <= 1 / 8.0 + 1e-6
+    else:
+        assert state["frameCount"] == 8, state
     saved = next(server.output_dir.rglob(state["filename"]))
     from mav_core.video import read_metadata
     workflow = json.loads(read_metadata(saved)["workflow"])   # the graph the page sent, embedded by the node
@@ -588,3 +620,31 @@ def test_host_video_type_round_trip(host_with_models):
     builtin = server.output_dir / history["outputs"]["9"]["images"][0]["subfolder"] / history["outputs"]["9"]["images"][0]["filename"]
     frames, fps = read_video(builtin)
     assert frames.shape[0] == 8 and fps == pytest.approx(8.0, rel=0.02)
+
+
+def test_host_load_video_from_input_folder(host_with_models):
+    """Load Video with the host's folder_paths: the file list, frame selection, and the upload flag."""
+    from mav_core.video import read_video, write_video
+    server = host_with_models
+    frames = torch.zeros(30, 8, 40, 3)   # frame i shows i in binary as five black/white blocks
+    for i in range(30):
+        for b in range(5):
+            if (i >> b) & 1:
+                frames[i, :, 8 * b:8 * b + 8] = 1.0
+    write_video(frames, server.input_dir / "numbers.mp4", fps=12.0, quality=90)
+    spec = server.object_info("MakeAVideoLoadVideo")["MakeAVideoLoadVideo"]["input"]["required"]["video"]
+    assert "numbers.mp4" in spec[0] and spec[1].get("video_upload") is True
+    graph = {
+        "1": {"class_type": "MakeAVideoLoadVideo",
+              "inputs": {"video": "numbers.mp4", "frame_load_cap": 5, "skip_first_frames": 3, "select_every_nth": 4,
+                         "force_width": 0, "force_height": 0}},
+        "2": {"class_type": "MakeAVideoVideoSave",
+              "inputs": {"frames": ["1", 0], "fps": ["1", 1], "filename_prefix": "host/loaded", "format": "png",
+                         "quality": 100, "loop_count": 0, "pingpong": False}},
+    }
+    history = server.run_prompt(graph, timeout=240)
+    assert history_status(history) == "success", history.get("status")
+    folder = server.output_dir / history["outputs"]["2"]["images"][0]["subfolder"]
+    loaded, fps = read_video(folder)
+    numbers = [sum(1 << b for b in range(5) if float(f[:, 8 * b:8 * b + 8].mean()) > 0.5) for f in loaded]
+    assert numbers == [3, 7, 11, 15, 19] and fps == pytest.approx(3.0, rel=0.01)
