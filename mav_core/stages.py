@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .checkpoints import LoadedModel
 from .diffusion import CFGDenoiser, Denoiser, NoiseSampler, sample, sampling_sigmas, seeded_noise
 from .frame_masks import extrapolation_mask, interpolation_mask, masked_condition
+from .accel import FrameWindows, autocast
 from .memory import check_fits
 
 MAX_FRAMES = 1024
@@ -82,8 +83,14 @@ class _FiniteWatch:
 def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = None, *, seed: int = 0,
                 steps: int = 25, cfg: float = 1.0, sampler: str = "ddim", init: torch.Tensor | None = None,
                 denoise: float = 1.0, shared_noise: bool = False, temporal: bool = True,
-                callback: Callable | None = None, nan_check_every: int | None = None) -> torch.Tensor:
+                callback: Callable | None = None, nan_check_every: int | None = None,
+                context_window: int | None = None, context_overlap: int | None = None,
+                precision: str = "fp32") -> torch.Tensor:
     """Draw a sample of `shape` ([B, C, F, H, W]) from a SpaceTimeUNet with guidance.
+
+    context_window: denoise overlapping windows of this many frames per step, blending the overlaps
+    (context_overlap frames, default window // 4): long videos in one window's memory (accel.FrameWindows).
+    precision: 'fp32', 'bf16' (autocast) or 'auto' (bf16 where it is fast: AMX CPUs, CUDA >= sm80).
 
     init + denoise < 1: start from `init` noised to the matching level (vid2vid / variations).
     nan_check_every: steps between checks of the model output for NaN/inf (default 1 on CPU,
@@ -101,6 +108,10 @@ def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = Non
     if cond.get("controls"):
         from .control import ControlledUNet
         net = ControlledUNet(net, model.schedule.num_train_steps)
+    if context_window is not None:
+        if cond.get("controls"):
+            raise ValueError("context_window cannot be combined with controls (their hint videos are not windowed)")
+        net = FrameWindows(net, context_window, context_overlap)
     den = Denoiser(net, model.schedule, model.prediction or "eps").to(p.device)
     guided = CFGDenoiser(den, cond, uncond, cfg)
     sigmas = sampling_sigmas(model.schedule, steps, denoise if init is not None else 1.0).to(p.device)
@@ -114,8 +125,9 @@ def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = Non
         nan_check_every = NAN_CHECK_EVERY_CUDA if p.device.type == "cuda" else 1
     check_positive_int("nan_check_every", nan_check_every, 0)
     watch = _FiniteWatch(model.path, len(sigmas) - 1, nan_check_every, callback)
-    out = sample(sampler, guided, x, sigmas, callback=watch,
-                 noise_sampler=NoiseSampler(seed, shared_frames=shared_noise))
+    with autocast(precision, p.device):
+        out = sample(sampler, guided, x, sigmas, callback=watch,
+                     noise_sampler=NoiseSampler(seed, shared_frames=shared_noise))
     watch.check()
     if not torch.isfinite(out).all():
         raise FloatingPointError(f"{model.path}: sampling produced NaN/inf values in the final sample "
@@ -148,8 +160,11 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, fra
                    width: int = 32, fps: float = 8.0, seed: int = 0, steps: int = 25, cfg: float = 5.0,
                    sampler: str = "ddim", init: torch.Tensor | None = None, denoise: float = 1.0,
                    known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
-                   controls: list | None = None, callback=None) -> torch.Tensor:
+                   controls: list | None = None, callback=None, context_window: int | None = None,
+                   context_overlap: int | None = None, precision: str = "fp32") -> torch.Tensor:
     """D^t: text/image-embedding-conditioned video [B, 3, F, H, W].
+
+    context_window / context_overlap / precision: see sample_unet (sliding windows for long videos).
 
     known + known_mask (interpolator checkpoints only): frames to keep, as in ↑F.
     controls: mav_core.control.Control list (hint videos + adapters), added to both guidance halves."""
@@ -166,7 +181,8 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, fra
     b = _batch(cond)
     p = _param(decoder.module)
     guided_batch = 2 * b if uncond is not None and cfg != 1.0 else b
-    check_fits(f"{decoder.path}", cfgm, guided_batch, frames, height, width, p.device, p.dtype)
+    window_frames = frames if context_window is None else min(frames, context_window)
+    check_fits(f"{decoder.path}", cfgm, guided_batch, window_frames, height, width, p.device, p.dtype)
     fps_t = torch.full((b,), float(fps), device=p.device)
     cond = {**cond, "fps": fps_t}
     uncond = None if uncond is None else {**uncond, "fps": fps_t}
@@ -181,7 +197,8 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, fra
             uncond["extra"] = extra
     shape = (b, cfgm.out_channels, frames, height, width)
     return sample_unet(decoder, shape, cond, uncond, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
-                       init=init, denoise=denoise, callback=callback)
+                       init=init, denoise=denoise, callback=callback, context_window=context_window,
+                       context_overlap=context_overlap, precision=precision)
 
 
 def _check_video(name: str, video) -> None:

@@ -1,0 +1,119 @@
+"""Optional speed-ups: torch.compile with a safe fallback, and bf16 where the hardware makes it fast.
+
+bf16 is fast on CUDA GPUs of compute capability >= 8 and on CPUs with AMX (amx_bf16 / AMX tiles).
+CPUs with AVX512-BF16 only run bf16 matmuls no faster than fp32 (measured: slower on a 2-core
+AVX512-BF16 VM without AMX), so "auto" picks bf16 only where AMX or a recent GPU is present.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_has_amx() -> bool:
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if probe is not None:
+        try:
+            if probe():
+                return True
+        except RuntimeError:
+            pass
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((ln for ln in fh if ln.startswith("flags")), "")
+        return " amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def fast_bf16_supported(device) -> bool:
+    """Whether bf16 matmuls are markedly faster than fp32 on `device`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        return _cpu_has_amx() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return False
+
+
+def resolve_precision(precision: str, device) -> str:
+    """'fp32' | 'bf16' | 'auto' -> 'fp32' or 'bf16' for `device`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if fast_bf16_supported(device) else "fp32"
+    return precision
+
+
+def autocast(precision: str, device):
+    """A context running matmuls/convs in bf16 (norms and softmax stay float32 inside the kernels)
+    when `precision` resolves to bf16; a no-op for fp32."""
+    device = torch.device(device)
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def maybe_compile(module: torch.nn.Module, enabled: bool = True, **compile_kwargs) -> torch.nn.Module:
+    """torch.compile(module) when enabled and available; the module itself otherwise (or when compile
+    raises at wrap time). Compilation happens on the first call and can take minutes on a CPU."""
+    if not enabled or not hasattr(torch, "compile"):
+        return module
+    try:
+        return torch.compile(module, **compile_kwargs)
+    except Exception as exc:  # noqa: BLE001 - compile support varies by platform; eager always works
+        log.warning("torch.compile unavailable (%s); running eagerly", exc)
+        return module
+
+
+class FrameWindows(torch.nn.Module):
+    """Long videos in bounded memory (AnimateDiff-style context windows): the wrapped network runs on
+    overlapping windows of `window` frames and the predictions are averaged where windows overlap, with
+    pyramid weights (largest mid-window), so every step sees the whole clip and seams blend.
+
+    Conditioning tensors shaped like the video ([B, C, F, H, W], e.g. ↑F's masked frames) are sliced with
+    the window; everything else is passed through. Peak memory is that of one window."""
+
+    def __init__(self, net: torch.nn.Module, window: int, overlap: int | None = None):
+        super().__init__()
+        if not isinstance(window, int) or isinstance(window, bool) or window < 2:
+            raise ValueError(f"context_window must be an integer >= 2 frames, got {window!r}")
+        overlap = max(1, window // 4) if overlap is None else overlap
+        if not isinstance(overlap, int) or isinstance(overlap, bool) or not 0 <= overlap < window:
+            raise ValueError(f"context_overlap must be an integer in [0, {window - 1}], got {overlap!r}")
+        self.net, self.window, self.overlap = net, window, overlap
+
+    def starts(self, frames: int) -> list[int]:
+        if frames <= self.window:
+            return [0]
+        stride = self.window - self.overlap
+        starts = list(range(0, frames - self.window + 1, stride))
+        if starts[-1] != frames - self.window:
+            starts.append(frames - self.window)
+        return starts
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+        frames = x.shape[2]
+        if frames <= self.window:
+            return self.net(x, t, **cond)
+        w = self.window
+        ramp = torch.arange(w, device=x.device, dtype=torch.float32)
+        weight = torch.minimum(ramp + 1, w - ramp)                      # pyramid: 1, 2, ..., 2, 1
+        out = total = None
+        for s in self.starts(frames):
+            part = {k: (v[:, :, s:s + w] if isinstance(v, torch.Tensor) and v.dim() == 5 and v.shape[2] == frames
+                        else v) for k, v in cond.items()}
+            y = self.net(x[:, :, s:s + w], t, **part).float()
+            if out is None:
+                out = y.new_zeros(y.shape[0], y.shape[1], frames, *y.shape[3:])
+                total = torch.zeros(frames, device=x.device)
+            out[:, :, s:s + w] += y * weight[:, None, None]
+            total[s:s + w] += weight
+        return (out / total[:, None, None]).to(x.dtype)
