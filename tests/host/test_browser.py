@@ -588,14 +588,35 @@ def test_host_save_formats_and_metadata(host_with_models):
         assert json.loads(read_metadata(path)["prompt"])["6"]["inputs"]["format"] == fmt
 
 
-def test_host_refuses_prefix_outside_output_folder(host_with_models):
-    server = host_with_models
+@pytest.fixture(scope="module")
+def separate_server(comfy_host_paths, tmp_path_factory):
+    """A second host for graphs that fail on purpose: their tracebacks (which name the pack's files) stay out
+    of the shared server's log, where tests/host/test_host_smoke.py looks for import errors."""
+    from comfy_server import ComfyServer, HostUnavailable
+    server = ComfyServer(host=comfy_host_paths, work_dir=tmp_path_factory.mktemp("comfy_host_errors"))
+    try:
+        server.start()
+    except HostUnavailable as reason:
+        server.stop()
+        pytest.skip(f"second ComfyUI did not start: {reason}")
+    yield server
+    server.stop()
+
+
+def test_host_refuses_prefix_outside_output_folder(separate_server):
+    server = separate_server
     before = set(server.work_dir.rglob("*"))
     for prefix in ("../../etc/makeavideo_escape", "/tmp/makeavideo_escape/x"):
-        history = server.run_prompt(text_to_video_graph(prefix, "gif"), timeout=240)
+        graph = {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 3, "color": 0x3366CC}},
+            "2": {"class_type": "MakeAVideoVideoSave",
+                  "inputs": {"frames": ["1", 0], "fps": 8.0, "filename_prefix": prefix, "format": "gif",
+                             "quality": 85, "loop_count": 0, "pingpong": False}},
+        }
+        history = server.run_prompt(graph, timeout=120)
         assert history_status(history) == "error"
         error = history_events(history)["execution_error"]
-        assert error["node_id"] == "6" and "filename_prefix" in error["exception_message"], error
+        assert error["node_id"] == "2" and "filename_prefix" in error["exception_message"], error
     assert not Path("/etc/makeavideo_escape_00001_.gif").exists() and not Path("/tmp/makeavideo_escape").exists()
     new = {p for p in set(server.work_dir.rglob("*")) - before if p.suffix == ".gif"}
     assert new == set()
