@@ -255,3 +255,29 @@ def test_client_queues_with_overrides_and_downloads(host, tmp_path):
                                f"127.0.0.1:{host.port}", "--frames", "0", "-o", str(out)],
                               capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert rejected.returncode == 2 and "frames" in rejected.stderr and "400" in rejected.stderr
+
+
+def test_front_end_exports_each_ui_workflow_as_its_api_file(host, tmp_path):
+    """The real ComfyUI front end (headless Chromium) loads every UI workflow and its own API export equals
+    the committed *_api.json: the UI files are what the front end reads, not only what our converter reads."""
+    try:
+        from test_browser import Browser, chromium_path, open_front_end
+    except ImportError as error:
+        pytest.skip(f"browser helpers unavailable: {error}")
+    if chromium_path() is None:
+        pytest.skip("no chromium executable (apt-get install -y chromium, or set CHROMIUM=/path)")
+    try:
+        browser = Browser(chromium_path(), tmp_path)
+    except RuntimeError as error:
+        pytest.skip(f"chromium does not start headless here: {error}")
+    try:
+        open_front_end(host, browser.page)
+        for ui_path in UI_FILES:
+            ui = json.loads(ui_path.read_text())
+            exported = browser.page.evaluate(
+                f"(async () => {{ await window.app.loadGraphData({json.dumps(ui)}); "
+                "return (await window.app.graphToPrompt()).output; })()")
+            api = json.loads(ui_path.with_name(ui_path.stem + "_api.json").read_text())
+            assert exported == api, f"{ui_path.name}: the front end exports a different API graph"
+    finally:
+        browser.close()
