@@ -44,7 +44,7 @@ try:
 except ImportError:  # pragma: no cover
     cv2 = None
 
-__all__ = ["write_video", "read_video", "read_metadata", "WRITE_FORMATS", "DEFAULT_FOLDER_FPS"]
+__all__ = ["write_video", "read_video", "read_metadata", "probe_video", "WRITE_FORMATS", "DEFAULT_FOLDER_FPS"]
 
 WRITE_FORMATS = ("mp4", "webm", "gif", "webp", "png")
 _WRITE_SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".webm": "webm", ".gif": "gif", ".webp": "webp"}
@@ -787,6 +787,81 @@ def _read_image_folder(folder: Path, selector: _Selector, size) -> tuple[list, f
             kept.append(_resize(_read_image(file), size))
             selector.take()
     return kept, fps, len(files)
+
+
+# ---------------------------------------------------------------------------------------------
+# probing (no frame decoding)
+
+
+def probe_video(path: str | os.PathLike) -> dict:
+    """Cheap facts about a video without decoding its frames: {"frames", "height", "width", "fps"}.
+
+    "frames" is None where the container does not say (and cannot be counted from packets cheaply).
+    Used to check memory before read_video."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"video path {str(path)!r} does not exist")
+    if path.is_dir():
+        files = _numbered_frames(path)
+        if not files:
+            return {"frames": 0, "height": 0, "width": 0, "fps": DEFAULT_FOLDER_FPS}
+        height, width = _read_image(files[0]).shape[:2]
+        fps = DEFAULT_FOLDER_FPS
+        if files[0].suffix.lower() == ".png":
+            fps = float(_png_text(files[0].read_bytes()).get(FPS_KEY, fps))
+        return {"frames": len(files), "height": height, "width": width, "fps": fps}
+    if path.suffix.lower() == ".webp":
+        return _probe_webp(path)
+    if av is None:
+        return {"frames": None, "height": 0, "width": 0, "fps": DEFAULT_FOLDER_FPS}
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{str(path)!r} has no video stream")
+        stream = container.streams.video[0]
+        height, width = stream.codec_context.height, stream.codec_context.width
+        fps = _stream_fps(stream, container)
+        frames = stream.frames or None
+        if frames is None and container.format.name == "gif":
+            frames = sum(1 for packet in container.demux(stream) if packet.size)
+        elif frames is None and container.duration:
+            frames = math.ceil(container.duration / 1_000_000 * fps)
+    return {"frames": frames, "height": height, "width": width, "fps": fps}
+
+
+def _probe_webp(path: Path) -> dict:
+    """Frame count (ANMF chunks), canvas size and median frame rate from the RIFF chunk headers."""
+    frames, width, height, durations = 0, 0, 0, []
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+            raise ValueError(f"{str(path)!r} is not a WebP file")
+        while True:
+            header = f.read(8)
+            if len(header) < 8:
+                break
+            kind, size = header[:4], struct.unpack("<I", header[4:])[0]
+            if kind == b"VP8X":
+                data = f.read(size)
+                width = int.from_bytes(data[4:7], "little") + 1
+                height = int.from_bytes(data[7:10], "little") + 1
+                f.seek(size & 1, os.SEEK_CUR)
+                continue
+            if kind == b"ANMF":
+                data = f.read(16)
+                frames += 1
+                durations.append(int.from_bytes(data[12:15], "little"))
+                f.seek(size - 16 + (size & 1), os.SEEK_CUR)
+                continue
+            if kind in (b"VP8 ", b"VP8L") and frames == 0:
+                frames = 1
+            f.seek(size + (size & 1), os.SEEK_CUR)
+    positive = [d for d in durations if d > 0]
+    fps = 1000.0 / float(np.median(positive)) if positive else DEFAULT_FOLDER_FPS
+    if not width and cv2 is not None:
+        still = cv2.imread(str(path))
+        if still is not None:
+            height, width = still.shape[:2]
+    return {"frames": frames, "height": height, "width": width, "fps": fps}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..mav_core.video import WRITE_FORMATS, read_video, write_video
+from ..mav_core.memory import available_bytes
+from ..mav_core.video import WRITE_FORMATS, probe_video, read_video, write_video
 from . import host
 from .common import CATEGORY, require_frames
 
@@ -293,17 +294,30 @@ def input_path(name: str) -> Path:
     return path
 
 
-def _scaled_size(path: Path, force_width: int, force_height: int) -> tuple[int, int] | None:
+def _scaled_size(src_h: int, src_w: int, force_width: int, force_height: int) -> tuple[int, int] | None:
     """(height, width) for read_video: both given, or one given and the other kept in proportion."""
     if force_width <= 0 and force_height <= 0:
         return None
     if force_width > 0 and force_height > 0:
         return int(force_height), int(force_width)
-    first, _ = read_video(path, max_frames=1)
-    src_h, src_w = first.shape[1:3]
     if force_width > 0:
         return max(1, round(src_h * force_width / src_w)), int(force_width)
     return int(force_height), max(1, round(src_w * force_height / src_h))
+
+
+def selected_count(total: int, cap: int, skip: int, nth: int) -> int:
+    """How many frames read_video keeps from `total` (cap 0 = no cap)."""
+    count = max(0, -(-(total - skip) // nth))
+    return min(count, cap) if cap else count
+
+
+def check_load_fits(frames: int, height: int, width: int, available: int | None) -> None:
+    """Refuse a load whose frames (uint8 while decoding + the float32 IMAGE) exceed the free memory."""
+    need = frames * height * width * 3 * 5
+    if available is not None and need > available:
+        raise MemoryError(f"frame_load_cap: {frames} frames of {width}x{height} need about {need / 2**30:.2f} GiB, "
+                          f"but only {available / 2**30:.2f} GiB is free; lower frame_load_cap, raise "
+                          "select_every_nth or set force_width/force_height")
 
 
 class LoadVideo:
@@ -352,7 +366,17 @@ class LoadVideo:
                                      ("force_height", force_height, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-        size = _scaled_size(path, force_width, force_height)
+        probe = probe_video(path)
+        size = None
+        if force_width > 0 or force_height > 0:
+            src_h, src_w = probe["height"], probe["width"]
+            if not (src_h and src_w):
+                src_h, src_w = read_video(path, max_frames=1)[0].shape[1:3]
+            size = _scaled_size(src_h, src_w, force_width, force_height)
+        if probe["frames"]:
+            out_h, out_w = size or (probe["height"], probe["width"])
+            check_load_fits(selected_count(probe["frames"], frame_load_cap, skip_first_frames, select_every_nth),
+                            out_h, out_w, available_bytes("cpu"))
         try:
             frames, fps = read_video(path, max_frames=frame_load_cap or None, skip_first=skip_first_frames,
                                      every_nth=select_every_nth, size=size)

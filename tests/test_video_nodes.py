@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from mav_core.video import read_metadata, read_video, write_video
+from mav_core.video import probe_video, read_metadata, read_video, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfyui_makeavideo_pack"   # same name as tests/test_nodes.py: one import per session
@@ -250,3 +250,27 @@ def test_nodes_are_registered(video_io):
         assert nodes.NODE_CLASS_MAPPINGS[name] is video_io.NODE_CLASS_MAPPINGS[name]
     assert (ROOT / "web" / "makeavideo_video.js").is_file()
     assert 'WEB_DIRECTORY = "./web"' in (ROOT / "__init__.py").read_text()
+
+
+def test_load_video_refuses_a_load_that_cannot_fit(video_io, folders, monkeypatch):
+    write_video(moving_frames(count=12, height=24, width=32), folders["input"] / "clip.webm", fps=8.0)
+    node = video_io.LoadVideo()
+    one_frame = 24 * 32 * 3 * 5
+    monkeypatch.setattr(video_io, "available_bytes", lambda device: 4 * one_frame)   # room for 4 frames
+    with pytest.raises(MemoryError, match="frame_load_cap: 12 frames of 32x24"):
+        node.load("clip.webm", 0, 0, 1, 0, 0)
+    with pytest.raises(MemoryError, match="frame_load_cap: 6 frames"):
+        node.load("clip.webm", 0, 0, 2, 0, 0)
+    frames, _, count = node.load("clip.webm", 0, 0, 3, 0, 0)        # 12 frames, every 3rd: 4 fit
+    assert count == 4 and frames.shape[0] == 4
+    frames, _, _ = node.load("clip.webm", 0, 0, 1, force_width=16, force_height=0)   # a quarter of the pixels
+    assert tuple(frames.shape) == (12, 12, 16, 3)
+
+
+@pytest.mark.parametrize("name", ["p.mp4", "p.webm", "p.gif", "p.webp", "p_frames"])
+def test_probe_agrees_with_decoding(tmp_path, name):
+    path = write_video(moving_frames(count=13, height=24, width=32), tmp_path / name, fps=8.0)
+    probe = probe_video(path)
+    frames, fps = read_video(path)
+    assert (probe["frames"], probe["height"], probe["width"]) == tuple(frames.shape[:3])
+    assert probe["fps"] == pytest.approx(fps, rel=0.01)
