@@ -1,0 +1,114 @@
+"""UNet step time: ours (SpaceTimeUNet) vs diffusers' UNet3DConditionModel, same config and the same
+weights (ours loaded through mav_core.convert from diffusers' saved files), batch 2 (a CFG pair).
+
+    python bench/unet_step.py --configs small --variants fp32 bf16-weights bf16-autocast --threads 1
+    python bench/unet_step.py --configs small --variants fp32 --compile      # adds torch.compile rows
+
+Timings alternate ours / diffusers / ours / ... so machine drift hits both; medians and spreads are
+reported, with the output difference of each pair (fp32: rel L2 vs diffusers fp32; bf16: both vs the
+fp32 reference). Writes bench/results/unet_step.json.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import time
+
+import torch
+
+from common import (CONFIGS, add_common_args, inputs, machine_info, model_pair, rel_l2, summary, table,
+                    time_alternating, write_json)
+
+TOLERANCE = {"fp32": 1e-4, "bf16-weights": 2e-2, "bf16-autocast": 2e-2}
+
+
+def _variant(ours, ref, x, ctx, variant):
+    """(ours_fn, diffusers_fn) closures running one forward in `variant`."""
+    if variant == "fp32":
+        return ours, ref, x, ctx, contextlib.nullcontext
+    if variant == "bf16-weights":
+        return (copy.deepcopy(ours).to(torch.bfloat16), copy.deepcopy(ref).to(torch.bfloat16),
+                x.bfloat16(), ctx.bfloat16(), contextlib.nullcontext)
+    if variant == "bf16-autocast":
+        return ours, ref, x, ctx, lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def run_config(name, variants, args):
+    ours, ref = model_pair(name)
+    x, t, ctx = inputs(name, batch=args.batch, frames=args.frames, size=args.size)
+    rows = []
+    with torch.no_grad():
+        reference = ref(x, t, encoder_hidden_states=ctx).sample
+        for variant in variants:
+            o_mod, d_mod, xv, cv, ctxm = _variant(ours, ref, x, ctx, variant)
+            fns = {"ours": lambda: o_mod(xv, t, cv), "diffusers": lambda: d_mod(xv, t, encoder_hidden_states=cv).sample}
+            with ctxm():
+                err_ours = rel_l2(fns["ours"](), reference)
+                err_diff = rel_l2(fns["diffusers"](), reference) if variant != "fp32" else 0.0
+                times = time_alternating(fns, args.repeats, args.warmup)
+            rows.append(_row(name, variant, times, err_ours, err_diff, compile_s=None))
+            print(table([rows[-1]], COLUMNS), flush=True)
+            if args.compile:
+                c_ours, c_ref = torch.compile(o_mod), torch.compile(d_mod)
+                cfns = {"ours": lambda: c_ours(xv, t, cv),
+                        "diffusers": lambda: c_ref(xv, t, encoder_hidden_states=cv).sample}
+                compile_s = {}
+                with ctxm():
+                    for k, fn in cfns.items():
+                        t0 = time.perf_counter()
+                        out = fn()
+                        compile_s[k] = time.perf_counter() - t0
+                        if k == "ours":
+                            err_ours_c = rel_l2(out, reference)
+                    err_diff_c = rel_l2(cfns["diffusers"](), reference) if variant != "fp32" else 0.0
+                    times = time_alternating(cfns, args.repeats, args.warmup)
+                rows.append(_row(name, variant + "+compile", times, err_ours_c, err_diff_c, compile_s))
+                print(table([rows[-1]], COLUMNS), flush=True)
+    return rows
+
+
+def _row(name, variant, times, err_ours, err_diff, compile_s):
+    so, sd = summary(times["ours"]), summary(times["diffusers"])
+    tol = TOLERANCE[variant.split("+")[0]]
+    match = err_ours <= tol if variant.startswith("fp32") else err_ours <= max(tol, 1.5 * err_diff)
+    return {"config": name, "variant": variant, "ours_s": so["median_s"], "ours_spread_%": so["spread_pct"],
+            "diffusers_s": sd["median_s"], "diffusers_spread_%": sd["spread_pct"],
+            "speedup": sd["median_s"] / so["median_s"], "rel_err_ours": err_ours, "rel_err_diffusers": err_diff,
+            "outputs_match": match,
+            "compile_s_ours": None if compile_s is None else compile_s["ours"],
+            "compile_s_diffusers": None if compile_s is None else compile_s["diffusers"],
+            "ours_runs": so["runs"], "diffusers_runs": sd["runs"]}
+
+
+COLUMNS = ["config", "variant", "ours_s", "ours_spread_%", "diffusers_s", "diffusers_spread_%", "speedup",
+           "rel_err_ours", "rel_err_diffusers", "outputs_match"]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(p)
+    p.add_argument("--configs", nargs="+", default=["small"], choices=sorted(CONFIGS))
+    p.add_argument("--variants", nargs="+", default=["fp32", "bf16-weights", "bf16-autocast"],
+                   choices=list(TOLERANCE))
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd models (minutes to compile)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=32, help="latent height = width")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    info = machine_info(args.threads)
+    print(f"torch {info['torch']}, {args.threads} thread(s), {info['cpu']}, flags {info['cpu_flags']}, "
+          f"input [{args.batch}, 4, {args.frames}, {args.size}, {args.size}], load {info['loadavg']}")
+    rows = []
+    for name in args.configs:
+        rows += run_config(name, args.variants, args)
+    print("\n" + table(rows, COLUMNS + ["compile_s_ours", "compile_s_diffusers"]))
+    path = write_json({"machine": info, "args": vars(args), "configs": {k: CONFIGS[k] for k in args.configs},
+                       "rows": rows}, "unet_step", args.out)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
