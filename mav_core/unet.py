@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import (Downsample, PseudoConv3d, ResBlock, SpatialTransformer, TemporalConvBlock,
+from .layers import (Downsample, conv2d, PseudoConv3d, ResBlock, SpatialTransformer, TemporalConvBlock,
                      TemporalTransformer, TimestepEmbedding, Upsample, timestep_embedding)
 
 
@@ -271,7 +271,7 @@ class SpaceTimeUNet(nn.Module):
             skips = skips[:-n]
             up_size = skips[-1].shape[-2:] if skips else None
             h = block(h, block_skips, emb, context, num_frames, up_size)
-        h = self.conv_out(F.silu(self.conv_norm_out(h)))
+        h = conv2d(self.conv_out, F.silu(self.conv_norm_out(h)))
         return rearrange(h, "(b f) c h w -> b c f h w", b=b) if video else h
 
 
