@@ -54,6 +54,10 @@ class Sampler:
                                  f"{model.path} samples latents")
             init = frames_to_video(require_frames(init_frames, "init_frames"))
             frames, height, width = init.shape[2:]
+            down = 2 ** (len(model.config.block_out_channels) - 1)
+            if height % down or width % down:
+                raise ValueError(f"init_frames: size {width}x{height} must be a multiple of {down} for {model.path} "
+                                 "(resize with Upscale Image first)")
         elif denoise < 1.0:
             raise ValueError(f"denoise: {denoise} < 1 needs init_frames to start from")
         if latent:
@@ -63,12 +67,9 @@ class Sampler:
             height, width = height // LATENT_SCALE, width // LATENT_SCALE
         progress = StepProgress(steps)
         with host.models_on_device(model):
-            try:
-                video = generate_video(model, cond, uncond, frames=frames, height=height, width=width, fps=fps,
-                                       seed=core_seed(seed), steps=steps, cfg=cfg, sampler=sampler_name,
-                                       init=init, denoise=denoise, callback=progress)
-            except ValueError as e:
-                raise ValueError(f"{'init_frames: ' if init is not None and 'multiple' in str(e) else ''}{e}") from None
+            video = generate_video(model, cond, uncond, frames=frames, height=height, width=width, fps=fps,
+                                   seed=core_seed(seed), steps=steps, cfg=cfg, sampler=sampler_name,
+                                   init=init, denoise=denoise, callback=progress)
         if latent:
             samples = rearrange(video, "b c f h w -> (b f) c h w").to(host.intermediate_device()).float()
             return (None, float(fps), {"samples": samples})

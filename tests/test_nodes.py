@@ -223,6 +223,9 @@ def test_size_not_divisible(pack, bundle):
     cond = conditioning(pack, bundle)
     with pytest.raises(ValueError, match="height 30 must be a multiple of 4"):
         node(pack, "MakeAVideoSampler").sample(bundle[2], cond, cond, 0, 1, 1.0, "ddim", 2, 4.0, 32, 30, 1.0)
+    with pytest.raises(ValueError, match="init_frames: size 10x12 must be a multiple of 4"):
+        node(pack, "MakeAVideoSampler").sample(bundle[2], cond, cond, 0, 1, 1.0, "ddim", 2, 4.0, 32, 32, 0.5,
+                                               init_frames=torch.rand(2, 12, 10, 3))
     with pytest.raises(ValueError, match="images: size 10x10 must be a multiple of 4"):
         node(pack, "MakeAVideoFrameInterpolator").run(bundle[3], torch.rand(2, 10, 10, 3), 4.0, 2, "interpolate", 0, 1)
 
