@@ -229,7 +229,9 @@ def write_video(
             _write_png_folder(u8, tmp_dir, fps_q, meta)
         return path
     with _temp_file_for(path) as tmp:
-        if av is not None:
+        if fmt == "webp" and cv2 is not None:
+            _write_webp(u8, tmp, fps_q, quality, loop)
+        elif av is not None:
             try:
                 _write_with_av(u8, tmp, fmt, fps_q, quality, loop, meta)
             except av.FFmpegError as error:
@@ -378,6 +380,46 @@ def _write_with_cv2(u8: np.ndarray, tmp: Path, fmt: str, fps: Fraction, quality:
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     finally:
         writer.release()
+
+
+def _write_webp(u8: np.ndarray, tmp: Path, fps: Fraction, quality: int, loop: int) -> None:
+    """Animated WebP with one ANMF chunk per input frame, each frame a still encoded by libwebp (OpenCV).
+
+    libwebp's animation encoder (behind FFmpeg and PIL) merges identical consecutive frames into one
+    longer frame, which changes the frame count; muxing the frames ourselves keeps every frame. Delays are
+    whole milliseconds taken from rounded timestamps, so the average rate stays exact."""
+    height, width = u8.shape[1:3]
+    if width > 16383 or height > 16383:
+        raise RuntimeError(f"webp encoding failed for {len(u8)} frames of {width}x{height} (WxH): "
+                           "WebP frames are at most 16383x16383")
+    params = [cv2.IMWRITE_WEBP_QUALITY, 101 if quality == 100 else max(1, quality)]
+    ms = Fraction(1000) / fps
+    header = struct.pack("<B3x", 0x02) + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    with open(tmp, "wb") as f:
+        f.write(b"RIFF\0\0\0\0WEBP")
+        f.write(_riff_chunk(b"VP8X", header))
+        f.write(_riff_chunk(b"ANIM", struct.pack("<IH", 0, min(loop, 0xFFFF))))
+        for index, frame in enumerate(u8):
+            ok, encoded = cv2.imencode(".webp", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), params)
+            if not ok:
+                raise RuntimeError(f"webp encoding failed for frame {index} ({width}x{height}) in OpenCV")
+            image = b"".join(_riff_chunk(kind, data) for kind, data in _riff_chunks(encoded.tobytes())
+                             if kind in (b"ALPH", b"VP8 ", b"VP8L"))
+            duration = round((index + 1) * ms) - round(index * ms)
+            if not 0 < duration < 1 << 24:
+                raise ValueError(f"fps {float(fps):g} gives a webp frame delay of {duration} ms; expected 1..16777215")
+            frame_header = bytes(6) + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little") \
+                + duration.to_bytes(3, "little") + b"\x02"   # no blending, no disposal
+            f.write(_riff_chunk(b"ANMF", frame_header + image))
+        size = f.tell() - 8
+        if size >= 1 << 32:
+            raise ValueError("webp files are limited to 4 GiB; write fewer or smaller frames")
+        f.seek(4)
+        f.write(struct.pack("<I", size))
+
+
+def _riff_chunk(kind: bytes, data: bytes) -> bytes:
+    return kind + struct.pack("<I", len(data)) + data + (b"\0" if len(data) & 1 else b"")
 
 
 def _write_png_folder(u8: np.ndarray, folder: Path, fps: Fraction, meta: dict) -> None:
@@ -754,7 +796,7 @@ def _read_webp(path: Path, selector: _Selector, size) -> tuple[list, float, int]
         if len(animation.frames) < count:
             break
     positive = [d for d in durations if d > 0]
-    fps = 1000.0 / float(np.median(positive)) if positive else DEFAULT_FOLDER_FPS
+    fps = 1000.0 * len(positive) / sum(positive) if positive else DEFAULT_FOLDER_FPS  # delays may alternate (167, 166, ...)
     return kept, fps, index
 
 
@@ -856,7 +898,7 @@ def _probe_webp(path: Path) -> dict:
                 frames = 1
             f.seek(size + (size & 1), os.SEEK_CUR)
     positive = [d for d in durations if d > 0]
-    fps = 1000.0 / float(np.median(positive)) if positive else DEFAULT_FOLDER_FPS
+    fps = 1000.0 * len(positive) / sum(positive) if positive else DEFAULT_FOLDER_FPS  # delays may alternate (167, 166, ...)
     if not width and cv2 is not None:
         still = cv2.imread(str(path))
         if still is not None:

@@ -77,9 +77,12 @@ function fitNode(node) {
   node.graph?.setDirtyCanvas(true, true);
 }
 
+const SMALL_SOURCE = 256;   // smaller clips are shown with square pixels, not blurred
+
 function makeMedia(entry, onSize) {
   const url = fileUrl(entry);
-  const style = { maxWidth: "100%", maxHeight: "100%", objectFit: "contain" };
+  const style = { width: "100%", height: "100%", objectFit: "contain" };
+  if (entry.width && entry.width < SMALL_SOURCE) style.imageRendering = "pixelated";
   if (VIDEO_CONTAINERS.has(containerOf(entry))) {
     const video = document.createElement("video");
     Object.assign(video, { muted: true, loop: true, autoplay: true, playsInline: true, controls: true });

@@ -669,3 +669,20 @@ def test_host_load_video_from_input_folder(host_with_models):
     loaded, fps = read_video(folder)
     numbers = [sum(1 << b for b in range(5) if float(f[:, 8 * b:8 * b + 8].mean()) > 0.5) for f in loaded]
     assert numbers == [3, 7, 11, 15, 19] and fps == pytest.approx(3.0, rel=0.01)
+
+
+def test_host_preview_node_writes_to_temp(host_with_models):
+    from mav_core.video import read_video
+    server = host_with_models
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 24, "batch_size": 5, "color": 0x3366CC}},
+        "2": {"class_type": "MakeAVideoVideoPreview", "inputs": {"frames": ["1", 0], "fps": 6.0, "format": "webp"}},
+    }
+    history = server.run_prompt(graph, timeout=120)
+    assert history_status(history) == "success", history.get("status")
+    (entry,) = history["outputs"]["2"]["videos"]
+    assert entry["type"] == "temp" and entry["frame_count"] == 5
+    # ComfyUI puts its temp folder at <--temp-directory>/temp
+    (path,) = [p for p in server.temp_dir.rglob(entry["filename"]) if p.parent.name == entry["subfolder"].split("/")[-1]]
+    frames, fps = read_video(path)
+    assert tuple(frames.shape) == (5, 24, 32, 3) and fps == pytest.approx(6.0, rel=0.02)
