@@ -285,7 +285,7 @@ def upscale_video(sr: LoadedModel, video: torch.Tensor, *, seed: int = 0, steps:
     p = _param(sr.module)
     check_fits(f"{sr.path}", sr.config, b, min(f, frame_chunk), 2 * h, 2 * w, p.device, p.dtype)
     outs = []
-    overlap = 2 if temporal and f > frame_chunk else 0
+    overlap = min(2, frame_chunk // 2) if temporal and f > frame_chunk else 0   # chunks always advance
     start = 0
     while start < f:
         end = min(f, start + frame_chunk)

@@ -60,3 +60,17 @@ def test_hints():
     e = canny_hint(frames)
     assert e.shape == (1, 1, 2, 16, 16)
     assert e[0, 0, 0, 4:12, 4:12].sum() > 0 and e[0, 0, 0, 8, 8] == 0   # edges on the border, not inside
+
+
+def test_upscale_small_frame_chunks_terminate_and_cover_all_frames():
+    """Temporal SR in chunks of 1 or 2 frames must advance (overlap < chunk) and return every frame."""
+    from mav_core.stages import upscale_video
+    from mav_core import family
+    torch.manual_seed(0)
+    cfg = family.sr_config(True)
+    cfg.block_out_channels, cfg.norm_num_groups = (8, 8), 8
+    sr = LoadedModel("sr", "sr_video", "mav", SpaceTimeUNet(cfg).eval(), NoiseSchedule("cosine"), "v")
+    video = torch.rand(1, 3, 5, 8, 8) * 2 - 1
+    for chunk in (1, 2, 3):
+        out = upscale_video(sr, video, steps=1, frame_chunk=chunk)
+        assert out.shape == (1, 3, 5, 16, 16)
