@@ -27,6 +27,9 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--run", default="runs/mav-tiny")
     p.add_argument("--dest", default=str(family.WEIGHTS_DIR))
+    p.add_argument("--spatial-from", default=None,
+                   help="run checkpoint whose spatial (image) weights replace D^t's, e.g. 'decoder' when D was "
+                        "trained further after D^t's temporal layers: the temporal layers move over as a motion module")
     args = p.parse_args()
     dest = Path(args.dest)
     total = 0
@@ -36,6 +39,14 @@ def main() -> int:
             print(f"missing {path}", file=sys.stderr)
             return 1
         sd, meta = load_state_dict(path)
+        if stage == "decoder" and args.spatial_from:
+            from mav_core.unet import is_temporal_key
+            image_sd, _ = load_state_dict(Path(args.run) / f"{args.spatial_from}.safetensors")
+            if image_sd.keys() != sd.keys():
+                print(f"{args.spatial_from} and {src} differ in keys", file=sys.stderr)
+                return 1
+            sd = {k: (v if is_temporal_key(k) else image_sd[k]) for k, v in sd.items()}
+            meta = {**meta, "mav_spatial_from": args.spatial_from}
         sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
         meta = {**meta, "mav_storage_dtype": "float16"}
         out = dest / family.STAGE_FILES[stage]
