@@ -274,3 +274,11 @@ def test_probe_agrees_with_decoding(tmp_path, name):
     frames, fps = read_video(path)
     assert (probe["frames"], probe["height"], probe["width"]) == tuple(frames.shape[:3])
     assert probe["fps"] == pytest.approx(fps, rel=0.01)
+
+
+@pytest.mark.parametrize("fmt", ["webp", "gif", "mp4"])
+def test_static_clip_keeps_every_frame(video_io, folders, fmt):
+    still = moving_frames(count=1).repeat(6, 1, 1, 1)   # identical frames (encoders like to merge these)
+    out = save(video_io, still, fmt, fps=6.0)
+    frames, fps = read_video(Path(out["result"][0]))
+    assert frames.shape[0] == 6 and fps == pytest.approx(6.0, rel=0.01)
