@@ -298,6 +298,28 @@ class ComfyServer:
     def queue(self) -> dict:
         return self._request("GET", "/queue")[1]
 
+    def system_stats(self) -> dict:
+        """GET /system_stats (raises ValueError unless it answers 200)."""
+        status, body = self._request("GET", "/system_stats")
+        if status != 200 or not isinstance(body, dict):
+            raise ValueError(f"GET /system_stats -> HTTP {status}")
+        return body
+
+    def free(self, unload_models: bool = True, free_memory: bool = True) -> int:
+        """POST /free: the host's way to drop loaded models and its node-output cache (done by its prompt
+        worker right after the request, asynchronously)."""
+        status, _ = self._request("POST", "/free", {"unload_models": unload_models, "free_memory": free_memory})
+        return status
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process (VmRSS of /proc/<pid>/status; Linux only)."""
+        if self.process is None or self.process.poll() is not None:
+            raise HostUnavailable("ComfyUI is not running")
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise OSError(f"no VmRSS in /proc/{self.process.pid}/status")
+
     def output_files(self, history: dict) -> list[Path]:
         """Existing files named in a history entry's outputs (any key: images, gifs, videos, ...)."""
         folders = {"output": self.output_dir, "temp": self.temp_dir, "input": self.input_dir}
