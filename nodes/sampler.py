@@ -9,6 +9,8 @@ from .common import (CATEGORY, DECODER, SAMPLERS, SEED, StepProgress, conditioni
                      require_frames, require_model)
 
 LATENT_SCALE = 8   # latent families (UNet3D / ModelScope): pixel size / 8, as the host's Empty Latent Image
+SD_VAE_SCALING = 0.18215   # the SD VAE's latent scaling (ModelScope, Zeroscope, SD 1.x/2.x): the host's
+                           # LATENT is unscaled (its KSampler divides by it before VAE Decode)
 
 
 class Sampler:
@@ -72,7 +74,7 @@ class Sampler:
                                    init=init, denoise=denoise, callback=progress)
         if latent:
             samples = rearrange(video, "b c f h w -> (b f) c h w").to(host.intermediate_device()).float()
-            return (None, float(fps), {"samples": samples})
+            return (None, float(fps), {"samples": samples / SD_VAE_SCALING})
         return (frames_out(video), float(fps), None)
 
 
