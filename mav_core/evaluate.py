@@ -66,7 +66,7 @@ def parse_prompt(prompt: str) -> tuple[str, str]:
 
 @torch.no_grad()
 def eval_text_to_video(mav: MakeAVideo, prompts: list[str], steps: int, seed: int, batch: int = 10,
-                       frames: int = family.FRAMES, fps: float = 4.0, cfg: float = 4.0) -> dict:
+                       frames: int = family.FRAMES, fps: float = 4.0, cfg: float = 2.0) -> dict:
     video_scores, image_scores = [], []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
@@ -193,21 +193,24 @@ def main_eval(args) -> int:
     mav = MakeAVideo.load(args.weights)
     prompts = heldout_prompts()[: args.videos]
     t0 = time.perf_counter()
-    scores = eval_text_to_video(mav, prompts, args.steps, args.seed)
-    video, image, ref = summarize(scores["video"]), summarize(scores["image"]), summarize(reference_motion())
+    report = {"prompts": len(prompts), "heldout_prompts": prompts}
+    if prompts:
+        scores = eval_text_to_video(mav, prompts, args.steps, args.seed, cfg=args.cfg)
+        video, image, ref = summarize(scores["video"]), summarize(scores["image"]), summarize(reference_motion())
+        report.update({"video_model": video, "image_model": image, "training_clips": ref})
+        print(f"held-out prompts: {len(prompts)} (colour/shape pairs never captioned in training)")
+        print(f"{'':24}{'align':>8}{'colour':>8}{'shape':>8}{'consist':>9}{'moving':>8}{'px/frame':>10}{'jerk':>8}")
+        for name, r in (("video model (D^t)", video), ("image model (D)", image), ("rendered training clips", ref)):
+            print(f"{name:24}{r['alignment']:8.2f}{r['colour']:8.2f}{r['shape']:8.2f}{r['consistency']:9.2f}"
+                  f"{r['moving']:8.2f}{r['step_px']:10.2f}{r['jerk_px']:8.2f}")
     interp = eval_interpolation(mav, args.clips) if args.clips and not args.skip_interp else None
-    report = {"prompts": len(prompts), "heldout_prompts": prompts, "video_model": video, "image_model": image,
-              "training_clips": ref, "interpolation": interp, "seconds": time.perf_counter() - t0}
-    print(f"held-out prompts: {len(prompts)} (colour/shape pairs never captioned in training)")
-    print(f"{'':24}{'align':>8}{'colour':>8}{'shape':>8}{'consist':>9}{'moving':>8}{'px/frame':>10}{'jerk':>8}")
-    for name, r in (("video model (D^t)", video), ("image model (D)", image), ("rendered training clips", ref)):
-        print(f"{name:24}{r['alignment']:8.2f}{r['colour']:8.2f}{r['shape']:8.2f}{r['consistency']:9.2f}"
-              f"{r['moving']:8.2f}{r['step_px']:10.2f}{r['jerk_px']:8.2f}")
+    report["interpolation"] = interp
     if interp:
         print("\n↑F on held-out real clips (every other frame dropped and restored, 32x32):")
         print(f"{'method':20}{'PSNR dB':>9}{'SSIM':>8}{'frames/s':>10}")
         for name, r in interp.items():
             print(f"{name:20}{r['psnr']:9.2f}{r['ssim']:8.3f}{r['frames_per_second']:10.1f}")
+    report["seconds"] = time.perf_counter() - t0
     if args.apps:
         from .evaluate_apps import eval_animation, eval_control, eval_two_image, eval_variations
         apps = {"image_animation": eval_animation(mav, seed=args.seed),
