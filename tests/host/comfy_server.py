@@ -87,7 +87,8 @@ class ComfyServer:
     host: HostPaths
     work_dir: Path
     pack_dir: Path = REPO_ROOT
-    startup_timeout_s: float = 180.0
+    startup_timeout_s: float = field(default_factory=lambda: float(os.environ.get("COMFYUI_STARTUP_TIMEOUT", "180")))
+    """Seconds to wait for /object_info; COMFYUI_STARTUP_TIMEOUT overrides (a loaded machine needs more)."""
     extra_args: list[str] = field(default_factory=list)
     port: int = 0
     process: subprocess.Popen | None = None
