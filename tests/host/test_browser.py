@@ -563,6 +563,18 @@ def test_front_end_shows_the_saved_video_in_the_node(host_with_models, browser, 
     assert any(node["type"] == "MakeAVideoVideoSave" for node in workflow["nodes"])
     prompt = json.loads(read_metadata(saved)["prompt"])
     assert prompt[str(save_id)]["class_type"] == "MakeAVideoVideoSave"
+    if fmt != "gif":   # the front end reads workflows back from png/webp/webm/mp4, not gif
+        mime = {"mp4": "video/mp4", "webm": "video/webm", "webp": "image/webp"}[fmt]
+        page.evaluate(f"""(async () => {{
+            const blob = await (await fetch({json.dumps(state["src"])})).blob();
+            window.app.graph.clear();
+            await window.app.handleFile(new File([blob], {json.dumps(state["filename"])}, {{ type: '{mime}' }}));
+            return true;
+        }})()""")
+        prefix = page.wait_for("((window.app.graph.nodes.find(n => n.type === 'MakeAVideoVideoSave') || {}).widgets || [])"
+                               ".map(w => w.value).find(v => typeof v === 'string' && v.startsWith('browser/'))",
+                               timeout_s=20, what=f"the workflow dropped back from the saved {fmt}")
+        assert prefix == f"browser/ui_{fmt}"
 
 
 # ---------------------------------------------------------------------------------------------
