@@ -211,8 +211,9 @@ class SpaceTimeUNet(nn.Module):
                 image_embed: torch.Tensor | None = None, fps: torch.Tensor | None = None,
                 extra: torch.Tensor | None = None, temporal: bool = True,
                 down_residuals: list | None = None, mid_residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [B, C, F, H, W] (video) or [B, C, H, W] (image). t: [B] timesteps. context: [B, L, D].
-        image_embed: [B, E]. fps: [B]. extra: conditioning channels shaped like x.
+        """x: [B, C, F, H, W] (video) or [B, C, H, W] (image). t: [B] timesteps. context: [B, L, D], or
+        [B, F, L, D] per frame (prompt travel). image_embed: [B, E], or [B, F, E] per frame. fps: [B].
+        extra: conditioning channels shaped like x.
         temporal=False runs the image model on every frame independently.
         down_residuals / mid_residual: control residuals added to the skips (ControlNet-style)."""
         cfg = self.config
@@ -237,15 +238,23 @@ class SpaceTimeUNet(nn.Module):
             emb = emb + self.fps_embedding(timestep_embedding(fps, ch0).to(h.dtype))
         if context is not None and context.shape[-1] != cfg.context_dim:
             raise ValueError(f"context width {context.shape[-1]} does not match the model's context_dim {cfg.context_dim}")
+        per_frame = (context is not None and context.dim() == 4) or (image_embed is not None and image_embed.dim() == 3)
+        if per_frame:
+            # prompt travel: one context / embedding per frame, folded like the frames: [(b f), ...]
+            if not video:
+                raise ValueError("per-frame context / image_embed need a video input [B, C, F, H, W]")
+            context = _fold_frames(context, b, f, 3, "context")
+            image_embed = _fold_frames(image_embed, b, f, 2, "image_embed")
+            emb = emb.repeat_interleave(f, dim=0)
         if cfg.image_embed_dim and image_embed is not None:
             image_embed = image_embed.to(h.dtype)
             emb = emb + self.image_embedding(image_embed)
-            tokens = self.image_tokens(image_embed).reshape(b, cfg.image_embed_tokens, cfg.context_dim)
+            tokens = self.image_tokens(image_embed).reshape(image_embed.shape[0], cfg.image_embed_tokens, cfg.context_dim)
             context = tokens if context is None else torch.cat([context.to(h.dtype), tokens], dim=1)
         if context is None:
             context = h.new_zeros(b, 1, cfg.context_dim)
         context = context.to(h.dtype)
-        if f > 1:
+        if f > 1 and not per_frame:
             emb = emb.repeat_interleave(f, dim=0)
             # the context stays [b, L, D]: cross-attention folds the frames into the query length
 
@@ -273,6 +282,17 @@ class SpaceTimeUNet(nn.Module):
             h = block(h, block_skips, emb, context, num_frames, up_size)
         h = conv2d(self.conv_out, F.silu(self.conv_norm_out(h)))
         return rearrange(h, "(b f) c h w -> b c f h w", b=b) if video else h
+
+
+def _fold_frames(v: torch.Tensor | None, b: int, f: int, clip_rank: int, name: str) -> torch.Tensor | None:
+    """A per-clip tensor (rank clip_rank) repeated over the frames, or a per-frame one [b, f, ...] folded."""
+    if v is None:
+        return None
+    if v.dim() == clip_rank:
+        return v.repeat_interleave(f, dim=0)
+    if v.dim() != clip_rank + 1 or v.shape[0] != b or v.shape[1] != f:
+        raise ValueError(f"per-frame {name} of shape {tuple(v.shape)} does not match {b} clip(s) of {f} frames")
+    return v.flatten(0, 1)
 
 
 TEMPORAL_KEY_PARTS = (".temporal.", "temp_convs.", "temp_attentions.", "transformer_in.", "fps_embedding.")
