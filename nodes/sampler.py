@@ -5,6 +5,8 @@ from einops import rearrange
 
 from ..mav_core.stages import frames_to_video, generate_video
 from . import host
+from .control import control_models, core_controls
+from .prompt_schedule import scheduled_conditioning
 from .common import (CATEGORY, DECODER, SAMPLERS, SEED, StepProgress, conditioning_dict, core_seed, frames_out,
                      require_frames, require_model)
 
@@ -67,11 +69,13 @@ class Sampler:
                 if v % LATENT_SCALE:
                     raise ValueError(f"{name}: {v} must be a multiple of {LATENT_SCALE} for a latent decoder")
             height, width = height // LATENT_SCALE, width // LATENT_SCALE
+        cond, uncond = scheduled_conditioning(positive, model, frames, cond, uncond)
+        controls = core_controls(positive, model, frames, height, width)
         progress = StepProgress(steps)
-        with host.models_on_device(model):
+        with host.models_on_device(model, *control_models(positive)):
             video = generate_video(model, cond, uncond, frames=frames, height=height, width=width, fps=fps,
                                    seed=core_seed(seed), steps=steps, cfg=cfg, sampler=sampler_name,
-                                   init=init, denoise=denoise, callback=progress)
+                                   init=init, denoise=denoise, controls=controls or None, callback=progress)
         if latent:
             samples = rearrange(video, "b c f h w -> (b f) c h w").to(host.intermediate_device()).float()
             return (None, float(fps), {"samples": samples / SD_VAE_SCALING})
