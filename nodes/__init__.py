@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import host
 
-STAGE_MODULES = ("loaders", "text_encode", "prior", "sampler", "interpolator", "upscaler", "video_io", "motion")
+STAGE_MODULES = ("loaders", "text_encode", "prior", "sampler", "interpolator", "upscaler", "video_io", "motion", "control", "prompt_schedule")
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
