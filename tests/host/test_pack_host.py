@@ -73,7 +73,7 @@ def host(comfy_server, tmp_path_factory):
 
 
 def fast(api: dict, frames: int = 4) -> dict:
-    """1 step everywhere, `frames` frames, at most 3 extrapolated frames."""
+    """1 step everywhere, `frames` frames, at most 3 extrapolated frames, prompt keyframes at frames 1-3."""
     api = json.loads(json.dumps(api))
     for node in api.values():
         inputs = node["inputs"]
@@ -83,6 +83,9 @@ def fast(api: dict, frames: int = 4) -> dict:
             inputs["frames"] = frames
         if inputs.get("extra_frames"):
             inputs["extra_frames"] = 3
+        if node["class_type"] == "MakeAVideoPromptSchedule":   # keyframes inside the shortened clip
+            for k in (2, 3, 4):
+                inputs[f"start_{k}"] = min(inputs.get(f"start_{k}", k - 1), k - 1)
     return api
 
 
