@@ -184,7 +184,7 @@ def check_refusal(case: Invalid, status: int, body: Any) -> str:
         assert any("99" in e.get("details", "") for e in errors), errors
     else:
         assert case.input in named, f"{case.label}: input {case.input!r} not named in {errors}"
-    return ", ".join(sorted({e.get("type", "?") for e in errors}))
+    return ", ".join(sorted({e.get("type", "?") for e in errors})) + f" (input_name {', '.join(map(str, named))})"
 
 
 def check_run_time_error(case: Invalid, history: dict, host) -> str:
@@ -341,11 +341,11 @@ def test_cancel_at_a_random_step(rel_host, trial):
         assert host.interrupt(prompt_id) == 200
         interrupted_at = time.monotonic()
         seen_at_interrupt = _progress(events, prompt_id, sampler)
-        history = host.wait_history(prompt_id, timeout=120)
         # the websocket's execution_interrupted comes after every progress message of the run
         _wait_for(lambda: any(e.get("prompt_id") == prompt_id for e in events.events_of("execution_interrupted")),
-                  30, "execution_interrupted over the websocket")
+                  120, "execution_interrupted over the websocket")
         stopped_s = time.monotonic() - interrupted_at
+        history = host.wait_history(prompt_id, timeout=120)
         last_step = _progress(events, prompt_id, sampler)
         messages = len(events.events_of("progress"))
     print(f"\ncancel {trial}: target step {target}, /interrupt returned at step {seen_at_interrupt}, "
