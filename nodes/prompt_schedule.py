@@ -75,7 +75,11 @@ def scheduled_conditioning(positive, model, frames: int, cond: dict, uncond: dic
             raise ValueError(f"positive: the prompt schedule's {name} starts at frame {start}, but the Sampler "
                              f"makes {frames} frames")
         keyframes.append((start, conditioning_dict(conditioning, name, model)))
-    per_frame = frame_conditioning(keyframes, frames, int(extras.get(BLEND_KEY, 0)))
+    try:
+        per_frame = frame_conditioning(keyframes, frames, int(extras.get(BLEND_KEY, 0)))
+    except ValueError as e:   # e.g. one prompt went through the Prior, another did not
+        names = ", ".join(f"{name} (frame {start})" for start, _, name in entries)
+        raise ValueError(f"positive: prompt schedule of {names}: {e}") from None
     if uncond is not None and "image_embed" in per_frame and "image_embed" not in uncond:
         import torch
         uncond = {**uncond, "image_embed": torch.zeros_like(keyframes[0][1]["image_embed"])}

@@ -104,5 +104,8 @@ def test_prompt_schedule_node_drives_the_sampler(tiny_unet_config, tmp_path):
         assert out.shape == sample(ca).shape and not torch.allclose(out, sample(ca), atol=1e-4)
         with pytest.raises(ValueError, match="conditioning_2 starts at frame 6"):
             sample(node.schedule(ca, 1, conditioning_2=cb, start_2=6)[0])
+        no_prior = [[b["context"], {}]]
+        with pytest.raises(ValueError, match=r"conditioning_2 \(frame 2\).*image_embed"):
+            sample(node.schedule(ca, 1, conditioning_2=no_prior, start_2=2)[0])
     finally:
         pack.host.extra_model_dirs.remove(tmp_path)
