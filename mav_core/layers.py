@@ -112,14 +112,18 @@ def temporal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return out.transpose(1, 2).reshape(bf, -1, h, w)
 
 
-CHANNELS_LAST_MIN_PIXELS = 512   # from this many pixels per frame, 2D convs run in channels_last (CPU)
+# From this many pixels per frame, 2D convs run through a channels_last copy (CPU). Off (None) by default:
+# the conv alone is 2x faster at 64 ch 32x32, but the small UNet step at 16 frames 32x32 measured
+# 8.97 s with it vs 8.34 s without (1 thread, alternated, medians of 3): the copies cost more.
+CHANNELS_LAST_MIN_PIXELS: int | None = None
 
 
 def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """conv(x); at high resolution on the CPU (inference), through a channels_last copy: oneDNN convolves
     NHWC without reordering to its blocked layout (measured 2x at 64 channels, 32x32, 1 thread). The
     result is contiguous NCHW like the input."""
-    if (x.device.type == "cpu" and _inference() and x.shape[-1] * x.shape[-2] >= CHANNELS_LAST_MIN_PIXELS
+    if (CHANNELS_LAST_MIN_PIXELS is not None and x.device.type == "cpu" and _inference()
+            and x.shape[-1] * x.shape[-2] >= CHANNELS_LAST_MIN_PIXELS
             and x.dim() == 4):
         if conv.padding_mode != "zeros":
             return nn.Conv2d._conv_forward(conv, x, conv.weight, conv.bias)
