@@ -16,6 +16,7 @@ def add_generate_arguments(p):
     p.add_argument("--weights", default=None, help="folder of stage checkpoints (default: the shipped MAV-Tiny)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--quality", type=int, default=85, help="0-100: mp4/webm CRF from it, webp quality (100 = lossless)")
     defaults = ChainSettings()
     for f in fields(ChainSettings):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
@@ -50,7 +51,7 @@ def main_generate(args):
     for bar in bars.values():
         bar.close()
     meta = {"prompt": json.dumps({"prompt": args.prompt, **{f.name: getattr(settings, f.name) for f in fields(ChainSettings)}})}
-    path = write_video(result.frames, args.output, result.fps, metadata=meta)
+    path = write_video(result.frames, args.output, result.fps, quality=args.quality, metadata=meta)
     total = time.perf_counter() - t0
     f, h, w, _ = result.frames.shape
     print(f"wrote {path}: {f} frames {w}x{h} at {result.fps:g} fps in {total:.1f}s "
