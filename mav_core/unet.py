@@ -79,30 +79,43 @@ class UNetConfig:
         return cls(**d)
 
 
-class DownBlock(nn.Module):
+class _Stage(nn.Module):
+    """What follows each ResBlock of a UNet level: the UNet3D temporal conv stack, then spatial attention
+    and temporal attention (each present or not by config). Shared by the down, mid and up blocks."""
+
+    def _build_layers(self, cfg: UNetConfig, c: int, n: int, attention: bool, n_attention: int | None = None):
+        g = cfg.norm_num_groups
+        n_attention = n if n_attention is None else n_attention
+        heads, dim_head = cfg.heads(c)
+        self.temp_convs = nn.ModuleList([TemporalConvBlock(c, g) for _ in range(n)]) if cfg.temporal_conv_blocks else None
+        self.attentions = nn.ModuleList([SpatialTransformer(c, heads, dim_head, cfg.context_dim, g, cfg.linear_projection)
+                                         for _ in range(n_attention)]) if attention else None
+        self.temp_attentions = nn.ModuleList([TemporalTransformer(c, heads, dim_head, g, cfg.temporal_position_embedding)
+                                              for _ in range(n_attention)]) if attention and cfg.temporal_attention else None
+
+    def _after_resnet(self, i: int, x, context, num_frames):
+        if self.temp_convs is not None:
+            x = self.temp_convs[i](x, num_frames)
+        if self.attentions is not None and i < len(self.attentions):
+            x = self.attentions[i](x, context)
+        if self.temp_attentions is not None and i < len(self.temp_attentions):
+            x = self.temp_attentions[i](x, num_frames)
+        return x
+
+
+class DownBlock(_Stage):
     def __init__(self, cfg: UNetConfig, c_in: int, c_out: int, emb: int, attention: bool, downsample: bool):
         super().__init__()
         n, g = cfg.layers_per_block, cfg.norm_num_groups
         self.resnets = nn.ModuleList([ResBlock(c_in if i == 0 else c_out, c_out, emb, g, pseudo3d=cfg.pseudo3d_convs)
                                       for i in range(n)])
-        self.temp_convs = nn.ModuleList([TemporalConvBlock(c_out, g) for _ in range(n)]) if cfg.temporal_conv_blocks else None
-        heads, dim_head = cfg.heads(c_out)
-        self.attentions = nn.ModuleList([SpatialTransformer(c_out, heads, dim_head, cfg.context_dim, g, cfg.linear_projection)
-                                         for _ in range(n)]) if attention else None
-        self.temp_attentions = nn.ModuleList([TemporalTransformer(c_out, heads, dim_head, g, cfg.temporal_position_embedding)
-                                              for _ in range(n)]) if attention and cfg.temporal_attention else None
+        self._build_layers(cfg, c_out, n, attention)
         self.downsamplers = nn.ModuleList([Downsample(c_out)]) if downsample else None
 
     def forward(self, x, emb, context, num_frames):
         skips = []
         for i, resnet in enumerate(self.resnets):
-            x = resnet(x, emb, num_frames)
-            if self.temp_convs is not None:
-                x = self.temp_convs[i](x, num_frames)
-            if self.attentions is not None:
-                x = self.attentions[i](x, context)
-            if self.temp_attentions is not None:
-                x = self.temp_attentions[i](x, num_frames)
+            x = self._after_resnet(i, resnet(x, emb, num_frames), context, num_frames)
             skips.append(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -110,31 +123,22 @@ class DownBlock(nn.Module):
         return x, skips
 
 
-class MidBlock(nn.Module):
+class MidBlock(_Stage):
+    """ResBlock, attention, ResBlock (the second ResBlock is followed by its temporal convs only)."""
+
     def __init__(self, cfg: UNetConfig, c: int, emb: int, attention: bool):
         super().__init__()
         g = cfg.norm_num_groups
         self.resnets = nn.ModuleList([ResBlock(c, c, emb, g, pseudo3d=cfg.pseudo3d_convs) for _ in range(2)])
-        self.temp_convs = nn.ModuleList([TemporalConvBlock(c, g) for _ in range(2)]) if cfg.temporal_conv_blocks else None
-        heads, dim_head = cfg.heads(c)
-        self.attentions = nn.ModuleList([SpatialTransformer(c, heads, dim_head, cfg.context_dim, g, cfg.linear_projection)]) if attention else None
-        self.temp_attentions = nn.ModuleList([TemporalTransformer(c, heads, dim_head, g, cfg.temporal_position_embedding)]) if attention and cfg.temporal_attention else None
+        self._build_layers(cfg, c, 2, attention, n_attention=1)
 
     def forward(self, x, emb, context, num_frames):
-        x = self.resnets[0](x, emb, num_frames)
-        if self.temp_convs is not None:
-            x = self.temp_convs[0](x, num_frames)
-        if self.attentions is not None:
-            x = self.attentions[0](x, context)
-        if self.temp_attentions is not None:
-            x = self.temp_attentions[0](x, num_frames)
-        x = self.resnets[1](x, emb, num_frames)
-        if self.temp_convs is not None:
-            x = self.temp_convs[1](x, num_frames)
+        for i, resnet in enumerate(self.resnets):
+            x = self._after_resnet(i, resnet(x, emb, num_frames), context, num_frames)
         return x
 
 
-class UpBlock(nn.Module):
+class UpBlock(_Stage):
     def __init__(self, cfg: UNetConfig, c_prev: int, c_out: int, c_skip_last: int, emb: int, attention: bool, upsample: bool):
         super().__init__()
         n, g = cfg.layers_per_block + 1, cfg.norm_num_groups
@@ -143,23 +147,12 @@ class UpBlock(nn.Module):
             c_skip = c_skip_last if i == n - 1 else c_out
             c_res_in = c_prev if i == 0 else c_out
             self.resnets.append(ResBlock(c_res_in + c_skip, c_out, emb, g, pseudo3d=cfg.pseudo3d_convs))
-        self.temp_convs = nn.ModuleList([TemporalConvBlock(c_out, g) for _ in range(n)]) if cfg.temporal_conv_blocks else None
-        heads, dim_head = cfg.heads(c_out)
-        self.attentions = nn.ModuleList([SpatialTransformer(c_out, heads, dim_head, cfg.context_dim, g, cfg.linear_projection)
-                                         for _ in range(n)]) if attention else None
-        self.temp_attentions = nn.ModuleList([TemporalTransformer(c_out, heads, dim_head, g, cfg.temporal_position_embedding)
-                                              for _ in range(n)]) if attention and cfg.temporal_attention else None
+        self._build_layers(cfg, c_out, n, attention)
         self.upsamplers = nn.ModuleList([Upsample(c_out)]) if upsample else None
 
     def forward(self, x, skips, emb, context, num_frames, size=None):
         for i, resnet in enumerate(self.resnets):
-            x = resnet(torch.cat([x, skips.pop()], dim=1), emb, num_frames)
-            if self.temp_convs is not None:
-                x = self.temp_convs[i](x, num_frames)
-            if self.attentions is not None:
-                x = self.attentions[i](x, context)
-            if self.temp_attentions is not None:
-                x = self.temp_attentions[i](x, num_frames)
+            x = self._after_resnet(i, resnet(torch.cat([x, skips.pop()], dim=1), emb, num_frames), context, num_frames)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, size)
         return x
