@@ -118,6 +118,15 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict]:
     return header, meta
 
 
+def declared_stage(path: str | os.PathLike) -> str | None:
+    """The stage one of our safetensors files declares, read from its validated header (no tensor is
+    loaded); None for other formats and third-party layouts, whose stage is known only once converted."""
+    if not str(path).endswith(".safetensors"):
+        return None
+    _, meta = read_header(path)
+    return meta.get("mav_stage", "unknown") if "mav_module" in meta else None
+
+
 def load_state_dict(path: str | os.PathLike, device="cpu") -> tuple[dict, dict]:
     """(state_dict, metadata) of a validated safetensors file."""
     _, meta = read_header(path)

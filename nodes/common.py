@@ -1,6 +1,8 @@
 """Glue shared by the nodes: host types <-> core arguments, per-step progress with previews."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from PIL import Image
@@ -14,6 +16,25 @@ MAX_SEED = 2 ** 63 - 1
 
 TEXT, PRIOR, DECODER, INTERPOLATOR, UPSCALER = "MAV_TEXT", "MAV_PRIOR", "MAV_DECODER", "MAV_INTERPOLATOR", "MAV_UPSCALER"
 IMAGE_EMBED_KEY = "mav_image_embed"
+
+
+def widget_problem(name: str, value, spec: dict) -> str | None:
+    """The host's min/max check for an input a node's VALIDATE_INPUTS takes over (the host then skips
+    its own), plus what the host does not check: a finite FLOAT and an INT that is a multiple of its
+    `step`. None when the value is fine or not known yet (a linked input)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name}: {value!r} is not a number"   # the host validates what it failed to convert too
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name}: {value} is not a finite number"
+    if "min" in spec and value < spec["min"]:
+        return f"{name}: {value} is smaller than the minimum {spec['min']}"
+    if "max" in spec and value > spec["max"]:
+        return f"{name}: {value} is bigger than the maximum {spec['max']}"
+    if isinstance(value, int) and spec.get("step", 1) > 1 and value % spec["step"]:
+        return f"{name}: {value} is not a multiple of {spec['step']}"
+    return None
 
 
 def require_model(model, input_name: str, stages: tuple[str, ...]):

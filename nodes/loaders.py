@@ -5,7 +5,7 @@ import os
 import posixpath
 
 from ..mav_core import family
-from ..mav_core.checkpoints import load_model
+from ..mav_core.checkpoints import declared_stage, load_model
 from . import host
 from .common import CATEGORY, DECODER, INTERPOLATOR, PRIOR, TEXT, UPSCALER
 
@@ -31,6 +31,22 @@ def _load(name: str, input_name: str, stages):
         raise ValueError(f"{input_name}: {e}") from None
 
 
+def checkpoint_problem(name, input_name: str, stages) -> str | None:
+    """Why `name` cannot be loaded as one of `stages`, judged from the file's header alone (for the
+    host's validation, so a wrong file is a 400 naming the input, not a failed run); None if fine."""
+    if name is None:  # linked: known only at run time
+        return None
+    if name not in host.model_files():
+        return f"{input_name}: no checkpoint {name!r} in the {host.MODEL_FOLDER} folders"
+    try:
+        stage = declared_stage(host.model_path(name, input_name))
+    except (OSError, ValueError) as e:
+        return f"{input_name}: {e}"
+    if stage is not None and stage not in stages:
+        return f"{input_name}: {name} is a {stage!r} checkpoint, expected {' or '.join(map(repr, stages))}"
+    return None
+
+
 class _StageLoader:
     STAGES: tuple[str, ...] = ()
     CATEGORY = f"{CATEGORY}/loaders"
@@ -45,6 +61,10 @@ class _StageLoader:
     def IS_CHANGED(cls, ckpt_name):
         """Reload when the file is replaced under the same name."""
         return _stamp([ckpt_name])
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, ckpt_name):
+        return checkpoint_problem(ckpt_name, "ckpt_name", cls.STAGES) or True
 
     def load(self, ckpt_name):
         return (_load(ckpt_name, "ckpt_name", self.STAGES),)

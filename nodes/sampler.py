@@ -8,7 +8,7 @@ from . import host
 from .control import control_models, core_controls
 from .prompt_schedule import scheduled_conditioning
 from .common import (CATEGORY, DECODER, SAMPLERS, SEED, StepProgress, conditioning_dict, core_seed, frames_out,
-                     require_frames, require_model)
+                     require_frames, require_model, widget_problem)
 
 LATENT_SCALE = 8   # latent families (UNet3D / ModelScope): pixel size / 8, as the host's Empty Latent Image
 SD_VAE_SCALING = 0.18215   # the SD VAE's latent scaling (ModelScope, Zeroscope, SD 1.x/2.x): the host's
@@ -42,6 +42,17 @@ class Sampler:
             },
             "optional": {"init_frames": ("IMAGE", {"tooltip": "frames to vary (video variation); sets frames, width, height"})},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, cfg, width, height):
+        """Refused before the run (HTTP 400): NaN/inf cfg and sizes off the widget's step, which the
+        host's own min/max checks let through."""
+        spec = cls.INPUT_TYPES()["required"]
+        for name, value in (("cfg", cfg), ("width", width), ("height", height)):
+            problem = widget_problem(name, value, spec[name][1])
+            if problem:
+                return problem
+        return True
 
     def sample(self, decoder, positive, negative, seed, steps, cfg, sampler_name, frames, fps, width, height,
                denoise, init_frames=None):

@@ -202,6 +202,42 @@ def test_wrong_checkpoint_in_a_loader_names_file_and_stage(pack, models_root):
         loader.load("nope.safetensors")
 
 
+def test_loader_validation_reads_the_header_before_the_run(pack, models_root, tmp_path):
+    """VALIDATE_INPUTS (the host's 400 path) refuses a wrong-stage, broken or unlisted file by its header."""
+    loaders = {name: pack.NODE_CLASS_MAPPINGS[name] for name in
+               ("MakeAVideoDecoderLoader", "MakeAVideoPriorLoader", "MakeAVideoUpscalerLoader")}
+    assert loaders["MakeAVideoDecoderLoader"].VALIDATE_INPUTS("set-a/decoder.safetensors") is True
+    assert loaders["MakeAVideoUpscalerLoader"].VALIDATE_INPUTS("set-a/sr_frame.safetensors") is True
+    assert loaders["MakeAVideoDecoderLoader"].VALIDATE_INPUTS(None) is True   # linked: checked at run time
+    problem = loaders["MakeAVideoDecoderLoader"].VALIDATE_INPUTS("set-a/sr_frame.safetensors")
+    assert problem.startswith("ckpt_name: set-a/sr_frame.safetensors is a 'sr_frame' checkpoint, expected 'decoder'")
+    problem = loaders["MakeAVideoPriorLoader"].VALIDATE_INPUTS("set-a/nope.safetensors")
+    assert problem.startswith("ckpt_name: no checkpoint 'set-a/nope.safetensors'")
+    broken = models_root / "set-a" / "broken_tmp.safetensors"
+    broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad}")
+    try:
+        problem = loaders["MakeAVideoDecoderLoader"].VALIDATE_INPUTS("set-a/broken_tmp.safetensors")
+        assert problem.startswith("ckpt_name: ") and "broken_tmp.safetensors" in problem
+    finally:
+        broken.unlink()
+
+
+@pytest.mark.parametrize("inputs, expected", [
+    ({"cfg": float("nan")}, "cfg: nan is not a finite number"),
+    ({"cfg": float("inf")}, "cfg: inf is not a finite number"),
+    ({"cfg": 31.0}, "cfg: 31.0 is bigger than the maximum 30.0"),
+    ({"width": 34}, "width: 34 is not a multiple of 4"),
+    ({"height": 30}, "height: 30 is not a multiple of 4"),
+    ({"height": 4}, "height: 4 is smaller than the minimum 8"),
+    ({"cfg": "high"}, "cfg: 'high' is not a number"),
+    ({}, True),
+    ({"cfg": None, "width": None}, True),
+])
+def test_sampler_validation_catches_what_min_max_lets_through(pack, inputs, expected):
+    values = {"cfg": 4.0, "width": 32, "height": 32, **inputs}
+    assert pack.NODE_CLASS_MAPPINGS["MakeAVideoSampler"].VALIDATE_INPUTS(**values) == expected
+
+
 def test_wrong_model_type_into_a_slot(pack, bundle):
     cond = conditioning(pack, bundle)
     with pytest.raises(ValueError, match="decoder: got a 'interpolator' model.*expected 'decoder'"):
