@@ -9,11 +9,13 @@ from .schedule import NoiseSchedule
 
 def diffusion_loss(network, x0: torch.Tensor, schedule: NoiseSchedule, prediction: str = "eps",
                    generator: torch.Generator | None = None, shared_frames: bool = False,
-                   loss_mask: torch.Tensor | None = None, **cond) -> torch.Tensor:
+                   loss_mask: torch.Tensor | None = None, min_snr_gamma: float = 0.0, **cond) -> torch.Tensor:
     """MSE between the network's output at a random timestep and its target (eps or v).
 
     x0: [B, C, H, W] or [B, C, F, H, W]. With shared_frames, one noise image is used for all frames.
     loss_mask (broadcastable to x0) weights the per-element loss (e.g. only the generated frames).
+    min_snr_gamma > 0: Min-SNR-gamma weighting (Hang et al. 2023), each sample's loss scaled so that
+    its x0-error weight is min(SNR, gamma); spends less of the budget on nearly clean inputs.
     """
     b = x0.shape[0]
     ac = schedule.alphas_cumprod().to(x0.device, torch.float32)
@@ -30,7 +32,16 @@ def diffusion_loss(network, x0: torch.Tensor, schedule: NoiseSchedule, predictio
               "v": lambda: a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]()
     out = network(x_t, t, **cond).float()
     err = (out - target.float()) ** 2
+    if min_snr_gamma > 0:
+        err = err * min_snr_weight(a.float(), prediction, min_snr_gamma)
     if loss_mask is not None:
         mask = loss_mask.expand_as(err).float()
         return (err * mask).sum() / mask.sum().clamp(min=1)
     return err.mean()
+
+
+def min_snr_weight(alpha_cumprod: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
+    """Per-sample weight turning the prediction's MSE into a min(SNR, gamma)-weighted x0 error."""
+    snr = alpha_cumprod / (1 - alpha_cumprod).clamp(min=1e-8)
+    clipped = snr.clamp(max=gamma)
+    return {"eps": clipped / snr.clamp(min=1e-8), "v": clipped / (snr + 1), "x0": clipped}[prediction]

@@ -21,13 +21,15 @@ def add_common_arguments(p: argparse.ArgumentParser, steps: int, batch_size: int
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on CPUs with AMX and on GPUs)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start over, ignoring a saved state")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (e.g. 0.999; 0: off)")
     p.add_argument("--clips", default="data/clips", help="folder of real clips (scripts/fetch_clips.py); "
                    "used when present")
 
 
 def settings_from_args(args) -> TrainSettings:
     return TrainSettings(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         save_every=args.save_every, bf16=args.bf16, resume=args.resume, threads=args.threads)
+                         save_every=args.save_every, bf16=args.bf16, resume=args.resume, threads=args.threads,
+                         ema=args.ema)
 
 
 def batches(dataset, batch_size: int):

@@ -38,6 +38,8 @@ def add_arguments(p, stage: str):
     defaults = {"decoder": (1500, 24, 4e-4), "decoder_video": (500, 2, 2e-4), "interpolator": (500, 2, 1e-4)}[stage]
     add_common_arguments(p, *defaults)
     p.add_argument("--frames", type=int, default=17 if stage == "interpolator" else family.FRAMES)
+    if stage == "decoder":
+        p.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR-gamma loss weighting (0: plain loss)")
     if stage == "interpolator":
         p.add_argument("--init", choices=("decoder_video", "decoder"), default="decoder_video",
                        help="start from D^t (the paper's recipe) or from D inflated (lets ↑F train beside D^t)")
@@ -66,7 +68,7 @@ def run(args, stage: str):
                 tokens = torch.where(drop_t[:, None, None], _null_text(enc, b), tokens)
                 embed = torch.where(drop_i[:, None], torch.zeros_like(embed), embed)
             return diffusion_loss(model, images, family.SCHEDULE, family.PREDICTION, generator=gen,
-                                  context=tokens, image_embed=embed)
+                                  context=tokens, image_embed=embed, min_snr_gamma=args.min_snr)
     else:
         if stage == "decoder_video":
             src = load_model(f"{args.out}/decoder.safetensors", expect_stage=("decoder", "decoder_image")).module

@@ -5,10 +5,13 @@
   data stream (seed + rank), rank 0 writes checkpoints;
 - resumable: `<out>/<stage>.state.pt` holds step, model, optimizer and RNG states (tensors and plain
   containers only, reloaded with torch.load(weights_only=True)); `--resume` continues from it;
-- progress through tqdm on rank 0; bf16 autocast optional.
+- progress through tqdm on rank 0; bf16 autocast optional;
+- optional exponential moving average of the weights (`ema` decay): the saved stage file then holds
+  the EMA weights (smoother samples from a short run), the state file both.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -36,6 +39,7 @@ class TrainSettings:
     bf16: bool = False
     resume: bool = True
     threads: int = 0          # torch threads per process; 0 = leave as is
+    ema: float = 0.0          # EMA decay of the saved weights (e.g. 0.999); 0 = save the raw weights
 
 
 def dist_info() -> tuple[int, int]:
@@ -75,6 +79,11 @@ def train_loop(stage: str, model: torch.nn.Module, params: list, loss_fn: Callab
     if world > 1:  # every rank starts from rank 0's weights
         for p in model.state_dict().values():
             dist.broadcast(p, 0)
+    ema = None
+    if settings.ema:
+        ema = copy.deepcopy(model).requires_grad_(False)  # a resumed run without an EMA starts it here
+        if settings.resume and state_path.exists() and "ema" in state:
+            ema.load_state_dict(state["ema"])
 
     def lr_at(step):
         warm = min(1.0, (step + 1) / max(1, settings.warmup))
@@ -89,9 +98,10 @@ def train_loop(stage: str, model: torch.nn.Module, params: list, loss_fn: Callab
         if rank == 0:
             tmp = state_path.with_suffix(".tmp")
             torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "generator": gens, "history": history}, tmp)
+                        "generator": gens, "history": history,
+                        **({"ema": ema.state_dict()} if ema is not None else {})}, tmp)
             os.replace(tmp, state_path)
-            on_save(model)
+            on_save(ema if ema is not None else model)
 
     model.train()
     bar = tqdm(range(start, settings.steps), desc=stage, disable=rank != 0, initial=start, total=settings.steps)
@@ -111,6 +121,8 @@ def train_loop(stage: str, model: torch.nn.Module, params: list, loss_fn: Callab
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
         opt.step()
+        if ema is not None:
+            update_ema(ema, model, settings.ema)
         value = float(loss.detach())
         if world > 1:
             t = torch.tensor([value])
@@ -124,3 +136,13 @@ def train_loop(stage: str, model: torch.nn.Module, params: list, loss_fn: Callab
             save(step + 1)
     model.eval()
     return history
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, for floating-point parameters and buffers."""
+    for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
+        if e.is_floating_point():
+            e.lerp_(m, 1.0 - decay)
+        else:
+            e.copy_(m)
