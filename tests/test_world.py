@@ -179,3 +179,14 @@ def test_scene_cuts_found_at_a_join_and_not_in_smooth_motion():
     joined = np.concatenate([first, second])
     assert scene_cuts(joined) == [12]
     assert shots(joined) == [(0, 12), (12, 24)]
+
+
+def test_relocate_keeps_the_caption_and_moves_the_object():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        scene = W.random_scene(rng)
+        moved = W.relocate(scene, rng)
+        assert W.caption(moved) == W.caption(scene)
+        assert (moved.x, moved.y) != (scene.x, scene.y)
+        lo, hi = W.position_range(moved.shape, moved.size, moved.scale)
+        assert lo <= moved.x <= hi and lo <= moved.y <= hi

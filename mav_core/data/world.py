@@ -165,6 +165,15 @@ def random_scene(rng: np.random.Generator, combos=None) -> Scene:
     )
 
 
+def relocate(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The same object (colour, shape, size) on the same background at a new random place, angle and
+    scale: what a caption says, without the layout of one particular image."""
+    scale = float(rng.uniform(0.9, 1.1))
+    lo, hi = position_range(scene.shape, scene.size, scale)
+    return dataclasses.replace(scene, x=float(rng.uniform(lo, hi)), y=float(rng.uniform(lo, hi)),
+                               angle=float(rng.uniform(0.0, 360.0)), scale=scale)
+
+
 def train_scene(rng: np.random.Generator) -> Scene:
     """A random scene whose (colour, shape) pair is allowed in captioned training data."""
     return random_scene(rng, TRAIN_COMBOS)

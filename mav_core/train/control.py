@@ -1,16 +1,23 @@
 """The control adapter recipe: a ControlAdapter for the frozen MAV-Tiny decoder, trained on captioned
 world images and their hints (kornia Canny edges by default, or object masks), with the text and
-image-embedding conditioning dropped now and then so the hint alone carries layout."""
+image-embedding conditioning dropped now and then so the hint alone carries layout.
+
+The image embedding given with each image is that of the same object rendered elsewhere (another
+place, angle and scale): at inference the embedding comes from the prior and says nothing about where
+the hint puts the object, so in training it must not either, or the adapter learns to lean on it."""
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import torch
 
 from .. import family
 from ..checkpoints import load_model, save_model
 from ..control import ControlAdapter, ControlConfig, ControlledUNet, Control, make_hint
-from ..data.world import CaptionedImages
+from ..data.world import CaptionedImages, relocate, render_scenes, to_tensor
 from ..diffusion.loss import diffusion_loss
-from .common import add_common_arguments, batches, frozen_text_encoder, settings_from_args
+from .common import add_common_arguments, frozen_text_encoder, settings_from_args
 from .loop import maybe_init_distributed, train_loop
 
 
@@ -28,16 +35,18 @@ def run(args):
     dec.requires_grad_(False)
     adapter = ControlAdapter(ControlConfig.for_unet(dec.config, kind=args.kind))
     net = ControlledUNet(dec)
-    data = batches(CaptionedImages(size=family.BASE_SIZE, seed=args.seed * 100 + rank + 11), args.batch_size)
+    stream = iter(CaptionedImages(size=family.BASE_SIZE, seed=args.seed * 100 + rank + 11, with_scene=True))
+    elsewhere = np.random.default_rng(args.seed * 100 + rank + 12)
     out = f"{args.out}/control_{args.kind}.safetensors"
 
     def loss_fn(step, gen):
-        images, captions = next(data)
-        b = images.shape[0]
+        images, captions, scenes = zip(*itertools.islice(stream, args.batch_size))
+        images, b = torch.stack(images), len(images)
         video = images[:, :, None]   # one-frame clips: the adapter works per frame
         with torch.no_grad():
             tokens, _ = enc.encode_text(list(captions))
-            embed = enc.encode_image(images)
+            moved = render_scenes([relocate(sc, elsewhere) for sc in scenes], family.BASE_SIZE)
+            embed = enc.encode_image(to_tensor(moved))
             drop = torch.rand(b, generator=gen) < 0.3
             tokens = torch.where(drop[:, None, None], enc.encode_text([""] * b)[0], tokens)
             embed = torch.where(drop[:, None], torch.zeros_like(embed), embed)
