@@ -232,60 +232,48 @@ def _is_projection(rest: str) -> bool:
 
 
 def _ldm_to_ours(sd: Mapping[str, torch.Tensor], style: str) -> dict:
-    keys = list(sd)
-    table = {ldm: (ours, kind) for ldm, ours, kind in _module_pairs(_ldm_layout(keys, style), style)}
+    table = {ldm: (ours, kind) for ldm, ours, kind in _module_pairs(_ldm_layout(list(sd), style), style)}
+    return _rename(sd, table, to_ours=True,
+                   failure=f"do not fit the {style} UNet layout read off this state dict")
+
+
+def _ours_to_ldm(sd: Mapping[str, torch.Tensor], style: str, what: str) -> dict:
+    lay = _our_layout(list(sd))
+    if style == "ldm" and (lay.temporal_attention or lay.temp_convs or lay.transformer_in or lay.fps):
+        raise ValueError("the SD (LDM) image layout has no temporal layers; this state dict has some")
+    table = {ours: (ldm, kind) for ldm, ours, kind in _module_pairs(lay, style)}
+    return _rename(sd, table, to_ours=False, failure=f"have no place in the {what} layout")
+
+
+def _rename(sd: Mapping[str, torch.Tensor], table: dict, to_ours: bool, failure: str) -> dict:
+    """Every key through `table` (module prefix -> (new prefix, kind)), both directions of the LDM
+    mapping: ResBlock sub-keys are renamed and temporal projections change between Conv1d k=1 (LDM)
+    and Linear (ours). Keys with no place are collected and reported together."""
+    renames = _RESNET_RENAMES if to_ours else [(new, old) for old, new in _RESNET_RENAMES]
     out, unknown = {}, []
     for key, value in sd.items():
         hit = _lookup(key, table)
         if hit is None:
             unknown.append(key)
             continue
-        prefix, (ours, kind) = hit
+        prefix, (target, kind) = hit
         rest = key[len(prefix):]
         if kind == "resnet":
-            for old, new in _RESNET_RENAMES:
+            for old, new in renames:
                 if rest.startswith(old) and "." not in rest[len(old):]:
                     rest = new + rest[len(old):]
                     break
             else:
                 unknown.append(key)
                 continue
-        if kind == "temporal" and _is_projection(rest) and value.dim() == 3:
-            value = value.squeeze(-1)            # Conv1d k=1 -> Linear
-        out[ours + rest] = value
+        if kind == "temporal" and _is_projection(rest):
+            if to_ours and value.dim() == 3:
+                value = value.squeeze(-1)        # Conv1d k=1 -> Linear
+            elif not to_ours and value.dim() == 2:
+                value = value.unsqueeze(-1)      # Linear -> Conv1d k=1
+        out[target + rest] = value
     if unknown:
-        raise ValueError(f"{len(unknown)} keys do not fit the {style} UNet layout read off this state dict "
-                         f"(e.g. {sorted(unknown)[:5]})")
-    return out
-
-
-def _ours_to_ldm(sd: Mapping[str, torch.Tensor], style: str, what: str) -> dict:
-    keys = list(sd)
-    lay = _our_layout(keys)
-    if style == "ldm" and (lay.temporal_attention or lay.temp_convs or lay.transformer_in or lay.fps):
-        raise ValueError("the SD (LDM) image layout has no temporal layers; this state dict has some")
-    table = {ours: (ldm, kind) for ldm, ours, kind in _module_pairs(lay, style)}
-    out, unknown = {}, []
-    for key, value in sd.items():
-        hit = _lookup(key, table)
-        if hit is None:
-            unknown.append(key)
-            continue
-        prefix, (ldm, kind) = hit
-        rest = key[len(prefix):]
-        if kind == "resnet":
-            for old, new in _RESNET_RENAMES:
-                if rest.startswith(new) and "." not in rest[len(new):]:
-                    rest = old + rest[len(new):]
-                    break
-            else:
-                unknown.append(key)
-                continue
-        if kind == "temporal" and _is_projection(rest) and value.dim() == 2:
-            value = value.unsqueeze(-1)          # Linear -> Conv1d k=1
-        out[ldm + rest] = value
-    if unknown:
-        raise ValueError(f"{len(unknown)} keys have no place in the {what} layout (e.g. {sorted(unknown)[:5]})")
+        raise ValueError(f"{len(unknown)} keys {failure} (e.g. {sorted(unknown)[:5]})")
     return out
 
 
