@@ -13,23 +13,25 @@ from .loop import TrainSettings
 
 def add_common_arguments(p: argparse.ArgumentParser, steps: int, batch_size: int, lr: float):
     p.add_argument("--out", default="runs/mav-tiny", help="folder of stage checkpoints and resume states")
-    p.add_argument("--steps", type=int, default=steps)
-    p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--steps", type=int, default=steps, help="optimiser steps (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="examples per step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=lr, help="peak learning rate (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on CPUs with AMX and on GPUs)")
-    p.add_argument("--no-resume", dest="resume", action="store_false", help="start over, ignoring a saved state")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from <out>/<stage>.state.pt if present (default on; --no-resume starts over)")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (e.g. 0.999; 0: off)")
+    p.add_argument("--device", default="cpu", help="device of the stages that take one (text, prior)")
     p.add_argument("--clips", default="data/clips", help="folder of real clips (scripts/fetch_clips.py); "
                    "used when present")
 
 
-def settings_from_args(args) -> TrainSettings:
+def settings_from_args(args, warmup: int = 50) -> TrainSettings:
     return TrainSettings(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          save_every=args.save_every, bf16=args.bf16, resume=args.resume, threads=args.threads,
-                         ema=args.ema)
+                         ema=args.ema, warmup=warmup)
 
 
 def batches(dataset, batch_size: int):

@@ -23,7 +23,8 @@ from ..diffusion import diffusion_loss
 from ..prior import DiffusionPrior, PriorConfig, sample_image_embed
 from ..text import TextImageEncoder
 from .loop import train_loop
-from .text import add_common_arguments, all_combo_prompts, heldout_scenes, settings_from
+from .common import add_common_arguments, settings_from_args
+from .text import all_combo_prompts, heldout_scenes
 
 STAGE = "prior"
 
@@ -60,7 +61,7 @@ def load_text_encoder(path, device="cpu") -> TextImageEncoder:
 
 
 def run(args) -> Path:
-    settings = settings_from(args)
+    settings = settings_from_args(args, warmup=min(50, max(1, args.steps // 10)))
     torch.manual_seed(args.seed)
     if settings.threads:
         torch.set_num_threads(settings.threads)

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from ..checkpoints import save_model
 from ..data import world
 from ..text import TextImageConfig, TextImageEncoder, split_words
-from .loop import TrainSettings, train_loop
+from .common import add_common_arguments, settings_from_args
+from .loop import train_loop
 
 STAGE = "text"
 UNKNOWN_WORD = "zzunknownzz"  # never in the vocabulary: becomes UNK
@@ -38,26 +39,6 @@ def world_vocab() -> list[str]:
     for name in (*world.COLOURS, *world.SHAPES, *world.SIZES, *world.BACKGROUND_WORDS.values(), "an", "shape"):
         words.update(split_words(name))
     return sorted(words)
-
-
-def add_common_arguments(parser: argparse.ArgumentParser, steps: int, batch_size: int, lr: float):
-    parser.add_argument("--steps", type=int, default=steps, help="optimiser steps (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help="examples per step (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=lr, help="peak learning rate (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/mav-tiny", help="run folder (default %(default)s)")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="continue from <out>/<stage>.state.pt if present (default on)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    parser.add_argument("--save-every", type=int, default=200)
-    parser.add_argument("--device", default="cpu")
-
-
-def settings_from(args) -> TrainSettings:
-    return TrainSettings(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         seed=args.seed, bf16=args.bf16, resume=args.resume, threads=args.threads,
-                         save_every=args.save_every, warmup=min(50, max(1, args.steps // 10)))
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -182,7 +163,7 @@ def build_model(args) -> TextImageEncoder:
 
 
 def run(args) -> Path:
-    settings = settings_from(args)
+    settings = settings_from_args(args, warmup=min(50, max(1, args.steps // 10)))
     torch.manual_seed(args.seed)
     model = build_model(args).to(args.device)
     path = Path(args.out) / f"{STAGE}.safetensors"
