@@ -190,3 +190,12 @@ def test_relocate_keeps_the_caption_and_moves_the_object():
         assert (moved.x, moved.y) != (scene.x, scene.y)
         lo, hi = W.position_range(moved.shape, moved.size, moved.scale)
         assert lo <= moved.x <= hi and lo <= moved.y <= hi
+
+
+def test_near_upright_captioned_images():
+    stream = iter(W.CaptionedImages(size=16, seed=4, with_scene=True, max_angle=15.0))
+    angles = [next(stream)[2].angle for _ in range(200)]
+    assert all(a <= 15.0 or a >= 345.0 for a in angles)
+    assert min(a for a in angles if a <= 15.0) < 2.0 and max(a for a in angles if a >= 345.0) > 358.0
+    stream = iter(W.CaptionedImages(size=16, seed=4, with_scene=True))
+    assert any(60 < next(stream)[2].angle < 300 for _ in range(50)), "the default keeps every angle"

@@ -150,8 +150,9 @@ def position_range(shape: str, size: str, scale: float = 1.0) -> tuple[float, fl
     return margin, 1.0 - margin
 
 
-def random_scene(rng: np.random.Generator, combos=None) -> Scene:
-    """A random still scene; `combos` restricts (colour, shape) pairs (default: all)."""
+def random_scene(rng: np.random.Generator, combos=None, max_angle: float = 180.0) -> Scene:
+    """A random still scene; `combos` restricts (colour, shape) pairs (default: all); the object is
+    turned by up to ±max_angle degrees (180: any angle)."""
     combos = combos if combos is not None else [(c, s) for c in COLOURS for s in SHAPES]
     colour, shape = combos[rng.integers(len(combos))]
     size = list(SIZES)[rng.integers(len(SIZES))]
@@ -161,7 +162,8 @@ def random_scene(rng: np.random.Generator, combos=None) -> Scene:
     return Scene(
         shape=shape, colour=colour, size=size, background=background,
         x=float(rng.uniform(lo, hi)), y=float(rng.uniform(lo, hi)),
-        angle=float(rng.uniform(0.0, 360.0)), scale=scale,
+        angle=float(rng.uniform(0.0, 360.0) if max_angle >= 180 else rng.uniform(-max_angle, max_angle) % 360.0),
+        scale=scale,
     )
 
 
@@ -174,9 +176,9 @@ def relocate(scene: Scene, rng: np.random.Generator) -> Scene:
                                angle=float(rng.uniform(0.0, 360.0)), scale=scale)
 
 
-def train_scene(rng: np.random.Generator) -> Scene:
+def train_scene(rng: np.random.Generator, max_angle: float = 180.0) -> Scene:
     """A random scene whose (colour, shape) pair is allowed in captioned training data."""
-    return random_scene(rng, TRAIN_COMBOS)
+    return random_scene(rng, TRAIN_COMBOS, max_angle)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -394,16 +396,18 @@ class CaptionedImages(_ShardedStream):
     """Infinite stream of (image float [3,H,W] in -1..1, caption) from training combos only.
 
     Deterministic per (seed, rank, world_size, DataLoader worker). `with_scene=True` adds the Scene.
+    max_angle < 180 keeps objects near upright (like most photos), leaving rotation to the videos.
     """
 
-    def __init__(self, size: int = 32, seed: int = 0, rank: int = 0, world_size: int = 1, with_scene: bool = False):
+    def __init__(self, size: int = 32, seed: int = 0, rank: int = 0, world_size: int = 1, with_scene: bool = False,
+                 max_angle: float = 180.0):
         super().__init__(seed, rank, world_size)
-        self.size, self.with_scene = int(size), with_scene
+        self.size, self.with_scene, self.max_angle = int(size), with_scene, float(max_angle)
 
     def __iter__(self):
         rng = self._rng()
         while True:
-            scene = train_scene(rng)
+            scene = train_scene(rng, self.max_angle)
             item = (to_tensor(render(scene, self.size)), caption(scene))
             yield (*item, scene) if self.with_scene else item
 

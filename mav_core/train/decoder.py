@@ -40,6 +40,9 @@ def add_arguments(p, stage: str):
     p.add_argument("--frames", type=int, default=17 if stage == "interpolator" else family.FRAMES)
     if stage == "decoder":
         p.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR-gamma loss weighting (0: plain loss)")
+        p.add_argument("--max-angle", type=float, default=15.0,
+                       help="captioned images show objects turned by at most this many degrees (180: any): "
+                            "near-upright stills make shapes learnable in a CPU budget; rotation comes from video")
     if stage == "interpolator":
         p.add_argument("--init", choices=("decoder_video", "decoder"), default="decoder_video",
                        help="start from D^t (the paper's recipe) or from D inflated (lets ↑F train beside D^t)")
@@ -56,7 +59,7 @@ def run(args, stage: str):
     if stage == "decoder":
         model = SpaceTimeUNet(family.decoder_config(text_width, embed_dim))
         params = list(model.parameters())
-        data = batches(CaptionedImages(size=family.BASE_SIZE, seed=seed), args.batch_size)
+        data = batches(CaptionedImages(size=family.BASE_SIZE, seed=seed, max_angle=args.max_angle), args.batch_size)
 
         def loss_fn(step, gen):
             images, captions = next(data)
