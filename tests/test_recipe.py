@@ -80,3 +80,35 @@ def test_stage_loss_falls(run_dir, stage):
     from mav_core.checkpoints import load_model
     name = "decoder" if stage in ("decoder", "decoder_video") else stage
     assert load_model(run_dir / f"{stage}.safetensors").stage == name
+
+
+def test_decoder_video_can_start_from_trained_temporal_layers(run_dir, tmp_path):
+    """--temporal-from: D's spatial weights with another D^t's temporal layers (not the identity)."""
+    import shutil
+    from mav_core.checkpoints import load_state_dict
+    from mav_core.unet import is_temporal_key
+    for stage in ("decoder", "decoder_video"):   # trained by test_stage_loss_falls when it ran first
+        if not (run_dir / f"{stage}.safetensors").exists():
+            assert main(["train", stage, "--out", str(run_dir), "--no-resume", "--clips", str(run_dir / "none"),
+                         *STAGE_ARGS[stage]]) == 0
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("text.safetensors", "decoder.safetensors"):
+        shutil.copy(run_dir / name, out / name)
+    # a source D^t whose temporal layers are not the identity and whose spatial weights are not D's
+    from mav_core.checkpoints import atomic_save_file
+    sd, meta = load_state_dict(run_dir / "decoder_video.safetensors")
+    gen = torch.Generator().manual_seed(0)
+    sd = {k: (torch.randn(v.shape, generator=gen) if is_temporal_key(k) else v + 1.0) for k, v in sd.items()}
+    source = tmp_path / "other_dt.safetensors"
+    atomic_save_file(sd, source, meta)
+    assert main(["train", "decoder_video", "--out", str(out), "--steps", "1", "--batch-size", "1", "--frames", "4",
+                 "--lr", "0", "--clips", str(out / "none"), "--temporal-from", str(source)]) == 0
+    got, _ = load_state_dict(out / "decoder_video.safetensors")
+    temporal, _ = load_state_dict(source)
+    spatial, _ = load_state_dict(run_dir / "decoder.safetensors")
+    keys = [k for k in got if is_temporal_key(k)]
+    assert keys and all(torch.equal(got[k], temporal[k]) for k in keys)
+    assert all(torch.equal(got[k], spatial[k]) for k in got if not is_temporal_key(k))
+    assert any(not torch.equal(temporal[k], got[k]) for k in got if not is_temporal_key(k)), \
+        "the source D^t's spatial weights must not come along"

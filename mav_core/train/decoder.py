@@ -43,6 +43,10 @@ def add_arguments(p, stage: str):
         p.add_argument("--max-angle", type=float, default=15.0,
                        help="captioned images show objects turned by at most this many degrees (180: any): "
                             "near-upright stills make shapes learnable in a CPU budget; rotation comes from video")
+    if stage == "decoder_video":
+        p.add_argument("--temporal-from", default=None,
+                       help="start the temporal layers from this D^t (or motion) file instead of the identity, "
+                            "e.g. to adapt trained temporal layers to a D that was trained further")
     if stage == "interpolator":
         p.add_argument("--init", choices=("decoder_video", "decoder"), default="decoder_video",
                        help="start from D^t (the paper's recipe) or from D inflated (lets ↑F train beside D^t)")
@@ -77,6 +81,16 @@ def run(args, stage: str):
             src = load_model(f"{args.out}/decoder.safetensors", expect_stage=("decoder", "decoder_image")).module
             model = SpaceTimeUNet(src.config)
             model.load_state_dict(src.state_dict())  # identity temporal layers: starts as D frame by frame
+            if args.temporal_from:
+                from ..checkpoints import load_state_dict
+                from ..unet import is_temporal_key
+                temporal, _ = load_state_dict(args.temporal_from)
+                temporal = {k: v.float() for k, v in temporal.items() if is_temporal_key(k)}
+                missing = [k for k in model.state_dict() if is_temporal_key(k) and k not in temporal]
+                if missing:
+                    raise ValueError(f"--temporal-from {args.temporal_from}: no {missing[0]} "
+                                     f"(and {len(missing) - 1} more temporal keys)")
+                model.load_state_dict(temporal, strict=False)
             model.requires_grad_(False)
             params = model.temporal_parameters()
             for p_ in params:
