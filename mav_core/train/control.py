@@ -22,7 +22,7 @@ from .loop import maybe_init_distributed, train_loop
 
 
 def add_arguments(p):
-    add_common_arguments(p, 400, 16, 5e-4)
+    add_common_arguments(p, 1000, 16, 5e-4)
     p.add_argument("--kind", choices=("canny", "mask"), default="canny")
     p.add_argument("--decoder", default=None, help="decoder checkpoint (default <out>/decoder.safetensors)")
 

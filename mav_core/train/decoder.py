@@ -35,10 +35,11 @@ def _drop(gen, b, p=DROP):
 
 
 def add_arguments(p, stage: str):
-    defaults = {"decoder": (1500, 24, 4e-4), "decoder_video": (500, 2, 2e-4), "interpolator": (500, 2, 1e-4)}[stage]
+    defaults = {"decoder": (9000, 24, 4e-4), "decoder_video": (500, 2, 2e-4), "interpolator": (500, 2, 1e-4)}[stage]
     add_common_arguments(p, *defaults)
     p.add_argument("--frames", type=int, default=17 if stage == "interpolator" else family.FRAMES)
     if stage == "decoder":
+        p.set_defaults(ema=0.999)   # the shipped D is the EMA of its weights
         p.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR-gamma loss weighting (0: plain loss)")
         p.add_argument("--max-angle", type=float, default=15.0,
                        help="captioned images show objects turned by at most this many degrees (180: any): "
