@@ -174,13 +174,15 @@ def test_bad_prompt_is_rejected_naming_our_input(host):
     assert "MAV_TEXT" in json.dumps(rejected.value.body) and "MAV_DECODER" in json.dumps(rejected.value.body)
 
 
-def test_wrong_checkpoint_in_loader_fails_naming_file_and_stage(host):
+def test_wrong_checkpoint_in_loader_is_refused_naming_file_and_stage(host):
+    """Judged from the file's header at validation: an HTTP 400 before anything runs."""
     graph = _sampler_graph(decoder="mav-tiny/sr_frame.safetensors")
-    history = host.run_prompt(graph, timeout=120)
-    assert history_status(history) == "error"
-    error = history_events(history)["execution_error"]
-    assert error["node_type"] == "MakeAVideoDecoderLoader"
-    assert "sr_frame.safetensors" in error["exception_message"] and "'decoder'" in error["exception_message"]
+    status, body = host.post_prompt(graph)
+    assert status == 400, body
+    loader = next(k for k, v in graph.items() if v["class_type"] == "MakeAVideoDecoderLoader")
+    errors = body["node_errors"][loader]["errors"]
+    assert any(e["extra_info"].get("input_name") == "ckpt_name" and "sr_frame.safetensors" in e["details"]
+               and "expected 'decoder'" in e["details"] for e in errors), errors
 
 
 def test_interrupt_stops_sampling(host):
