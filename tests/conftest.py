@@ -13,6 +13,14 @@ if str(ROOT) not in sys.path:
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+from pack_import import import_pack  # noqa: E402
+
+@pytest.fixture(scope="session")
+def pack():
+    nodes = import_pack()
+    assert not nodes.host.HAS_COMFY, "these tests are for the comfy-free path"
+    return nodes
+
 
 @pytest.fixture
 def tiny_unet_config():

@@ -5,14 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_nodes import import_pack
-
-
-@pytest.fixture(scope="module")
-def pack():
-    nodes = import_pack()
-    assert not nodes.host.HAS_COMFY, "these tests are for the comfy-free path"
-    return nodes
 
 
 @pytest.fixture(scope="module")

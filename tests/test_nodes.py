@@ -6,14 +6,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PACK_NAME = "comfyui_makeavideo_pack"
 STAGES = ("text", "prior", "decoder", "interpolator", "sr_video", "sr_frame")
 
 
@@ -35,25 +33,6 @@ def make_untrained_weights(out: Path, seed: int = 0) -> Path:
         save_model(out / family.STAGE_FILES["prior"], prior, "prior", prior.config.noise_schedule(),
                    prior.config.prediction, extra={"mav_untrained": "1"})
     return out
-
-
-def import_pack():
-    """The pack's `nodes` package, imported through the repository root as a package (relative imports)."""
-    if PACK_NAME in sys.modules:
-        return importlib.import_module(f"{PACK_NAME}.nodes")
-    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
-    spec.loader.exec_module(module)
-    assert module.NODE_CLASS_MAPPINGS == {}, "without ComfyUI the root registers nothing"
-    return importlib.import_module(f"{PACK_NAME}.nodes")
-
-
-@pytest.fixture(scope="session")
-def pack():
-    nodes = import_pack()
-    assert not nodes.host.HAS_COMFY, "these tests are for the comfy-free path"
-    return nodes
 
 
 @pytest.fixture(scope="session")

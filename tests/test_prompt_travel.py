@@ -76,10 +76,8 @@ def test_two_keyframes_first_frame_is_prompt_a_last_is_prompt_b(tiny_unet_config
     assert not torch.allclose(mid, video_a[:, :, 6], atol=1e-3) and not torch.allclose(mid, video_b[:, :, 6], atol=1e-3)
 
 
-def test_prompt_schedule_node_drives_the_sampler(tiny_unet_config, tmp_path):
-    from test_nodes import import_pack
+def test_prompt_schedule_node_drives_the_sampler(pack, tiny_unet_config, tmp_path):
     from mav_core.checkpoints import save_model
-    pack = import_pack()
     dec = _decoder(tiny_unet_config)
     save_model(tmp_path / "tiny" / "decoder.safetensors", dec.module, "decoder", dec.schedule, "v")
     pack.host.extra_model_dirs.insert(0, tmp_path)

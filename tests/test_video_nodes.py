@@ -3,11 +3,8 @@ output/temp/input folders are stand-in temp folders (nodes/video_io.py `standin_
 read back with mav_core.video. The host's own folder_paths rules are checked in tests/host/test_browser.py."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,27 +14,12 @@ import torch
 from mav_core.video import probe_video, read_metadata, read_video, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
-PACK_NAME = "comfyui_makeavideo_pack"   # same name as tests/test_nodes.py: one import per session
 FORMATS = ("mp4", "webm", "gif", "webp", "png")
 
 
-def import_pack():
-    """The pack's `nodes` package (the pack root registers nothing without ComfyUI; import nodes directly)."""
-    if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = module
-        spec.loader.exec_module(module)
-    return importlib.import_module(f"{PACK_NAME}.nodes")
-
-
 @pytest.fixture(scope="module")
-def video_io():
-    nodes = import_pack()
-    if nodes.host.HAS_COMFY:
-        pytest.skip("these tests are for the comfy-free path (stand-in folders)")
-    return nodes.video_io
+def video_io(pack):
+    return pack.video_io
 
 
 @pytest.fixture
@@ -244,8 +226,8 @@ def test_video_type_nodes_need_the_host(video_io):
         video_io.FramesToVideo().run(moving_frames(count=2), 8.0)
 
 
-def test_nodes_are_registered(video_io):
-    nodes = import_pack()
+def test_nodes_are_registered(pack, video_io):
+    nodes = pack
     for name in ("MakeAVideoVideoSave", "MakeAVideoVideoPreview", "MakeAVideoLoadVideo"):
         assert nodes.NODE_CLASS_MAPPINGS[name] is video_io.NODE_CLASS_MAPPINGS[name]
     assert (ROOT / "web" / "makeavideo_video.js").is_file()

@@ -15,8 +15,6 @@ from __future__ import annotations
 import base64
 import functools
 import http.server
-import importlib
-import importlib.util
 import json
 import math
 import os
@@ -24,7 +22,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,6 +34,7 @@ import pytest
 import torch
 
 from comfy_server import REPO_ROOT, history_events, history_status
+from pack_import import import_pack
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -244,18 +242,6 @@ def served(tmp_path_factory):
     (root / "index.html").write_text("<!doctype html><title>MakeAVideo video checks</title><body></body>")
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
-
-
-def import_pack():
-    """The pack's `nodes` package (the pack root registers nothing without ComfyUI; import nodes directly)."""
-    name = "comfyui_makeavideo_pack"   # the same module name as the unit tests use
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(REPO_ROOT)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return importlib.import_module(f"{name}.nodes")
 
 
 def moving_frames(count=FRAMES, height=HEIGHT, width=WIDTH) -> torch.Tensor:

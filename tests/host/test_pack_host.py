@@ -20,7 +20,8 @@ from comfy_server import PACK_DIR_NAME, REPO_ROOT, PromptRejected, history_event
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from test_nodes import import_pack, make_untrained_weights  # noqa: E402
+from pack_import import import_pack  # noqa: E402
+from test_nodes import make_untrained_weights  # noqa: E402
 from ui_to_api import check_ui_workflow, ui_to_api  # noqa: E402
 
 WORKFLOWS = REPO_ROOT / "workflows"
