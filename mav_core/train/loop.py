@@ -69,8 +69,9 @@ def train_loop(stage: str, model: torch.nn.Module, params: list, loss_fn: Callab
     gen = torch.Generator().manual_seed(settings.seed * 1000 + rank)
     start = 0
     history: list[float] = []
-    if settings.resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    state = torch.load(state_path, map_location="cpu", weights_only=True) if (
+        settings.resume and state_path.exists()) else None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"][rank] if rank < len(state["generator"]) else state["generator"][0])
@@ -82,7 +83,7 @@ def train_loop(stage: str, model: torch.nn.Module, params: list, loss_fn: Callab
     ema = None
     if settings.ema:
         ema = copy.deepcopy(model).requires_grad_(False)  # a resumed run without an EMA starts it here
-        if settings.resume and state_path.exists() and "ema" in state:
+        if state is not None and "ema" in state:
             ema.load_state_dict(state["ema"])
 
     def lr_at(step):
