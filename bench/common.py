@@ -94,7 +94,9 @@ def model_pair(name: str, seed: int = 1):
 def inputs(name: str, batch: int = 2, frames: int = 16, size: int = 32, tokens: int = 77, seed: int = 2):
     cfg = CONFIGS[name]
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 4, frames, size, size, generator=g)
+    # a CFG pair as a sampler makes it: the same latents twice, under two contexts
+    half = max(1, batch // 2)
+    x = torch.randn(half, 4, frames, size, size, generator=g).repeat(batch // half, 1, 1, 1, 1)[:batch]
     ctx = torch.randn(batch, tokens, cfg["cross_attention_dim"], generator=g)
     t = torch.tensor([417.0, 417.0][:batch] + [417.0] * max(0, batch - 2))
     return x, t, ctx

@@ -159,6 +159,8 @@ class UpBlock(_Stage):
 
 
 class SpaceTimeUNet(nn.Module):
+    accepts_shared_latent = True  # forward takes k·B conditionings for B latents (CFG pairs)
+
     def __init__(self, config: UNetConfig):
         super().__init__()
         cfg = self.config = config
@@ -208,11 +210,17 @@ class SpaceTimeUNet(nn.Module):
         [B, F, L, D] per frame (prompt travel). image_embed: [B, E], or [B, F, E] per frame. fps: [B].
         extra: conditioning channels shaped like x.
         temporal=False runs the image model on every frame independently.
-        down_residuals / mid_residual: control residuals added to the skips (ControlNet-style)."""
+        down_residuals / mid_residual: control residuals added to the skips (ControlNet-style).
+
+        Shared latent (a CFG pair): when context / image_embed hold k·B rows for B latents, each latent is
+        evaluated under k conditionings and the output has k·B rows (latent i pairs with rows i, B+i, ...).
+        The text-independent prefix (conv_in, transformer_in) then runs once per latent instead of k times;
+        t / fps may have B or k·B rows."""
         cfg = self.config
         video = x.dim() == 5
         b = x.shape[0]
         f = x.shape[2] if video else 1
+        bc = _conditioning_batch(b, context, image_embed)
         if extra is not None:
             if extra.shape[0] != b or extra.shape[2:] != x.shape[2:]:
                 raise ValueError(f"extra conditioning of shape {tuple(extra.shape)} does not match x {tuple(x.shape)}")
@@ -224,10 +232,10 @@ class SpaceTimeUNet(nn.Module):
         h = rearrange(x, "b c f h w -> (b f) c h w") if video else x
 
         ch0 = cfg.block_out_channels[0]
-        t = t.reshape(-1).expand(b) if t.numel() == 1 else t
+        t = _per_condition(t, b, bc, "t")
         emb = self.time_embedding(timestep_embedding(t, ch0).to(h.dtype))
         if self.fps_embedding is not None and fps is not None and num_frames is not None:
-            fps = torch.as_tensor(fps, device=h.device, dtype=torch.float32).reshape(-1).expand(b)
+            fps = _per_condition(torch.as_tensor(fps, device=h.device, dtype=torch.float32), b, bc, "fps")
             emb = emb + self.fps_embedding(timestep_embedding(fps, ch0).to(h.dtype))
         if context is not None and context.shape[-1] != cfg.context_dim:
             raise ValueError(f"context width {context.shape[-1]} does not match the model's context_dim {cfg.context_dim}")
@@ -236,8 +244,8 @@ class SpaceTimeUNet(nn.Module):
             # prompt travel: one context / embedding per frame, folded like the frames: [(b f), ...]
             if not video:
                 raise ValueError("per-frame context / image_embed need a video input [B, C, F, H, W]")
-            context = _fold_frames(context, b, f, 3, "context")
-            image_embed = _fold_frames(image_embed, b, f, 2, "image_embed")
+            context = _fold_frames(context, bc, f, 3, "context")
+            image_embed = _fold_frames(image_embed, bc, f, 2, "image_embed")
             emb = emb.repeat_interleave(f, dim=0)
         if cfg.image_embed_dim and image_embed is not None:
             image_embed = image_embed.to(h.dtype)
@@ -245,7 +253,7 @@ class SpaceTimeUNet(nn.Module):
             tokens = self.image_tokens(image_embed).reshape(image_embed.shape[0], cfg.image_embed_tokens, cfg.context_dim)
             context = tokens if context is None else torch.cat([context.to(h.dtype), tokens], dim=1)
         if context is None:
-            context = h.new_zeros(b, 1, cfg.context_dim)
+            context = h.new_zeros(bc, 1, cfg.context_dim)
         context = context.to(h.dtype)
         if f > 1 and not per_frame:
             emb = emb.repeat_interleave(f, dim=0)
@@ -255,6 +263,8 @@ class SpaceTimeUNet(nn.Module):
         h = self.conv_in(h, num_frames)
         if self.transformer_in is not None:
             h = self.transformer_in(h, num_frames)
+        if bc != b:  # shared latent: the prefix above ran once per latent; from here on, per conditioning
+            h = h.repeat(bc // b, 1, 1, 1)
         skips = [h]
         for block in self.down_blocks:
             h, s = block(h, emb, context, num_frames)
@@ -274,7 +284,30 @@ class SpaceTimeUNet(nn.Module):
             up_size = skips[-1].shape[-2:] if skips else None
             h = block(h, block_skips, emb, context, num_frames, up_size)
         h = conv2d(self.conv_out, F.silu(self.conv_norm_out(h)))
-        return rearrange(h, "(b f) c h w -> b c f h w", b=b) if video else h
+        return rearrange(h, "(b f) c h w -> b c f h w", b=bc) if video else h
+
+
+def _conditioning_batch(b: int, context: torch.Tensor | None, image_embed: torch.Tensor | None) -> int:
+    """Rows of conditioning: b, or k·b when k conditionings share each of the b latents."""
+    rows = {v.shape[0] for v in (context, image_embed) if v is not None}
+    if len(rows) > 1:
+        raise ValueError(f"context and image_embed have different batch sizes {sorted(rows)}")
+    bc = rows.pop() if rows else b
+    if bc % b:
+        raise ValueError(f"conditioning batch {bc} is not a multiple of the latent batch {b}")
+    return bc
+
+
+def _per_condition(v: torch.Tensor, b: int, bc: int, name: str) -> torch.Tensor:
+    """A per-sample vector (1, b or bc entries) as bc entries, latent-major like the conditioning rows."""
+    v = v.reshape(-1)
+    if v.numel() == 1:
+        return v.expand(bc)
+    if v.numel() == bc:
+        return v
+    if v.numel() == b:
+        return v.repeat(bc // b)
+    raise ValueError(f"{name} has {v.numel()} entries; expected 1, {b} or {bc}")
 
 
 def _fold_frames(v: torch.Tensor | None, b: int, f: int, clip_rank: int, name: str) -> torch.Tensor | None:

@@ -76,6 +76,62 @@ def test_unet3d_layout_fast_path_equals_training_path():
     assert all(p.grad is not None for p in model.parameters())
 
 
+def _unet3d_model(seed=4, image_embed_dim=0, extra=0):
+    cfg = UNetConfig(in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                     attention_levels=(True, False), attention_head_dim=16, context_dim=24, norm_num_groups=8,
+                     linear_projection=True, pseudo3d_convs=False, temporal_conv_blocks=True,
+                     temporal_position_embedding=False, transformer_in=True, transformer_in_heads=2,
+                     transformer_in_head_dim=16, image_embed_dim=image_embed_dim, extra_in_channels=extra)
+    model = SpaceTimeUNet(cfg).eval()
+    _randomise(model, seed)
+    return model
+
+
+def test_shared_latent_equals_repeated_batch():
+    """A CFG pair as one latent under two conditionings == the latent repeated in the batch."""
+    model = _unet3d_model(image_embed_dim=6, extra=2)
+    g = torch.Generator().manual_seed(8)
+    x, extra = torch.randn(2, 4, 5, 16, 16, generator=g), torch.randn(2, 2, 5, 16, 16, generator=g)
+    ctx, emb = torch.randn(4, 7, 24, generator=g), torch.randn(4, 6, generator=g)
+    t, fps = torch.tensor([10.0, 500.0]), torch.tensor([4.0, 12.0])
+    with torch.no_grad():
+        shared = model(x, t, ctx, emb, fps=fps, extra=extra)
+        repeated = model(x.repeat(2, 1, 1, 1, 1), t.repeat(2), ctx, emb, fps=fps.repeat(2), extra=extra.repeat(2, 1, 1, 1, 1))
+    assert shared.shape == repeated.shape == (4, 4, 5, 16, 16)
+    assert _rel(shared, repeated) < 1e-5
+    with pytest.raises(ValueError, match="multiple of the latent batch"):
+        model(x, t, ctx[:3], emb[:3])
+    with pytest.raises(ValueError, match="different batch sizes"):
+        model(x, t, ctx, emb[:2])
+
+
+def test_cfg_denoiser_takes_the_shared_latent_path_with_the_same_result():
+    from mav_core.diffusion import CFGDenoiser, Denoiser
+    from mav_core.diffusion.schedule import NoiseSchedule
+    model = _unet3d_model(seed=9)
+    calls = []
+    model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    den = Denoiser(model, NoiseSchedule("cosine"), "v")
+    g = torch.Generator().manual_seed(10)
+    cond, uncond = {"context": torch.randn(1, 7, 24, generator=g)}, {"context": torch.randn(1, 7, 24, generator=g)}
+    x, sigma = torch.randn(1, 4, 5, 16, 16, generator=g), torch.tensor([3.0])
+    with torch.no_grad():
+        guided = CFGDenoiser(den, cond, uncond, 4.0)(x, sigma)
+        c, u = den(x, sigma, **cond), den(x, sigma, **uncond)
+    assert calls == [1, 1, 1]          # the pair ran as one call on the un-repeated latent
+    assert _rel(guided, u + 4.0 * (c - u)) < 1e-5
+    # per-latent inputs that differ between the halves fall back to the repeated batch
+    calls.clear()
+    model_x = _unet3d_model(seed=9, extra=2)
+    model_x.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    den_x = Denoiser(model_x, NoiseSchedule("cosine"), "v")
+    e1, e2 = torch.randn(1, 2, 5, 16, 16, generator=g), torch.randn(1, 2, 5, 16, 16, generator=g)
+    with torch.no_grad():
+        CFGDenoiser(den_x, {**cond, "extra": e1}, {**uncond, "extra": e2}, 4.0)(x, sigma)
+        CFGDenoiser(den_x, {**cond, "extra": e1}, {**uncond, "extra": e1}, 4.0)(x, sigma)
+    assert calls == [2, 1]
+
+
 def test_bf16_precision_option_tracks_fp32_and_validates():
     from mav_core.accel import fast_bf16_supported, resolve_precision
     from mav_core.checkpoints import LoadedModel

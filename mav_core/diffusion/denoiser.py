@@ -44,6 +44,9 @@ class Denoiser(nn.Module):
         s = sigma.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
         c_in = 1 / (s**2 + 1).sqrt()
         out = self.network(x * c_in, self.sigma_to_t(sigma), **cond).to(x.dtype)
+        if out.shape[0] != x.shape[0]:  # a shared latent evaluated under k conditionings (see SpaceTimeUNet)
+            k = out.shape[0] // x.shape[0]
+            x, s, c_in = (v.repeat(k, *([1] * (v.dim() - 1))) for v in (x, s, c_in))
         if self.prediction == "eps":
             return x - s * out
         if self.prediction == "x0":
