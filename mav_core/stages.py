@@ -82,7 +82,7 @@ class _FiniteWatch:
 
 def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = None, *, seed: int = 0,
                 steps: int = 25, cfg: float = 1.0, sampler: str = "ddim", init: torch.Tensor | None = None,
-                denoise: float = 1.0, shared_noise: bool = False, temporal: bool = True,
+                denoise: float = 1.0, shared_noise: bool | float = False, temporal: bool = True,
                 callback: Callable | None = None, nan_check_every: int | None = None,
                 context_window: int | None = None, context_overlap: int | None = None,
                 precision: str = "fp32") -> torch.Tensor:
@@ -161,8 +161,11 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, fra
                    sampler: str = "ddim", init: torch.Tensor | None = None, denoise: float = 1.0,
                    known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
                    controls: list | None = None, callback=None, context_window: int | None = None,
-                   context_overlap: int | None = None, precision: str = "fp32") -> torch.Tensor:
+                   context_overlap: int | None = None, precision: str = "fp32",
+                   noise_share: float = 0.0) -> torch.Tensor:
     """D^t: text/image-embedding-conditioned video [B, 3, F, H, W].
+
+    noise_share: correlation of the starting noise between frames (0: independent; see seeded_noise).
 
     context_window / context_overlap / precision: see sample_unet (sliding windows for long videos).
 
@@ -178,6 +181,7 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, fra
     check_number("fps", fps, 0.0, 240.0, lo_open=True)
     check_positive_int("steps", steps, 1, 1000)
     check_number("cfg", cfg, 0.0, MAX_CFG)
+    check_number("noise_share", noise_share, 0.0, 1.0)
     b = _batch(cond)
     p = _param(decoder.module)
     guided_batch = 2 * b if uncond is not None and cfg != 1.0 else b
@@ -198,7 +202,7 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, fra
     shape = (b, cfgm.out_channels, frames, height, width)
     return sample_unet(decoder, shape, cond, uncond, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
                        init=init, denoise=denoise, callback=callback, context_window=context_window,
-                       context_overlap=context_overlap, precision=precision)
+                       context_overlap=context_overlap, precision=precision, shared_noise=noise_share)
 
 
 def _check_video(name: str, video) -> None:

@@ -61,6 +61,18 @@ def test_seeded_noise_bit_identical_and_shared_frames():
     assert not torch.equal(s[0], s[1])
 
 
+def test_seeded_noise_frame_share_sets_the_correlation():
+    n = seeded_noise((1, 1, 4, 64, 64), 3, shared_frames=0.6)
+    assert abs(n.std().item() - 1) < 0.05                      # unit variance per frame
+    f = n[0, 0].reshape(4, -1)
+    corr = torch.corrcoef(f)
+    off = corr[~torch.eye(4, dtype=torch.bool)]
+    assert (off - 0.6).abs().max() < 0.08                       # frames correlated by the share
+    assert torch.equal(seeded_noise((1, 1, 4, 8, 8), 3, shared_frames=0.0), seeded_noise((1, 1, 4, 8, 8), 3))
+    with pytest.raises(ValueError, match="shared_frames"):
+        seeded_noise((1, 1, 4, 8, 8), 3, shared_frames=1.5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_seeded_noise_same_on_gpu():
     a = seeded_noise((4, 3, 8, 8), 7)

@@ -27,7 +27,7 @@ PER_LATENT_KEYS = ("extra",)  # conditioning shaped like the latent itself (↑F
 def _shared_latent_pair(denoiser: Denoiser, cond: dict, uncond: dict) -> dict | None:
     """The pair's conditioning for one network call on the un-repeated latent, when the network takes a
     shared latent (SpaceTimeUNet.forward) and both halves have the same per-latent inputs; else None."""
-    if not getattr(denoiser.network, "accepts_shared_latent", False):
+    if not getattr(getattr(denoiser, "network", None), "accepts_shared_latent", False):
         return None
     if any(cond.get(k) is not uncond.get(k) for k in PER_LATENT_KEYS):
         return None

@@ -9,28 +9,36 @@ import torch
 
 
 def seeded_noise(shape, seed: int | torch.Generator, *, device=None, dtype=torch.float32,
-                 shared_frames: bool = False, frame_dim: int = 2) -> torch.Tensor:
-    """Standard normal noise of `shape`. With shared_frames, one draw is repeated along frame_dim
-    (Make-A-Video's SR_h uses the same noise for every frame)."""
+                 shared_frames: bool | float = False, frame_dim: int = 2) -> torch.Tensor:
+    """Standard normal noise of `shape`. With shared_frames (True = 1.0), one draw is repeated along
+    frame_dim (Make-A-Video's SR_h uses the same noise for every frame). A share s in (0, 1) mixes
+    sqrt(s) * one shared draw + sqrt(1 - s) * a draw per frame: still unit variance per frame, with
+    correlation s between frames (mixed video noise, as in PYoCo)."""
     gen = seed if isinstance(seed, torch.Generator) else torch.Generator("cpu").manual_seed(int(seed))
+    share = float(shared_frames)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"shared_frames must be a share in [0, 1], got {shared_frames!r}")
     shape = list(shape)
-    if shared_frames:
-        one = shape.copy()
-        one[frame_dim] = 1
+    if share == 0.0:
+        return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+    one = shape.copy()
+    one[frame_dim] = 1
+    if share == 1.0:
         noise = torch.randn(one, generator=gen, dtype=torch.float32).expand(shape).contiguous()
     else:
-        noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+        common = torch.randn(one, generator=gen, dtype=torch.float32)
+        noise = share ** 0.5 * common + (1 - share) ** 0.5 * torch.randn(shape, generator=gen, dtype=torch.float32)
     return noise.to(device=device, dtype=dtype)
 
 
 class NoiseSampler:
     """Draws the per-step noise of ancestral samplers from one CPU generator."""
 
-    def __init__(self, seed: int, shared_frames: bool = False, frame_dim: int = 2):
+    def __init__(self, seed: int, shared_frames: bool | float = False, frame_dim: int = 2):
         self.gen = torch.Generator("cpu").manual_seed(int(seed) + 1)
         self.shared_frames = shared_frames
         self.frame_dim = frame_dim
 
     def __call__(self, like: torch.Tensor) -> torch.Tensor:
         return seeded_noise(like.shape, self.gen, device=like.device, dtype=like.dtype,
-                            shared_frames=self.shared_frames and like.dim() == 5, frame_dim=self.frame_dim)
+                            shared_frames=self.shared_frames if like.dim() == 5 else False, frame_dim=self.frame_dim)

@@ -48,9 +48,15 @@ def add_arguments(p, stage: str):
         p.add_argument("--temporal-from", default=None,
                        help="start the temporal layers from this D^t (or motion) file instead of the identity, "
                             "e.g. to adapt trained temporal layers to a D that was trained further")
+    if stage in ("decoder_video", "interpolator"):
+        p.add_argument("--real-share", type=float, default=0.7 if stage == "interpolator" else 0.3,
+                       help="share of batches drawn from the real clips when they are present (rest: rendered world)")
     if stage == "interpolator":
+        p.set_defaults(ema=0.999)
         p.add_argument("--init", choices=("decoder_video", "decoder"), default="decoder_video",
                        help="start from D^t (the paper's recipe) or from D inflated (lets ↑F train beside D^t)")
+        p.add_argument("--init-from", default=None,
+                       help="start from this ↑F checkpoint instead (continue training a shipped interpolator)")
 
 
 def run(args, stage: str):
@@ -96,6 +102,10 @@ def run(args, stage: str):
             params = model.temporal_parameters()
             for p_ in params:
                 p_.requires_grad_(True)
+        elif args.init_from:
+            model = SpaceTimeUNet(family.interpolator_config(text_width, embed_dim))
+            model.load_state_dict(load_model(args.init_from, expect_stage="interpolator").module.state_dict())
+            params = list(model.parameters())
         else:
             src = load_model(f"{args.out}/{args.init}.safetensors", expect_stage="decoder").module
             model = SpaceTimeUNet(family.interpolator_config(text_width, embed_dim))
@@ -106,7 +116,7 @@ def run(args, stage: str):
             params = list(model.parameters())
         world_clips = batches(WorldClips(num_frames=args.frames, size=family.BASE_SIZE, seed=seed), args.batch_size)
         real = real_clip_stream(args.clips, args.frames, family.BASE_SIZE, args.batch_size, seed, rank, world)
-        data = mixed((world_clips, 0.7), (real, 0.3), seed=seed) if real else world_clips
+        data = mixed((world_clips, 1 - args.real_share), (real, args.real_share), seed=seed) if real else world_clips
 
         def loss_fn(step, gen):
             clips, fps = next(data)
@@ -120,6 +130,8 @@ def run(args, stage: str):
             if stage == "interpolator":
                 mask = torch.stack([random_training_mask(f, gen) for _ in range(b)])
                 cond["extra"] = masked_condition(video, mask)
+                # known frames are copied into the output: the loss is on the generated frames only
+                cond["loss_mask"] = (~mask).float().reshape(b, 1, f, 1, 1)
             return diffusion_loss(model, video, family.SCHEDULE, family.PREDICTION, generator=gen, **cond)
 
     def on_save(m):
