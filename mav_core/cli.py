@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "variations and control")
     s.add_argument("--skip-interp", action="store_true", help="skip the ↑F comparison on real clips")
     s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    s.add_argument("--cfg", type=float, default=2.0, help="decoder guidance scale")
+    s.add_argument("--cfg", type=float, default=4.0, help="decoder guidance scale")
     s.set_defaults(fn=cmd_eval)
     return p
 

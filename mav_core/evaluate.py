@@ -66,7 +66,7 @@ def parse_prompt(prompt: str) -> tuple[str, str]:
 
 @torch.no_grad()
 def eval_text_to_video(mav: MakeAVideo, prompts: list[str], steps: int, seed: int, batch: int = 10,
-                       frames: int = family.FRAMES, fps: float = 4.0, cfg: float = 2.0) -> dict:
+                       frames: int = family.FRAMES, fps: float = 4.0, cfg: float = 4.0) -> dict:
     video_scores, image_scores = [], []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]

@@ -51,16 +51,17 @@ def _inference() -> bool:
 
 def temporal_group_norm(norm: nn.GroupNorm, x: torch.Tensor, num_frames: int, silu: bool = False) -> torch.Tensor:
     """GroupNorm whose statistics span all frames of a clip (a GroupNorm on [b, c, f, h, w]); with silu,
-    SiLU applied to the result. Statistics and the normalisation run in float32; one fused
-    scale-and-shift pass writes the output."""
+    SiLU applied to the result. Statistics are accumulated and the normalisation computed in float32;
+    one fused scale-and-shift pass writes the output in the input's dtype."""
     bf, c, h, w = x.shape
     g = norm.num_groups
     xs = x.reshape(bf // num_frames, num_frames, g, c // g, h * w)
     if _inference():
         # per (frame, group) statistics from the fast GroupNorm kernel over contiguous memory, then combined
         # over the frames of each clip (equal counts): var = mean of variances + variance of means
-        _, mean_f, rstd_f = torch.native_group_norm(x.float().contiguous(), None, None, bf, c, h * w, g, norm.eps)
-        mean_f = mean_f.reshape(bf // num_frames, num_frames, g)
+        # (bf16/fp16 input: the kernel accumulates in float32; no float32 copy of the activation)
+        _, mean_f, rstd_f = torch.native_group_norm(x.contiguous(), None, None, bf, c, h * w, g, norm.eps)
+        mean_f, rstd_f = mean_f.float().reshape(bf // num_frames, num_frames, g), rstd_f.float()
         var_f = rstd_f.reshape(mean_f.shape).pow(-2) - norm.eps
         mean = mean_f.mean(dim=1, keepdim=True)
         var = (var_f + (mean_f - mean).square()).mean(dim=1, keepdim=True)
@@ -73,10 +74,14 @@ def temporal_group_norm(norm: nn.GroupNorm, x: torch.Tensor, num_frames: int, si
         shift = norm.bias.float().reshape(1, 1, g, c // g, 1) - mean * scale
     else:
         shift = -mean * scale
-    out = torch.addcmul(shift, xs, scale).reshape(bf, c, h, w)
+    if _inference():  # float32 arithmetic, stored once in the input's dtype (no float32 intermediate)
+        out = torch.addcmul(shift, xs, scale, out=torch.empty(xs.shape, dtype=x.dtype, device=x.device))
+    else:
+        out = torch.addcmul(shift, xs, scale).to(x.dtype)
+    out = out.reshape(bf, c, h, w)
     if silu:
         out = F.silu(out, inplace=_inference())
-    return out.to(x.dtype)
+    return out
 
 
 def temporal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -1,6 +1,6 @@
 """Copy a training run's stage checkpoints into the shipped MAV-Tiny folder, stored as float16.
 
-    python scripts/ship_weights.py [--run runs/mav-tiny] [--dest mav_core/weights/mav-tiny]
+    python scripts/ship_weights.py [--run runs/mav-tiny] [--dest mav_core/weights/mav-tiny] [--stages ...]
 
 Float16 storage halves the files; loading casts back to the model's dtype (float32 on CPU). The
 run's `decoder_video` checkpoint is D^t, shipped as `decoder.safetensors`.
@@ -30,10 +30,14 @@ def main() -> int:
     p.add_argument("--spatial-from", default=None,
                    help="run checkpoint whose spatial (image) weights replace D^t's, e.g. 'decoder' when D was "
                         "trained further after D^t's temporal layers: the temporal layers move over as a motion module")
+    p.add_argument("--stages", nargs="+", choices=sorted(SOURCES), default=sorted(SOURCES),
+                   help="ship only these stages (e.g. interpolator, after retraining just ↑F)")
     args = p.parse_args()
     dest = Path(args.dest)
     total = 0
     for stage, src in SOURCES.items():
+        if stage not in args.stages:
+            continue
         path = Path(args.run) / f"{src}.safetensors"
         if not path.exists():
             print(f"missing {path}", file=sys.stderr)
@@ -53,7 +57,7 @@ def main() -> int:
         atomic_save_file(sd, out, meta)
         total += out.stat().st_size
         print(f"{out}: {out.stat().st_size / 1e6:.1f} MB from {path}")
-    for kind, name in family.CONTROL_FILES.items():
+    for kind, name in family.CONTROL_FILES.items() if "decoder" in args.stages else ():
         path = Path(args.run) / name
         if path.exists():
             sd, meta = load_state_dict(path)

@@ -1,0 +1,82 @@
+"""Seams of sliding temporal windows with the shipped MAV-Tiny D^t: a long video (default 128 frames)
+sampled in overlapping windows, and the frame difference at every window boundary compared with the
+95th percentile of the clip's other frame-to-frame transitions (the criterion of the performance issue).
+
+    python bench/window_seams.py --frames 128 --window 16 --overlap 4 --threads 1
+
+Also reports the process's peak RSS (VmHWM) and the sampling time. Writes bench/results/window_seams.json.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from common import machine_info, table, write_json
+
+
+def _peak_rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def seam_transitions(frames: int, window: int, overlap: int) -> list[int]:
+    """Transitions t -> t+1 that cross a window edge (a window starts at t+1 or ends at t)."""
+    from mav_core.accel import FrameWindows
+    starts = FrameWindows(torch.nn.Identity(), window, overlap).starts(frames)
+    return sorted({s - 1 for s in starts[1:]} | {s + window - 1 for s in starts[:-1]} - {frames - 1})
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--prompt", nargs="+", default=["a red circle on a blue background",
+                                                   "a large green square on a gray background"])
+    p.add_argument("--frames", type=int, default=128)
+    p.add_argument("--window", type=int, default=16)
+    p.add_argument("--overlap", type=int, default=4)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    from mav_core import family
+    from mav_core.pipeline import MakeAVideo
+    from mav_core.stages import generate_video
+    mav = MakeAVideo.load()
+    seams = seam_transitions(args.frames, args.window, args.overlap)
+    rows = []
+    for i, prompt in enumerate(args.prompt):
+        cond, uncond = mav.conditioning(prompt, "", args.seed + i, 20, 1.0)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            video = generate_video(mav.decoder, cond, uncond, frames=args.frames, height=family.BASE_SIZE,
+                                   width=family.BASE_SIZE, fps=4.0, seed=args.seed + i, steps=args.steps,
+                                   cfg=args.cfg, context_window=args.window, context_overlap=args.overlap)
+        seconds = time.perf_counter() - t0
+        v = ((video[0].clamp(-1, 1) + 1) * 127.5).permute(1, 0, 2, 3).numpy()   # [F, C, H, W] in 0..255
+        diff = np.abs(np.diff(v, axis=0)).mean(axis=(1, 2, 3))                    # per transition
+        inner = np.delete(diff, seams)
+        p95 = float(np.percentile(inner, 95))
+        rows.append({"prompt": prompt, "frames": args.frames, "window": args.window, "overlap": args.overlap,
+                     "seams": len(seams), "max_seam_diff": float(diff[seams].max()),
+                     "mean_seam_diff": float(diff[seams].mean()), "inner_p95_diff": p95,
+                     "inner_mean_diff": float(inner.mean()),
+                     "seams_above_p95": int((diff[seams] > p95).sum()), "invisible": bool(diff[seams].max() <= p95),
+                     "seconds": seconds})
+        print(table([rows[-1]], list(rows[-1])), flush=True)
+    info = machine_info(args.threads)
+    result = {"machine": info, "args": vars(args), "seam_transitions": seams, "rows": rows,
+              "peak_rss_mib": _peak_rss_mib()}
+    print(f"peak RSS {result['peak_rss_mib']:.0f} MiB")
+    print(f"wrote {write_json(result, 'window_seams', args.out)}")
+
+
+if __name__ == "__main__":
+    main()
