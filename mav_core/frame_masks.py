@@ -3,6 +3,10 @@
 A clip of T frames is conditioned on some known frames (their pixels + a 1-channel mask); the
 network generates the rest. Interpolation by m keeps every m-th frame; extrapolation keeps the first
 k frames (image animation: k = 1).
+
+Residual ↑F checkpoints (metadata `mav_interp_residual_scale`) see, instead of zeros, a guess at every
+unknown frame (`frame_guess`: the linear blend of the nearest known frames on either side, or the
+nearest known frame where only one side has one) and diffuse only what the guess misses.
 """
 from __future__ import annotations
 
@@ -43,3 +47,34 @@ def masked_condition(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     b, c, t, h, w = frames.shape
     m = mask.to(frames.device, frames.dtype).reshape(-1, 1, t, 1, 1).expand(b, 1, t, h, w)
     return torch.cat([frames * m, m], dim=1)
+
+
+def frame_guess(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """frames [B, C, T, H, W], mask [T] or [B, T] (at least one known frame per clip) -> the known
+    frames kept, each unknown frame linearly blended from the nearest known frames before and after
+    it (held from the nearest known frame where only one side has one)."""
+    b, c, t, h, w = frames.shape
+    mask = mask.to(torch.bool).reshape(-1, t).expand(b, t).cpu()
+    if not mask.any(dim=1).all():
+        raise ValueError("every clip needs at least one known frame")
+    weights = torch.zeros(b, t, t)                     # guess[:, :, i] = sum_k weights[b, i, k] frames[:, :, k]
+    for bi in range(b):
+        known = mask[bi].nonzero().flatten().tolist()
+        for i in range(t):
+            before = [k for k in known if k <= i]
+            after = [k for k in known if k >= i]
+            if before and after:
+                lo, hi = before[-1], after[0]
+                a = 0.0 if hi == lo else (i - lo) / (hi - lo)
+                weights[bi, i, lo] += 1 - a
+                weights[bi, i, hi] += a
+            else:
+                weights[bi, i, (before or after)[-1 if before else 0]] = 1.0
+    return torch.einsum("bik,bckhw->bcihw", weights.to(frames.device, frames.dtype), frames)
+
+
+def guess_condition(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Residual ↑F's extra channels: frame_guess (3) + mask (1), shaped like masked_condition."""
+    b, c, t, h, w = frames.shape
+    m = mask.to(frames.device, frames.dtype).reshape(-1, 1, t, 1, 1).expand(b, 1, t, h, w)
+    return torch.cat([frame_guess(frames, mask), m], dim=1)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .checkpoints import LoadedModel
 from .diffusion import CFGDenoiser, Denoiser, NoiseSampler, sample, sampling_sigmas, seeded_noise
-from .frame_masks import extrapolation_mask, interpolation_mask, masked_condition
+from .frame_masks import extrapolation_mask, frame_guess, guess_condition, interpolation_mask, masked_condition
 from .accel import FrameWindows, autocast
 from .memory import check_fits
 
@@ -194,15 +194,25 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, fra
         cond["controls"] = list(controls)
         if uncond is not None:
             uncond["controls"] = list(controls)
+    residual_scale = float(decoder.metadata.get("mav_interp_residual_scale", 0) or 0)
+    guess = None
     if known is not None:
-        extra = masked_condition(known.to(p.device, p.dtype), known_mask)
+        known = known.to(p.device, p.dtype)
+        if residual_scale:   # residual ↑F: conditioned on the guess, diffusing (frames - guess) * scale
+            extra = guess_condition(known, known_mask)
+            guess = extra[:, :-1]
+            if init is not None:
+                init = (init.to(p.device, p.dtype) - guess) * residual_scale
+        else:
+            extra = masked_condition(known, known_mask)
         cond["extra"] = extra
         if uncond is not None:
             uncond["extra"] = extra
     shape = (b, cfgm.out_channels, frames, height, width)
-    return sample_unet(decoder, shape, cond, uncond, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
-                       init=init, denoise=denoise, callback=callback, context_window=context_window,
-                       context_overlap=context_overlap, precision=precision, shared_noise=noise_share)
+    out = sample_unet(decoder, shape, cond, uncond, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
+                      init=init, denoise=denoise, callback=callback, context_window=context_window,
+                      context_overlap=context_overlap, precision=precision, shared_noise=noise_share)
+    return out if guess is None else guess + out / residual_scale
 
 
 def _check_video(name: str, video) -> None:
@@ -220,15 +230,7 @@ def _batch(cond: dict) -> int:
 
 def linear_blend_frames(grid: torch.Tensor, multiplier: int) -> torch.Tensor:
     """Fill the frames between every m-th (known) frame of grid [B, C, T, H, W] by linear blending."""
-    out = grid.clone()
-    t = grid.shape[2]
-    for k in range(0, t - 1, multiplier):
-        a, b = grid[:, :, k], grid[:, :, min(k + multiplier, t - 1)]
-        for j in range(1, multiplier):
-            if k + j < t:
-                w = j / multiplier
-                out[:, :, k + j] = (1 - w) * a + w * b
-    return out
+    return frame_guess(grid, interpolation_mask(grid.shape[2], multiplier))
 
 
 def interpolate_video(interpolator: LoadedModel, video: torch.Tensor, cond: dict, uncond: dict | None = None, *,

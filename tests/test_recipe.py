@@ -8,7 +8,7 @@ from mav_core.cli import main
 STAGE_ARGS = {
     "decoder": ["--steps", "30", "--batch-size", "4", "--lr", "1e-3"],
     "decoder_video": ["--steps", "30", "--batch-size", "1", "--frames", "4", "--lr", "3e-3"],
-    "interpolator": ["--steps", "30", "--batch-size", "1", "--frames", "5", "--lr", "3e-4"],
+    "interpolator": ["--steps", "30", "--batch-size", "1", "--frames", "5", "--lr", "3e-4", "--ema", "0"],
     "sr_video": ["--steps", "30", "--batch-size", "1", "--frames", "2", "--crop", "16", "--lr", "1e-3"],
     "sr_frame": ["--steps", "30", "--batch-size", "2", "--crop", "16", "--lr", "1e-3"],
 }
@@ -27,14 +27,22 @@ def _history(out, stage):
     return state["history"]
 
 
-def _fixed_video_loss(model, enc, seed=0, masked=False):
-    """Loss of a model on one fixed batch of clips, timesteps and noise: comparable across checkpoints."""
+def _fixed_video_loss(model, enc, seed=0, masked=False, residual_scale=0.0):
+    """Loss of a model on one fixed batch of clips, timesteps and noise: comparable across checkpoints.
+    masked: ↑F inputs (every other frame known); residual_scale: residual ↑F (guess in, residual out)."""
     from mav_core import family
     from mav_core.data.world import WorldClips
     gen = torch.Generator().manual_seed(seed)
     it = iter(WorldClips(num_frames=4, size=32, seed=123))
     clips, fps = zip(*[next(it) for _ in range(4)])
     x0 = torch.stack(clips).permute(0, 2, 1, 3, 4)
+    extra = None
+    if masked:   # ↑F: every other frame known
+        from mav_core.frame_masks import guess_condition, interpolation_mask, masked_condition
+        mask = interpolation_mask(x0.shape[2], 2)
+        extra = guess_condition(x0, mask) if residual_scale else masked_condition(x0, mask)
+        if residual_scale:
+            x0 = (x0 - extra[:, :-1]) * residual_scale
     t = torch.tensor([150, 350, 550, 750])
     ac = family.SCHEDULE.alphas_cumprod().float()[t].reshape(-1, 1, 1, 1, 1)
     noise = torch.randn(x0.shape, generator=gen)
@@ -43,10 +51,6 @@ def _fixed_video_loss(model, enc, seed=0, masked=False):
     with torch.no_grad():
         tokens, _ = enc.encode_text([""] * 4)
         embed = enc.encode_image(x0[:, :, 2])
-        extra = None
-        if masked:   # ↑F: every other frame known
-            from mav_core.frame_masks import interpolation_mask, masked_condition
-            extra = masked_condition(x0, interpolation_mask(x0.shape[2], 2))
         out = model(xt, t.float(), tokens, embed, fps=torch.tensor(fps).float(), extra=extra)
     return (out - target).pow(2).mean().item()
 
@@ -59,12 +63,21 @@ def test_stage_loss_falls(run_dir, stage):
     h = _history(run_dir, stage)
     assert len(h) == 30
     if stage == "interpolator":
-        # ↑F starts as D^t with zero-initialised extra inputs: on one fixed batch with known frames,
-        # the trained interpolator must beat its starting point
+        # ↑F starts as D^t with zero-initialised extra inputs: on one fixed batch with known frames and
+        # the recipe's residual objective, the trained interpolator must beat its starting point
+        from mav_core import family
         from mav_core.checkpoints import load_model as load
+        from mav_core.unet import SpaceTimeUNet
         enc = load(run_dir / "text.safetensors").module
-        before = _fixed_video_loss(load(run_dir / "decoder_video.safetensors").module, enc)
-        after = _fixed_video_loss(load(run_dir / "interpolator.safetensors").module, enc, masked=True)
+        trained = load(run_dir / "interpolator.safetensors")
+        scale = float(trained.metadata["mav_interp_residual_scale"])
+        start = SpaceTimeUNet(trained.config).eval()
+        sd = load(run_dir / "decoder_video.safetensors").module.state_dict()
+        w = sd["conv_in.weight"]
+        sd["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], 4, *w.shape[2:])], dim=1)
+        start.load_state_dict(sd)
+        before = _fixed_video_loss(start, enc, masked=True, residual_scale=scale)
+        after = _fixed_video_loss(trained.module, enc, masked=True, residual_scale=scale)
         assert after < before, f"interpolator: fixed-batch loss did not fall ({before:.4f} -> {after:.4f})"
     elif stage == "decoder_video":
         # only the identity-initialised temporal layers train: compare D inflated (the start) with D^t

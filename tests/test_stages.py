@@ -25,3 +25,40 @@ def test_interpolate_keeps_known_frames_and_counts():
         out = interpolate_video(model, video, {}, multiplier=3, steps=2, window=7, blend_init=blend)
         assert out.shape == (1, 3, 10, 8, 8)               # (4 - 1) * 3 + 1
         assert torch.equal(out[:, :, ::3], video)
+
+
+def test_frame_guess_blends_holds_and_follows_per_clip_masks():
+    from mav_core.frame_masks import extrapolation_mask, frame_guess, interpolation_mask
+    ramp = torch.arange(7.0).reshape(1, 1, 7, 1, 1).expand(2, 3, 7, 2, 2)
+    assert frame_guess(ramp, interpolation_mask(7, 3))[0, 0, :, 0, 0].tolist() == list(range(7))   # 0, 3, 6 known
+    held = frame_guess(ramp, extrapolation_mask(7, 2))[0, 0, :, 0, 0].tolist()
+    assert held == [0, 1, 1, 1, 1, 1, 1]
+    ends = torch.zeros(2, 7, dtype=torch.bool)
+    ends[0, [0, 6]] = True
+    ends[1, [2]] = True                       # per-clip masks: clip 1 knows only frame 2
+    g = frame_guess(ramp ** 2, ends)
+    assert torch.allclose(g[0, 0, :, 0, 0], torch.linspace(0, 36, 7))
+    assert g[1, 0, :, 0, 0].tolist() == [4.0] * 7
+
+
+def test_residual_interpolator_starts_from_the_guess():
+    """A residual ↑F checkpoint (mav_interp_residual_scale) adds its sample to the blend guess: with a
+    network predicting x0 = 0, the in-between frames are the blend; without the flag they are 0."""
+    from mav_core.frame_masks import frame_guess, interpolation_mask
+    torch.manual_seed(0)
+    cfg = family.interpolator_config(text_width=16, embed_dim=8)
+    cfg.block_out_channels, cfg.norm_num_groups, cfg.attention_head_dim = (8, 16, 16), 8, 8
+    net = SpaceTimeUNet(cfg).eval()
+    torch.nn.init.zeros_(net.conv_out.weight)
+    torch.nn.init.zeros_(net.conv_out.bias)
+    video = torch.rand(1, 3, 3, 8, 8) * 2 - 1
+    blend = frame_guess(torch.repeat_interleave(video, 2, dim=2)[:, :, :5], interpolation_mask(5, 2))
+    blend[:, :, ::2] = video
+    outs = {}
+    for scale in (4.0, None):
+        meta = {"mav_interp_residual_scale": str(scale)} if scale else {}
+        model = LoadedModel("interp", "interpolator", "mav", net, NoiseSchedule("cosine"), "x0", meta)
+        outs[scale] = interpolate_video(model, video, {}, multiplier=2, steps=4, blend_init=0.3)
+        assert torch.equal(outs[scale][:, :, ::2], video)
+    assert (outs[4.0] - blend).abs().max() < 1e-5
+    assert outs[None][:, :, 1::2].abs().max() < 1e-5 and blend[:, :, 1::2].abs().max() > 0.2

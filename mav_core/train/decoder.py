@@ -16,7 +16,7 @@ from .. import family
 from ..checkpoints import load_model, save_model
 from ..data.world import CaptionedImages, WorldClips
 from ..diffusion.loss import diffusion_loss
-from ..frame_masks import masked_condition, random_training_mask
+from ..frame_masks import guess_condition, masked_condition, random_training_mask
 from ..unet import SpaceTimeUNet
 from .common import (add_common_arguments, batches, frozen_text_encoder, mixed, real_clip_stream,
                      settings_from_args)
@@ -57,6 +57,9 @@ def add_arguments(p, stage: str):
                        help="start from D^t (the paper's recipe) or from D inflated (lets ↑F train beside D^t)")
         p.add_argument("--init-from", default=None,
                        help="start from this ↑F checkpoint instead (continue training a shipped interpolator)")
+        p.add_argument("--residual-scale", type=float, default=4.0,
+                       help="condition on the linear-blend guess of the unknown frames and diffuse (frames - guess) "
+                            "times this (0: the masked frames with zeros, diffusing the frames themselves)")
 
 
 def run(args, stage: str):
@@ -127,16 +130,25 @@ def run(args, stage: str):
                 embed = torch.where(_drop(gen, b)[:, None], torch.zeros_like(embed), embed)
                 tokens = _null_text(enc, b)
             cond = dict(context=tokens, image_embed=embed, fps=fps.float())
+            target = video
             if stage == "interpolator":
                 mask = torch.stack([random_training_mask(f, gen) for _ in range(b)])
-                cond["extra"] = masked_condition(video, mask)
+                if args.residual_scale:
+                    cond["extra"] = guess_condition(video, mask)
+                    target = (video - cond["extra"][:, :-1]) * args.residual_scale
+                else:
+                    cond["extra"] = masked_condition(video, mask)
                 # known frames are copied into the output: the loss is on the generated frames only
                 cond["loss_mask"] = (~mask).float().reshape(b, 1, f, 1, 1)
-            return diffusion_loss(model, video, family.SCHEDULE, family.PREDICTION, generator=gen, **cond)
+            return diffusion_loss(model, target, family.SCHEDULE, family.PREDICTION, generator=gen, **cond)
+
+    meta = {"mav_recipe_stage": stage}
+    if stage == "interpolator" and args.residual_scale:
+        meta["mav_interp_residual_scale"] = args.residual_scale
 
     def on_save(m):
         save_model(out, m, "decoder" if stage != "interpolator" else "interpolator", family.SCHEDULE,
-                   family.PREDICTION, extra={"mav_recipe_stage": stage})
+                   family.PREDICTION, extra=meta)
 
     train_loop(stage, model, params, loss_fn, settings, on_save)
     return out
