@@ -301,9 +301,12 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(dim)
         self.cross = context_dim is not None
 
-    def forward(self, x, context=None, over_frames: bool = False):
-        """x: [B, L, C]; with over_frames, [b, f, L, C] and the self-attentions run along f."""
+    def forward(self, x, context=None, over_frames: bool = False, fork: int = 1):
+        """x: [B, L, C]; with over_frames, [b, f, L, C] and the self-attentions run along f.
+        fork > 1: x holds shared latents; after the self-attention each is repeated for `fork` contexts."""
         x = self.attn1(self.norm1(x), over_frames=over_frames).add_(x)
+        if fork > 1:
+            x = x.repeat(fork, *([1] * (x.dim() - 1)))
         x = (self.attn2(self.norm2(x), context) if self.cross else
              self.attn2(self.norm2(x), over_frames=over_frames)).add_(x)
         return self.ff(self.norm3(x)).add_(x)
@@ -324,7 +327,9 @@ class SpatialTransformer(nn.Module):
             self.proj_in, self.proj_out = nn.Conv2d(channels, inner, 1), nn.Conv2d(inner, channels, 1)
         self.transformer_blocks = nn.ModuleList([TransformerBlock(inner, heads, dim_head, context_dim)])
 
-    def forward(self, x, context):
+    def forward(self, x, context, fork: int = 1):
+        """fork > 1: x holds shared latents (a CFG pair's one latent); everything before the first
+        cross-attention runs once on them, then they are repeated for `fork` contexts."""
         bf, c, h, w = x.shape
         hs = self.norm(x)
         if not self.linear_projection:
@@ -332,14 +337,16 @@ class SpatialTransformer(nn.Module):
         hs = rearrange(hs, "b c h w -> b (h w) c")
         if self.linear_projection:
             hs = self.proj_in(hs)
-        for block in self.transformer_blocks:
-            hs = block(hs, context)
+        for i, block in enumerate(self.transformer_blocks):
+            hs = block(hs, context, fork=fork if i == 0 else 1)
         if self.linear_projection:
             hs = self.proj_out(hs)
         hs = rearrange(hs, "b (h w) c -> b c h w", h=h, w=w)
         if not self.linear_projection:
             hs = self.proj_out(hs)
-        return x + hs
+        if fork > 1:
+            x = x.repeat(fork, 1, 1, 1)
+        return hs.add_(x) if _inference() else x + hs
 
 
 def frame_position_embedding(num_frames: int, dim: int, device, dtype) -> torch.Tensor:

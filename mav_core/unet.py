@@ -93,11 +93,14 @@ class _Stage(nn.Module):
         self.temp_attentions = nn.ModuleList([TemporalTransformer(c, heads, dim_head, g, cfg.temporal_position_embedding)
                                               for _ in range(n_attention)]) if attention and cfg.temporal_attention else None
 
-    def _after_resnet(self, i: int, x, context, num_frames):
+    def _after_resnet(self, i: int, x, context, num_frames, fork: int = 1):
+        """fork > 1: x holds shared latents, repeated for `fork` contexts at the first cross-attention."""
         if self.temp_convs is not None:
             x = self.temp_convs[i](x, num_frames)
         if self.attentions is not None and i < len(self.attentions):
-            x = self.attentions[i](x, context)
+            x = self.attentions[i](x, context, fork=fork)
+        elif fork > 1:
+            x = x.repeat(fork, 1, 1, 1)
         if self.temp_attentions is not None and i < len(self.temp_attentions):
             x = self.temp_attentions[i](x, num_frames)
         return x
@@ -112,10 +115,13 @@ class DownBlock(_Stage):
         self._build_layers(cfg, c_out, n, attention)
         self.downsamplers = nn.ModuleList([Downsample(c_out)]) if downsample else None
 
-    def forward(self, x, emb, context, num_frames):
+    def forward(self, x, emb, context, num_frames, fork: int = 1, emb_latent=None):
+        """fork > 1: x holds shared latents with their own embedding emb_latent; the first ResBlock and
+        what precedes its cross-attention run on them once (see SpaceTimeUNet.forward)."""
         skips = []
         for i, resnet in enumerate(self.resnets):
-            x = self._after_resnet(i, resnet(x, emb, num_frames), context, num_frames)
+            f_i = fork if i == 0 else 1
+            x = self._after_resnet(i, resnet(x, emb_latent if f_i > 1 else emb, num_frames), context, num_frames, f_i)
             skips.append(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -232,11 +238,19 @@ class SpaceTimeUNet(nn.Module):
         h = rearrange(x, "b c f h w -> (b f) c h w") if video else x
 
         ch0 = cfg.block_out_channels[0]
-        t = _per_condition(t, b, bc, "t")
+        use_fps = self.fps_embedding is not None and fps is not None and num_frames is not None
+        if use_fps:
+            fps = torch.as_tensor(fps, device=h.device, dtype=torch.float32).reshape(-1)
+        # shared latents whose embedding is per latent too (t, fps per latent; no image embedding): the
+        # first ResBlock of the UNet also runs once per latent
+        emb_per_latent = (bc != b and (image_embed is None or not cfg.image_embed_dim) and t.numel() in (1, b)
+                          and (not use_fps or fps.numel() in (1, b))
+                          and not (context is not None and context.dim() == 4))
+        rows = b if emb_per_latent else bc
+        t = _per_condition(t, b, rows, "t")
         emb = self.time_embedding(timestep_embedding(t, ch0).to(h.dtype))
-        if self.fps_embedding is not None and fps is not None and num_frames is not None:
-            fps = _per_condition(torch.as_tensor(fps, device=h.device, dtype=torch.float32), b, bc, "fps")
-            emb = emb + self.fps_embedding(timestep_embedding(fps, ch0).to(h.dtype))
+        if use_fps:
+            emb = emb + self.fps_embedding(timestep_embedding(_per_condition(fps, b, rows, "fps"), ch0).to(h.dtype))
         if context is not None and context.shape[-1] != cfg.context_dim:
             raise ValueError(f"context width {context.shape[-1]} does not match the model's context_dim {cfg.context_dim}")
         per_frame = (context is not None and context.dim() == 4) or (image_embed is not None and image_embed.dim() == 3)
@@ -258,16 +272,23 @@ class SpaceTimeUNet(nn.Module):
         if f > 1 and not per_frame:
             emb = emb.repeat_interleave(f, dim=0)
             # the context stays [b, L, D]: cross-attention folds the frames into the query length
+        emb_latent = None
+        if emb_per_latent:
+            emb_latent, emb = emb, emb.repeat(bc // b, 1)
 
         size = h.shape[-2:]
         h = self.conv_in(h, num_frames)
         if self.transformer_in is not None:
             h = self.transformer_in(h, num_frames)
-        if bc != b:  # shared latent: the prefix above ran once per latent; from here on, per conditioning
-            h = h.repeat(bc // b, 1, 1, 1)
-        skips = [h]
-        for block in self.down_blocks:
-            h, s = block(h, emb, context, num_frames)
+        # shared latents: the prefix above ran once per latent; from here on (or from the first
+        # cross-attention of the first block, when the embedding is per latent too) per conditioning
+        fork = bc // b if emb_per_latent else 1
+        skips = [h.repeat(bc // b, 1, 1, 1) if bc != b else h]
+        if bc != b and not emb_per_latent:
+            h = skips[0]
+        for i, block in enumerate(self.down_blocks):
+            h, s = block(h, emb, context, num_frames, fork, emb_latent) if i == 0 and fork > 1 else \
+                block(h, emb, context, num_frames)
             skips += s
         if down_residuals is not None:
             if len(down_residuals) != len(skips):

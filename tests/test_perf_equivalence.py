@@ -87,9 +87,14 @@ def _unet3d_model(seed=4, image_embed_dim=0, extra=0):
     return model
 
 
-def test_shared_latent_equals_repeated_batch():
+@pytest.mark.parametrize("image_embed_dim", [6, 0])   # 0: the embedding is per latent, the first ResBlock shared too
+def test_shared_latent_equals_repeated_batch(image_embed_dim):
     """A CFG pair as one latent under two conditionings == the latent repeated in the batch."""
-    model = _unet3d_model(image_embed_dim=6, extra=2)
+    model = _unet3d_model(image_embed_dim=image_embed_dim, extra=2)
+    model.config.fps_conditioning = True
+    from mav_core.layers import TimestepEmbedding
+    model.fps_embedding = TimestepEmbedding(32, 128)
+    _randomise(model.fps_embedding, 11)
     g = torch.Generator().manual_seed(8)
     x, extra = torch.randn(2, 4, 5, 16, 16, generator=g), torch.randn(2, 2, 5, 16, 16, generator=g)
     ctx, emb = torch.randn(4, 7, 24, generator=g), torch.randn(4, 6, generator=g)

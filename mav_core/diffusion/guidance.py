@@ -21,7 +21,7 @@ def _cat_cond(a: dict, b: dict) -> dict:
     return out
 
 
-PER_LATENT_KEYS = ("extra",)  # conditioning shaped like the latent itself (↑F's masked frames)
+PER_LATENT_KEYS = ("extra", "fps")  # per latent, not per conditioning (↑F's masked frames, the frame rate)
 
 
 def _shared_latent_pair(denoiser: Denoiser, cond: dict, uncond: dict) -> dict | None:
