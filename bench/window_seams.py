@@ -26,10 +26,9 @@ def _peak_rss_mib() -> float:
 
 
 def seam_transitions(frames: int, window: int, overlap: int) -> list[int]:
-    """Transitions t -> t+1 that cross a window edge (a window starts at t+1 or ends at t)."""
+    """Transitions t -> t+1 that cross a window edge at any step (a window starts at t+1 or ends at t)."""
     from mav_core.accel import FrameWindows
-    starts = FrameWindows(torch.nn.Identity(), window, overlap).starts(frames)
-    return sorted({s - 1 for s in starts[1:]} | {s + window - 1 for s in starts[:-1]} - {frames - 1})
+    return FrameWindows(torch.nn.Identity(), window, overlap).edge_transitions(frames)
 
 
 def main():

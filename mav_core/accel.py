@@ -89,15 +89,30 @@ class FrameWindows(torch.nn.Module):
         if not isinstance(overlap, int) or isinstance(overlap, bool) or not 0 <= overlap < window:
             raise ValueError(f"context_overlap must be an integer in [0, {window - 1}], got {overlap!r}")
         self.net, self.window, self.overlap = net, window, overlap
+        self.calls = 0
 
-    def starts(self, frames: int) -> list[int]:
+    def starts(self, frames: int, shift: int = 0) -> list[int]:
+        """Window starts covering the clip; `shift` moves the inner boundaries (the first window still
+        starts at 0 and the last ends at the last frame)."""
         if frames <= self.window:
             return [0]
         stride = self.window - self.overlap
-        starts = list(range(0, frames - self.window + 1, stride))
-        if starts[-1] != frames - self.window:
-            starts.append(frames - self.window)
-        return starts
+        inner = range(shift % stride if shift % stride else stride, frames - self.window, stride)
+        return [0, *inner, frames - self.window] if frames - self.window not in inner else [0, *inner]
+
+    def shifts(self) -> list[int]:
+        """The boundary shifts the calls cycle through."""
+        stride = self.window - self.overlap
+        step = max(1, stride // 2)
+        return sorted({(i * step) % stride for i in range(stride)})
+
+    def edge_transitions(self, frames: int) -> list[int]:
+        """Frame transitions t -> t+1 that lie at a window edge in any call (where a seam could show)."""
+        edges = set()
+        for shift in self.shifts():
+            starts = self.starts(frames, shift)
+            edges |= {s - 1 for s in starts[1:]} | {s + self.window - 1 for s in starts[:-1]}
+        return sorted(edges - {-1, frames - 1})
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         frames = x.shape[2]
@@ -106,8 +121,13 @@ class FrameWindows(torch.nn.Module):
         w = self.window
         ramp = torch.arange(w, device=x.device, dtype=torch.float32)
         weight = torch.minimum(ramp + 1, w - ramp)                      # pyramid: 1, 2, ..., 2, 1
+        # the window boundaries move every call (every sampling step) by half a stride, so no frame
+        # transition sits at a window edge at every step: seams average out instead of adding up
+        stride = w - self.overlap
+        shift = (self.calls * max(1, stride // 2)) % stride
+        self.calls += 1
         out = total = None
-        for s in self.starts(frames):
+        for s in self.starts(frames, shift):
             part = {k: (v[:, :, s:s + w] if isinstance(v, torch.Tensor) and v.dim() == 5 and v.shape[2] == frames
                         else v) for k, v in cond.items()}
             y = self.net(x[:, :, s:s + w], t, **part).float()

@@ -44,6 +44,13 @@ def test_windows_cover_the_clip_and_validate():
         starts = net.starts(frames)
         assert starts[0] == 0 and starts[-1] == frames - 16
         assert all(b - a <= 12 for a, b in zip(starts, starts[1:]))     # every pair overlaps >= 4 frames
+        shifted = net.starts(frames, 6)                                   # boundaries moved half a stride
+        assert shifted[0] == 0 and shifted[-1] == frames - 16
+        assert all(b - a <= 12 for a, b in zip(shifted, shifted[1:]))
+        if frames > 28:
+            assert set(shifted[1:-1]).isdisjoint(starts)
+    assert net.shifts() == [0, 6]
+    assert 11 in net.edge_transitions(40) and 5 in net.edge_transitions(40)   # edges of both shifts
     with pytest.raises(ValueError, match="context_window"):
         FrameWindows(torch.nn.Identity(), 1)
     with pytest.raises(ValueError, match="context_overlap"):
@@ -89,8 +96,7 @@ def test_no_seams_at_window_boundaries():
                                init=init, denoise=0.7, seed=5, context_window=window, context_overlap=overlap)
     assert video.shape == (1, 3, frames, 16, 16) and torch.isfinite(video).all()
     d = _frame_diffs(video)
-    starts = FrameWindows(torch.nn.Identity(), window, overlap).starts(frames)
-    seams = sorted({s - 1 for s in starts[1:]} | {s + window - 1 for s in starts[:-1]})   # transitions t -> t+1
+    seams = FrameWindows(torch.nn.Identity(), window, overlap).edge_transitions(frames)   # t -> t+1 at any edge
     inner = np.array([v for i, v in enumerate(d) if i not in seams])
     limit = np.percentile(inner, 95)
     assert max(d[seams]) <= limit, (d[seams], limit)
