@@ -42,6 +42,9 @@ def main():
     p.add_argument("--cfg", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reference", action="store_true",
+                   help="also sample each video without windows (same seed) and score the same transitions: "
+                        "how often a clip's own motion puts those transitions above its 95th percentile")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -51,19 +54,23 @@ def main():
     mav = MakeAVideo.load()
     seams = seam_transitions(args.frames, args.window, args.overlap)
     rows = []
-    for i, prompt in enumerate(args.prompt):
+    runs = [(p, True) for p in args.prompt] + ([(p, False) for p in args.prompt] if args.reference else [])
+    for prompt, windowed in runs:
+        i = args.prompt.index(prompt)
         cond, uncond = mav.conditioning(prompt, "", args.seed + i, 20, 1.0)
         t0 = time.perf_counter()
         with torch.no_grad():
             video = generate_video(mav.decoder, cond, uncond, frames=args.frames, height=family.BASE_SIZE,
                                    width=family.BASE_SIZE, fps=4.0, seed=args.seed + i, steps=args.steps,
-                                   cfg=args.cfg, context_window=args.window, context_overlap=args.overlap)
+                                   cfg=args.cfg, context_window=args.window if windowed else None,
+                                   context_overlap=args.overlap if windowed else None)
         seconds = time.perf_counter() - t0
         v = ((video[0].clamp(-1, 1) + 1) * 127.5).permute(1, 0, 2, 3).numpy()   # [F, C, H, W] in 0..255
         diff = np.abs(np.diff(v, axis=0)).mean(axis=(1, 2, 3))                    # per transition
         inner = np.delete(diff, seams)
         p95 = float(np.percentile(inner, 95))
-        rows.append({"prompt": prompt, "frames": args.frames, "window": args.window, "overlap": args.overlap,
+        rows.append({"prompt": prompt, "frames": args.frames, "window": args.window if windowed else "none",
+                     "overlap": args.overlap,
                      "seams": len(seams), "max_seam_diff": float(diff[seams].max()),
                      "mean_seam_diff": float(diff[seams].mean()), "inner_p95_diff": p95,
                      "inner_mean_diff": float(inner.mean()),
