@@ -113,14 +113,27 @@ class ControlledUNet(nn.Module):
         self.unet = unet
         self.num_train_steps = num_train_steps
 
+    @property
+    def accepts_shared_latent(self) -> bool:
+        return getattr(self.unet, "accepts_shared_latent", False)
+
     def forward(self, x, t, controls=None, **cond):
-        if not controls:
+        active = []
+        if controls:
+            progress = 1.0 - float(t.reshape(-1)[0]) / (self.num_train_steps - 1)
+            active = [c for c in controls if c.strength != 0 and c.start <= progress <= c.end]
+        if not active:   # exactly the uncontrolled call (shared latent included)
             return self.unet(x, t, **cond)
-        progress = 1.0 - float(t.reshape(-1)[0]) / (self.num_train_steps - 1)
+        rows = max((v.shape[0] for k, v in cond.items() if k in ("context", "image_embed") and v is not None),
+                   default=x.shape[0])
+        if rows != x.shape[0]:   # a shared latent: the residuals need one row per conditioning
+            k = rows // x.shape[0]
+            x = x.repeat(k, *([1] * (x.dim() - 1)))
+            t = t.reshape(-1).expand(x.shape[0] // k).repeat(k) if t.numel() in (1, x.shape[0] // k) else t
+            cond = {key: (v.repeat(k, *([1] * (v.dim() - 1))) if key == "extra" and v is not None else v)
+                    for key, v in cond.items()}
         down, mid = None, None
-        for c in controls:
-            if c.strength == 0 or not (c.start <= progress <= c.end):
-                continue
+        for c in active:
             hint = c.hint.to(x.device, x.dtype)
             if hint.shape[0] != x.shape[0]:
                 hint = hint.expand(x.shape[0] // hint.shape[0] * hint.shape[0], *hint.shape[1:]) \
