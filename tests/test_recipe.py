@@ -8,7 +8,8 @@ from mav_core.cli import main
 STAGE_ARGS = {
     "decoder": ["--steps", "30", "--batch-size", "4", "--lr", "1e-3"],
     "decoder_video": ["--steps", "30", "--batch-size", "1", "--frames", "4", "--lr", "3e-3"],
-    "interpolator": ["--steps", "30", "--batch-size", "1", "--frames", "5", "--lr", "3e-4", "--ema", "0"],
+    "interpolator": ["--steps", "30", "--batch-size", "1", "--frames", "5", "--lr", "3e-4", "--ema", "0",
+                     "--residual-scale", "4"],
     "sr_video": ["--steps", "30", "--batch-size", "1", "--frames", "2", "--crop", "16", "--lr", "1e-3"],
     "sr_frame": ["--steps", "30", "--batch-size", "2", "--crop", "16", "--lr", "1e-3"],
 }

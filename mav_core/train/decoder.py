@@ -57,7 +57,7 @@ def add_arguments(p, stage: str):
                        help="start from D^t (the paper's recipe) or from D inflated (lets ↑F train beside D^t)")
         p.add_argument("--init-from", default=None,
                        help="start from this ↑F checkpoint instead (continue training a shipped interpolator)")
-        p.add_argument("--residual-scale", type=float, default=4.0,
+        p.add_argument("--residual-scale", type=float, default=0.0,
                        help="condition on the linear-blend guess of the unknown frames and diffuse (frames - guess) "
                             "times this (0: the masked frames with zeros, diffusing the frames themselves)")
 
