@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .unet import SpaceTimeUNet, UNetConfig
+from .unet import SpaceTimeUNet, UNetConfig, conditioning_batch, per_condition
 
 HINT_KINDS = ("canny", "mask", "frames")
 
@@ -124,12 +124,12 @@ class ControlledUNet(nn.Module):
             active = [c for c in controls if c.strength != 0 and c.start <= progress <= c.end]
         if not active:   # exactly the uncontrolled call (shared latent included)
             return self.unet(x, t, **cond)
-        rows = max((v.shape[0] for k, v in cond.items() if k in ("context", "image_embed") and v is not None),
-                   default=x.shape[0])
-        if rows != x.shape[0]:   # a shared latent: the residuals need one row per conditioning
-            k = rows // x.shape[0]
+        b = x.shape[0]
+        rows = conditioning_batch(b, cond.get("context"), cond.get("image_embed"))
+        if rows != b:   # a shared latent: the residuals need one row per conditioning
+            k = rows // b
             x = x.repeat(k, *([1] * (x.dim() - 1)))
-            t = t.reshape(-1).expand(x.shape[0] // k).repeat(k) if t.numel() in (1, x.shape[0] // k) else t
+            t = per_condition(t, b, rows, "t")
             cond = {key: (v.repeat(k, *([1] * (v.dim() - 1))) if key == "extra" and v is not None else v)
                     for key, v in cond.items()}
         down, mid = None, None

@@ -226,7 +226,7 @@ class SpaceTimeUNet(nn.Module):
         video = x.dim() == 5
         b = x.shape[0]
         f = x.shape[2] if video else 1
-        bc = _conditioning_batch(b, context, image_embed)
+        bc = conditioning_batch(b, context, image_embed)
         if extra is not None:
             if extra.shape[0] != b or extra.shape[2:] != x.shape[2:]:
                 raise ValueError(f"extra conditioning of shape {tuple(extra.shape)} does not match x {tuple(x.shape)}")
@@ -247,10 +247,10 @@ class SpaceTimeUNet(nn.Module):
                           and (not use_fps or fps.numel() in (1, b))
                           and not (context is not None and context.dim() == 4))
         rows = b if emb_per_latent else bc
-        t = _per_condition(t, b, rows, "t")
+        t = per_condition(t, b, rows, "t")
         emb = self.time_embedding(timestep_embedding(t, ch0).to(h.dtype))
         if use_fps:
-            emb = emb + self.fps_embedding(timestep_embedding(_per_condition(fps, b, rows, "fps"), ch0).to(h.dtype))
+            emb = emb + self.fps_embedding(timestep_embedding(per_condition(fps, b, rows, "fps"), ch0).to(h.dtype))
         if context is not None and context.shape[-1] != cfg.context_dim:
             raise ValueError(f"context width {context.shape[-1]} does not match the model's context_dim {cfg.context_dim}")
         per_frame = (context is not None and context.dim() == 4) or (image_embed is not None and image_embed.dim() == 3)
@@ -308,7 +308,7 @@ class SpaceTimeUNet(nn.Module):
         return rearrange(h, "(b f) c h w -> b c f h w", b=bc) if video else h
 
 
-def _conditioning_batch(b: int, context: torch.Tensor | None, image_embed: torch.Tensor | None) -> int:
+def conditioning_batch(b: int, context: torch.Tensor | None, image_embed: torch.Tensor | None) -> int:
     """Rows of conditioning: b, or k·b when k conditionings share each of the b latents."""
     rows = {v.shape[0] for v in (context, image_embed) if v is not None}
     if len(rows) > 1:
@@ -319,7 +319,7 @@ def _conditioning_batch(b: int, context: torch.Tensor | None, image_embed: torch
     return bc
 
 
-def _per_condition(v: torch.Tensor, b: int, bc: int, name: str) -> torch.Tensor:
+def per_condition(v: torch.Tensor, b: int, bc: int, name: str) -> torch.Tensor:
     """A per-sample vector (1, b or bc entries) as bc entries, latent-major like the conditioning rows."""
     v = v.reshape(-1)
     if v.numel() == 1:
