@@ -416,6 +416,16 @@ class EventSocket:
         with self._lock:
             return [event["data"] for event in self.events if event.get("type") == event_type]
 
+    def wait_event(self, event_type: str, predicate=lambda data: True, timeout: float = 10.0) -> dict | None:
+        """The first `event_type` event whose data satisfies `predicate`, waiting up to `timeout` s for it
+        (the read loop is a thread: an event can land just after the HTTP history says the run ended)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = next((e for e in self.events_of(event_type) if predicate(e)), None)
+            if found is not None or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
     def previews(self) -> list[tuple[str, bytes]]:
         """Preview images received so far as (format, encoded bytes)."""
         with self._lock:
