@@ -220,8 +220,9 @@ class SpaceTimeUNet(nn.Module):
 
         Shared latent (a CFG pair): when context / image_embed hold k·B rows for B latents, each latent is
         evaluated under k conditionings and the output has k·B rows (latent i pairs with rows i, B+i, ...).
-        The text-independent prefix (conv_in, transformer_in) then runs once per latent instead of k times;
-        t / fps may have B or k·B rows."""
+        The text-independent prefix (conv_in, transformer_in; with a per-latent embedding — t / fps with B
+        rows, no image embedding — also the first ResBlock, its temporal convs and the first spatial
+        self-attention) then runs once per latent instead of k times; t / fps may have B or k·B rows."""
         cfg = self.config
         video = x.dim() == 5
         b = x.shape[0]
