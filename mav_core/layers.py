@@ -49,39 +49,71 @@ def _inference() -> bool:
     return not torch.is_grad_enabled()
 
 
+def _fusable(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor) -> bool:
+    """Whether `residual += x @ weight.T` can run as one in-place GEMM: inference, one dtype for all three
+    (no autocast casting), and a contiguous residual to accumulate into."""
+    return (residual is not None and _inference() and residual.is_contiguous()
+            and x.dtype == residual.dtype == weight.dtype and x.device == residual.device
+            and not _autocast_on(x.device.type))
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:   # torch < 2.4: no device argument
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+def linear_into(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """residual + linear(x), accumulated into `residual` in place when _fusable: the bias is added to
+    the residual and the GEMM accumulates on top (beta = 1), so the projection's output is never
+    allocated, written and re-read. Otherwise the plain residual + linear(x)."""
+    if not _fusable(x, residual, linear.weight) or x.shape[:-1] != residual.shape[:-1]:
+        out = linear(x)
+        return out.add_(residual) if _inference() else residual + out
+    dst = residual.view(-1, residual.shape[-1])
+    if linear.bias is not None:
+        dst.add_(linear.bias)
+    dst.addmm_(x.reshape(-1, x.shape[-1]), linear.weight.t())
+    return residual
+
+
 def temporal_group_norm(norm: nn.GroupNorm, x: torch.Tensor, num_frames: int, silu: bool = False) -> torch.Tensor:
     """GroupNorm whose statistics span all frames of a clip (a GroupNorm on [b, c, f, h, w]); with silu,
     SiLU applied to the result. Statistics are accumulated and the normalisation computed in float32;
-    one fused scale-and-shift pass writes the output in the input's dtype."""
+    the output is written once in the input's dtype."""
     bf, c, h, w = x.shape
     g = norm.num_groups
-    xs = x.reshape(bf // num_frames, num_frames, g, c // g, h * w)
+    b = bf // num_frames
     if _inference():
         # per (frame, group) statistics from the fast GroupNorm kernel over contiguous memory, then combined
         # over the frames of each clip (equal counts): var = mean of variances + variance of means
         # (bf16/fp16 input: the kernel accumulates in float32; no float32 copy of the activation)
         _, mean_f, rstd_f = torch.native_group_norm(x.contiguous(), None, None, bf, c, h * w, g, norm.eps)
-        mean_f, rstd_f = mean_f.float().reshape(bf // num_frames, num_frames, g), rstd_f.float()
-        var_f = rstd_f.reshape(mean_f.shape).pow(-2) - norm.eps
-        mean = mean_f.mean(dim=1, keepdim=True)
-        var = (var_f + (mean_f - mean).square()).mean(dim=1, keepdim=True)
-        mean, var = mean[..., None, None], var[..., None, None]  # [b, 1, g, 1, 1]
-    else:  # differentiable statistics (the kernel's mean/rstd outputs carry no gradient)
-        var, mean = torch.var_mean(xs.float(), dim=(1, 3, 4), keepdim=True, correction=0)
+        mean_f, rstd_f = mean_f.float().reshape(b, num_frames, g), rstd_f.float().reshape(b, num_frames, g)
+        var_f = rstd_f.pow(-2) - norm.eps
+        mean = mean_f.mean(dim=1)
+        var = (var_f + (mean_f - mean[:, None]).square()).mean(dim=1)          # [b, g]
+        mean, var = mean.repeat_interleave(c // g, dim=1), var.repeat_interleave(c // g, dim=1)
+        weight = None if not norm.affine else norm.weight.float()
+        bias = None if not norm.affine else norm.bias.float()
+        # the scale-and-shift is an inference batch norm of each clip's [f, c, h*w] with the clip's
+        # statistics as running statistics: one vectorised pass, float32 math, output in x's dtype
+        # (measured 5x faster in bf16 than a mixed-dtype addcmul)
+        xv = x.reshape(b, num_frames, c, h * w)
+        outs = [F.batch_norm(xv[i], mean[i], var[i], weight, bias, False, 0.0, norm.eps) for i in range(b)]
+        out = (outs[0] if b == 1 else torch.stack(outs)).reshape(bf, c, h, w)
+        return F.silu(out, inplace=True) if silu else out
+    xs = x.reshape(b, num_frames, g, c // g, h * w)   # differentiable statistics
+    var, mean = torch.var_mean(xs.float(), dim=(1, 3, 4), keepdim=True, correction=0)
     scale = torch.rsqrt(var + norm.eps)                      # [b, 1, g, 1, 1]
     if norm.affine:
         scale = scale * norm.weight.float().reshape(1, 1, g, c // g, 1)
         shift = norm.bias.float().reshape(1, 1, g, c // g, 1) - mean * scale
     else:
         shift = -mean * scale
-    if _inference():  # float32 arithmetic, stored once in the input's dtype (no float32 intermediate)
-        out = torch.addcmul(shift, xs, scale, out=torch.empty(xs.shape, dtype=x.dtype, device=x.device))
-    else:
-        out = torch.addcmul(shift, xs, scale).to(x.dtype)
-    out = out.reshape(bf, c, h, w)
-    if silu:
-        out = F.silu(out, inplace=_inference())
-    return out
+    out = torch.addcmul(shift, xs, scale).to(x.dtype).reshape(bf, c, h, w)
+    return F.silu(out) if silu else out
 
 
 def temporal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -234,9 +266,11 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim)])
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, over_frames: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, over_frames: bool = False,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """residual: returns residual + attention(x), accumulated into residual when possible (linear_into)."""
         if over_frames:
-            return self._over_frames(x)
+            return self._over_frames(x, residual)
         shape = x.shape
         if context is not None and context.shape[0] != x.shape[0]:
             if x.shape[0] % context.shape[0]:
@@ -245,10 +279,10 @@ class Attention(nn.Module):
         context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         q, k, v = (rearrange(t, "b l (h d) -> b h l d", h=self.heads) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.to_out[0](rearrange(out, "b h l d -> b l (h d)")).reshape(*shape[:-1], -1)
+        out = rearrange(F.scaled_dot_product_attention(q, k, v), "b h l d -> b l (h d)").reshape(*shape[:-1], -1)
+        return self.to_out[0](out) if residual is None else linear_into(residual, out, self.to_out[0])
 
-    def _over_frames(self, x: torch.Tensor) -> torch.Tensor:
+    def _over_frames(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         b, f, n, _ = x.shape
         q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)     # [b, f, n, inner]
         inner = q.shape[-1]
@@ -257,7 +291,7 @@ class Attention(nn.Module):
             qi, ki, vi = (t[i].view(f, n, self.heads, inner // self.heads).permute(1, 2, 0, 3) for t in (q, k, v))
             outs.append(F.scaled_dot_product_attention(qi, ki, vi).permute(2, 0, 1, 3))  # [f, n, heads, d]
         out = torch.stack(outs).reshape(b, f, n, inner)
-        return self.to_out[0](out)
+        return self.to_out[0](out) if residual is None else linear_into(residual, out, self.to_out[0])
 
 
 class GEGLU(nn.Module):
@@ -276,15 +310,33 @@ class GEGLU(nn.Module):
         return h * F.gelu(gate)
 
 
+# Rows of a fused feed-forward chunk: about this many elements of its GEGLU hidden state, so the hidden
+# state of one chunk stays in the CPU's L2 between the GEMMs (measured 1.7-2x for the whole feed-forward
+# in bf16 at 64 and 512 channels, 1 thread); below 256 rows the per-call overhead dominates.
+FF_CHUNK_ELEMENTS = 1 << 20
+
+
 class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int = 4):
         super().__init__()
         self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim)])
 
-    def forward(self, x):
+    def forward(self, x, residual: torch.Tensor | None = None):
+        """residual: returns residual + ff(x); at inference it is accumulated into residual chunk by chunk
+        (GEGLU hidden state of one chunk at a time, second GEMM added in place: linear_into)."""
         shape = x.shape
+        out_proj = self.net[2]
+        if _fusable(x, residual, out_proj.weight) and residual.shape == shape:
+            rows, dst = x.reshape(-1, shape[-1]), residual.view(-1, shape[-1])
+            chunk = max(256, FF_CHUNK_ELEMENTS // out_proj.weight.shape[1])
+            for s in range(0, rows.shape[0], chunk):
+                linear_into(dst[s:s + chunk], self.net[0](rows[s:s + chunk]), out_proj)
+            return residual
         h = self.net[0](x.reshape(-1, shape[-1]))
-        return self.net[2](h).reshape(*shape[:-1], -1)
+        out = out_proj(h).reshape(*shape[:-1], -1)
+        if residual is None:
+            return out
+        return out.add_(residual) if _inference() else residual + out
 
 
 class TransformerBlock(nn.Module):
@@ -303,13 +355,15 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x, context=None, over_frames: bool = False, fork: int = 1):
         """x: [B, L, C]; with over_frames, [b, f, L, C] and the self-attentions run along f.
-        fork > 1: x holds shared latents; after the self-attention each is repeated for `fork` contexts."""
-        x = self.attn1(self.norm1(x), over_frames=over_frames).add_(x)
+        fork > 1: x holds shared latents; after the self-attention each is repeated for `fork` contexts.
+        At inference a contiguous x is updated in place (the residuals accumulate into it): pass a tensor
+        the caller owns."""
+        x = self.attn1(self.norm1(x), over_frames=over_frames, residual=x)
         if fork > 1:
             x = x.repeat(fork, *([1] * (x.dim() - 1)))
-        x = (self.attn2(self.norm2(x), context) if self.cross else
-             self.attn2(self.norm2(x), over_frames=over_frames)).add_(x)
-        return self.ff(self.norm3(x)).add_(x)
+        x = (self.attn2(self.norm2(x), context, residual=x) if self.cross else
+             self.attn2(self.norm2(x), over_frames=over_frames, residual=x))
+        return self.ff(self.norm3(x), residual=x)
 
 
 class SpatialTransformer(nn.Module):
@@ -337,6 +391,8 @@ class SpatialTransformer(nn.Module):
         hs = rearrange(hs, "b c h w -> b (h w) c")
         if self.linear_projection:
             hs = self.proj_in(hs)
+        elif _inference():
+            hs = hs.contiguous()   # token-major: the blocks accumulate their residuals in place (linear_into)
         for i, block in enumerate(self.transformer_blocks):
             hs = block(hs, context, fork=fork if i == 0 else 1)
         if self.linear_projection:

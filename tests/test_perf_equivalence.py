@@ -155,3 +155,46 @@ def test_bf16_precision_option_tracks_fp32_and_validates():
     assert resolve_precision("auto", "cpu") == ("bf16" if fast_bf16_supported("cpu") else "fp32")
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp16", "cpu")
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_fused_residual_projections_equal_the_plain_path(monkeypatch, dtype, tol):
+    """Inference accumulates attention and feed-forward outputs into the residual in place, the
+    feed-forward chunk by chunk: same function as the differentiable path, in fp32 and bf16."""
+    from mav_core import layers
+    monkeypatch.setattr(layers, "FF_CHUNK_ELEMENTS", 300 * 128)   # 300 rows a chunk: 2 chunks and a remainder
+    block = layers.TransformerBlock(32, 2, 16, 24).eval()
+    _randomise(block, 6)
+    block = block.to(dtype)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 250, 32, generator=g).to(dtype)             # 750 rows
+    ctx = torch.randn(3, 5, 24, generator=g).to(dtype)
+    fused_calls = []
+    real_addmm = torch.Tensor.addmm_
+    monkeypatch.setattr(torch.Tensor, "addmm_", lambda self, *a, **k: fused_calls.append(self.shape) or real_addmm(self, *a, **k))
+    with torch.no_grad():
+        own = x.clone()
+        fast = block(own, ctx)
+    assert fast.data_ptr() == own.data_ptr()                       # accumulated into the residual itself
+    assert sorted(s[0] for s in fused_calls) == sorted([750, 750, 300, 300, 150])  # 2 attentions + 3 ff chunks
+    fused_calls.clear()
+    slow = block(x, ctx)
+    assert not fused_calls                                         # training path: plain projections
+    assert _rel(fast.float(), slow.detach().float()) < tol
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):   # autocast: no fusion (mixed dtypes)
+        block.float()(x.float().clone(), ctx.float())
+    assert not fused_calls
+
+
+@pytest.mark.parametrize("clips", [1, 2])
+def test_temporal_group_norm_bf16_tracks_float32(clips):
+    """bf16 activations: statistics and scale-and-shift in float32, output rounded once to bf16."""
+    g = torch.Generator().manual_seed(8)
+    x = 4 + 3 * torch.randn(clips * 6, 32, 8, 8, generator=g)     # offset mean: no cancellation allowed
+    norm = torch.nn.GroupNorm(8, 32)
+    _randomise(norm, 9)
+    with torch.no_grad():
+        ref = temporal_group_norm(norm, x, 6, silu=True)
+        out = temporal_group_norm(norm, x.bfloat16(), 6, silu=True)
+    assert out.dtype == torch.bfloat16
+    assert _rel(out.float(), ref) < 8e-3
