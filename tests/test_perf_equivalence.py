@@ -198,3 +198,22 @@ def test_temporal_group_norm_bf16_tracks_float32(clips):
         out = temporal_group_norm(norm, x.bfloat16(), 6, silu=True)
     assert out.dtype == torch.bfloat16
     assert _rel(out.float(), ref) < 8e-3
+
+
+@pytest.mark.parametrize("linear_projection", [True, False])
+@pytest.mark.parametrize("size", [16, 8])   # 16x16 = 256 tokens: projections as batched GEMMs
+def test_spatial_transformer_fast_projections(linear_projection, size):
+    """Inference projects channels to tokens and back with batched GEMMs (output NCHW-contiguous, the
+    input untouched); same function as the training path, also for a shared latent (fork)."""
+    from mav_core.layers import SpatialTransformer
+    st = SpatialTransformer(32, 2, 16, 24, groups=8, linear_projection=linear_projection).eval()
+    _randomise(st, 10)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(4, 32, size, size, generator=g)
+    ctx = torch.randn(8, 5, 24, generator=g)
+    before = x.clone()
+    with torch.no_grad():
+        fast = st(x, ctx, fork=2)
+    assert torch.equal(x, before) and fast.is_contiguous() and fast.shape == (8, 32, size, size)
+    slow = st(x, ctx, fork=2)
+    assert _rel(fast, slow.detach()) < 1e-5
