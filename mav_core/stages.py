@@ -233,28 +233,16 @@ def linear_blend_frames(grid: torch.Tensor, multiplier: int) -> torch.Tensor:
     return frame_guess(grid, interpolation_mask(grid.shape[2], multiplier))
 
 
-ESTIMATES = ("sample", "mean")
-
-
 def interpolate_video(interpolator: LoadedModel, video: torch.Tensor, cond: dict, uncond: dict | None = None, *,
                       multiplier: int = 2, mode: str = "interpolate", extra_frames: int | None = None,
                       fps: float = 8.0, seed: int = 0, steps: int = 20, cfg: float = 1.0, sampler: str = "ddim",
-                      window: int = 17, blend_init: float = 0.3, estimate: str = "sample",
-                      callback=None) -> torch.Tensor:
+                      window: int = 17, blend_init: float = 0.3, callback=None) -> torch.Tensor:
     """↑F. interpolate: N frames -> (N-1)*m+1, input frames kept at every m-th position, in windows of
     at most `window` frames that share their end frames. With blend_init in (0, 1), sampling starts
     from the linear blend of the known frames noised to that strength (SDEdit-style) instead of pure
     noise: the model refines the blend rather than inventing the in-between frames; 1 = pure noise. extrapolate: continue the clip by
     `extra_frames` (default (N-1)*m+1-N, at least 1) new frames, window by window, each window
-    conditioned on the last frames generated so far. Returns [B, 3, T, H, W].
-
-    estimate: 'sample' draws the new frames (steps sampler steps); 'mean' returns the network's one-step
-    prediction from pure noise, the posterior mean of the new frames given the known ones: the
-    PSNR-optimal (smoother) estimate, one network call per window (steps and blend_init are unused)."""
-    if estimate not in ESTIMATES:
-        raise ValueError(f"estimate must be one of {ESTIMATES}, got {estimate!r}")
-    if estimate == "mean":
-        steps, blend_init = 1, 1.0
+    conditioned on the last frames generated so far. Returns [B, 3, T, H, W]."""
     check_positive_int("multiplier", multiplier, 1, 16)
     check_positive_int("window", window, 2, MAX_FRAMES)
     check_number("fps", fps, 0.0, 240.0, lo_open=True)

@@ -1,7 +1,7 @@
 """MakeAVideo Frame Interpolator (up-F): more frames between (interpolate) or after (extrapolate) the input."""
 from __future__ import annotations
 
-from ..mav_core.stages import ESTIMATES, frames_to_video, interpolate_video
+from ..mav_core.stages import frames_to_video, interpolate_video
 from . import host
 from .common import (CATEGORY, INTERPOLATOR, SAMPLERS, SEED, StepProgress, conditioning_dict, core_seed,
                      frames_out, require_frames, require_model)
@@ -33,14 +33,11 @@ class FrameInterpolator:
                 "positive": ("CONDITIONING",),
                 "extra_frames": ("INT", {"default": 0, "min": 0, "max": 1024}),
                 "sampler_name": (SAMPLERS, {"default": "ddim"}),
-                "estimate": (list(ESTIMATES), {"default": "sample", "tooltip":
-                             "sample: draw the new frames (detail, varies with the seed); mean: one network call, "
-                             "the posterior mean (smoother, highest PSNR; steps unused)"}),
             },
         }
 
     def run(self, interpolator, images, fps, multiplier, mode, seed, steps, positive=None, extra_frames=0,
-            sampler_name="ddim", estimate="sample"):
+            sampler_name="ddim"):
         model = require_model(interpolator, "interpolator", ("interpolator",))
         frames = require_frames(images, "images")
         if mode not in MODES:
@@ -54,13 +51,11 @@ class FrameInterpolator:
             raise ValueError(f"images: size {w}x{h} must be a multiple of {down} for {model.path} "
                              "(resize with Upscale Image first)")
         cond = conditioning_dict(positive, "positive", model) if positive is not None else {}
-        if estimate not in ESTIMATES:
-            raise ValueError(f"estimate: {estimate!r} is not one of {list(ESTIMATES)}")
-        progress = StepProgress(1 if estimate == "mean" else steps)
+        progress = StepProgress(steps)
         with host.models_on_device(model):
             video = interpolate_video(model, frames_to_video(frames), cond, None, multiplier=multiplier, mode=mode,
                                       extra_frames=extra_frames or None, fps=fps, seed=core_seed(seed),
-                                      steps=steps, sampler=sampler_name, estimate=estimate, callback=progress)
+                                      steps=steps, sampler=sampler_name, callback=progress)
         out_fps = fps * multiplier if mode == "interpolate" else fps
         return (frames_out(video), float(out_fps))
 

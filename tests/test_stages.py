@@ -62,30 +62,3 @@ def test_residual_interpolator_starts_from_the_guess():
         assert torch.equal(outs[scale][:, :, ::2], video)
     assert (outs[4.0] - blend).abs().max() < 1e-5
     assert outs[None][:, :, 1::2].abs().max() < 1e-5 and blend[:, :, 1::2].abs().max() > 0.2
-
-
-def test_mean_estimate_is_the_one_step_prediction_from_pure_noise():
-    """estimate='mean': one network call per window at the top noise level, whatever steps says; the
-    result is the network's x0 prediction there (x0-predicting net -> its output, here a fixed field)."""
-    import pytest
-    torch.manual_seed(0)
-    cfg = family.interpolator_config(text_width=16, embed_dim=8)
-    cfg.block_out_channels, cfg.norm_num_groups, cfg.attention_head_dim = (8, 16, 16), 8, 8
-    net = SpaceTimeUNet(cfg).eval()
-    torch.nn.init.zeros_(net.conv_out.weight)
-    with torch.no_grad():
-        net.conv_out.bias.copy_(torch.tensor([0.25, -0.5, 0.75]))
-    sigmas = []
-    real_forward = net.forward
-    net.forward = lambda x, t, **kw: sigmas.append(float(t.max())) or real_forward(x, t, **kw)
-    model = LoadedModel("interp", "interpolator", "mav", net, NoiseSchedule("cosine"), "x0")
-    video = torch.rand(1, 3, 3, 8, 8) * 2 - 1
-    for seed in (0, 1):
-        out = interpolate_video(model, video, {}, multiplier=2, steps=30, seed=seed, estimate="mean")
-        assert torch.equal(out[:, :, ::2], video)
-        assert torch.allclose(out[0, :, 1::2].mean(dim=(1, 2, 3)), torch.tensor([0.25, -0.5, 0.75]), atol=1e-5)
-    assert len(sigmas) == 2 and min(sigmas) > 990           # one call per run, at the last timestep
-    interpolate_video(model, video, {}, multiplier=2, steps=3, blend_init=1.0)
-    assert len(sigmas) == 5
-    with pytest.raises(ValueError, match="estimate"):
-        interpolate_video(model, video, {}, estimate="median")

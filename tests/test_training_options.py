@@ -69,27 +69,3 @@ def test_min_snr_weight_gives_the_same_x0_weighting_for_every_prediction():
         lhs = min_snr_weight(a, prediction, gamma) * delta ** 2
         rhs = snr.clamp(max=gamma) * err ** 2
         assert torch.allclose(lhs, rhs, rtol=1e-5), prediction
-
-
-def test_last_step_share_trains_the_one_step_prediction():
-    """last_step_share draws that share of the batch at the last timestep, where the v target is the
-    negated clean sample: the loss there is the x0 error of the one-step (posterior-mean) prediction."""
-    from mav_core.diffusion import NoiseSchedule
-    from mav_core.diffusion.loss import diffusion_loss
-    sched = NoiseSchedule("cosine")
-    seen = []
-
-    def net(x, t, **kw):
-        seen.append(t.clone())
-        return torch.zeros_like(x)
-
-    x0 = torch.randn(400, 3, 2, 2, generator=torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(1)
-    loss = diffusion_loss(net, x0, sched, "v", generator=g, last_step_share=1.0)
-    assert (seen[-1] == sched.num_train_steps - 1).all()
-    assert abs(loss.item() - x0.square().mean().item()) < 1e-3 * x0.square().mean().item()
-    diffusion_loss(net, x0, sched, "v", generator=g, last_step_share=0.5)
-    share = (seen[-1] == sched.num_train_steps - 1).float().mean().item()
-    assert 0.4 < share < 0.6 and seen[-1].unique().numel() > 100
-    diffusion_loss(net, x0, sched, "v", generator=g)
-    assert (seen[-1] == sched.num_train_steps - 1).float().mean().item() < 0.02

@@ -9,24 +9,17 @@ from .schedule import NoiseSchedule
 
 def diffusion_loss(network, x0: torch.Tensor, schedule: NoiseSchedule, prediction: str = "eps",
                    generator: torch.Generator | None = None, shared_frames: bool = False,
-                   loss_mask: torch.Tensor | None = None, min_snr_gamma: float = 0.0,
-                   last_step_share: float = 0.0, **cond) -> torch.Tensor:
+                   loss_mask: torch.Tensor | None = None, min_snr_gamma: float = 0.0, **cond) -> torch.Tensor:
     """MSE between the network's output at a random timestep and its target (eps or v).
 
     x0: [B, C, H, W] or [B, C, F, H, W]. With shared_frames, one noise image is used for all frames.
     loss_mask (broadcastable to x0) weights the per-element loss (e.g. only the generated frames).
     min_snr_gamma > 0: Min-SNR-gamma weighting (Hang et al. 2023), each sample's loss scaled so that
     its x0-error weight is min(SNR, gamma); spends less of the budget on nearly clean inputs.
-    last_step_share: share of samples drawn at the last timestep (pure noise), where the v- or x0-target is
-    the clean sample itself: trains the network's one-step prediction, the posterior mean (MMSE estimate).
     """
     b = x0.shape[0]
     ac = schedule.alphas_cumprod().to(x0.device, torch.float32)
-    t = torch.randint(0, schedule.num_train_steps, (b,), generator=generator)
-    if last_step_share > 0:
-        last = torch.rand(b, generator=generator) < last_step_share
-        t = torch.where(last, torch.full_like(t, schedule.num_train_steps - 1), t)
-    t = t.to(x0.device)
+    t = torch.randint(0, schedule.num_train_steps, (b,), generator=generator).to(x0.device)
     if shared_frames and x0.dim() == 5:
         noise = torch.randn((*x0.shape[:2], 1, *x0.shape[3:]), generator=generator).to(x0).expand_as(x0)
     else:

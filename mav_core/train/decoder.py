@@ -60,12 +60,6 @@ def add_arguments(p, stage: str):
         p.add_argument("--residual-scale", type=float, default=0.0,
                        help="condition on the linear-blend guess of the unknown frames and diffuse (frames - guess) "
                             "times this (0: the masked frames with zeros, diffusing the frames themselves)")
-        p.add_argument("--zero-output", action="store_true",
-                       help="zero the output convolution at the start: a residual ↑F then starts exactly at its "
-                            "guess (the linear blend) and training moves it from there")
-        p.add_argument("--last-step-share", type=float, default=0.0,
-                       help="share of samples at the last (pure-noise) timestep: trains the one-step posterior "
-                            "mean that `interpolate_video(steps=1)` returns (the PSNR-optimal in-between frame)")
 
 
 def run(args, stage: str):
@@ -123,9 +117,6 @@ def run(args, stage: str):
             sd["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], 4, *w.shape[2:])], dim=1)
             model.load_state_dict(sd)
             params = list(model.parameters())
-        if stage == "interpolator" and args.zero_output:
-            torch.nn.init.zeros_(model.conv_out.weight)
-            torch.nn.init.zeros_(model.conv_out.bias)
         world_clips = batches(WorldClips(num_frames=args.frames, size=family.BASE_SIZE, seed=seed), args.batch_size)
         real = real_clip_stream(args.clips, args.frames, family.BASE_SIZE, args.batch_size, seed, rank, world)
         data = mixed((world_clips, 1 - args.real_share), (real, args.real_share), seed=seed) if real else world_clips
@@ -149,8 +140,7 @@ def run(args, stage: str):
                     cond["extra"] = masked_condition(video, mask)
                 # known frames are copied into the output: the loss is on the generated frames only
                 cond["loss_mask"] = (~mask).float().reshape(b, 1, f, 1, 1)
-            extra = {"last_step_share": args.last_step_share} if stage == "interpolator" else {}
-            return diffusion_loss(model, target, family.SCHEDULE, family.PREDICTION, generator=gen, **extra, **cond)
+            return diffusion_loss(model, target, family.SCHEDULE, family.PREDICTION, generator=gen, **cond)
 
     meta = {"mav_recipe_stage": stage}
     if stage == "interpolator" and args.residual_scale:
