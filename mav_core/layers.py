@@ -45,8 +45,17 @@ class TimestepEmbedding(nn.Module):
 
 
 def _inference() -> bool:
-    """Whether in-place shortcuts are safe (no autograd graph is being recorded)."""
-    return not torch.is_grad_enabled()
+    """Whether the eager inference fast paths apply: no autograd graph is being recorded, and the code is
+    not being traced by torch.compile (the compiler fuses the plain path itself; the hand-fused in-place
+    paths compiled to an all-NaN output on the small benchmark config in bf16)."""
+    return not torch.is_grad_enabled() and not _compiling()
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling()
+    return False
 
 
 def _fusable(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor) -> bool:
