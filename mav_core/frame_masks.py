@@ -42,10 +42,15 @@ def random_training_mask(num_frames: int, gen: torch.Generator) -> torch.Tensor:
     return mask
 
 
+def _mask_channel(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mask [T] or [B, T] as a [B, 1, T, H, W] channel beside frames [B, C, T, H, W]."""
+    b, c, t, h, w = frames.shape
+    return mask.to(frames.device, frames.dtype).reshape(-1, 1, t, 1, 1).expand(b, 1, t, h, w)
+
+
 def masked_condition(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """frames [B, C, T, H, W] and mask [T] or [B, T] -> extra channels [B, C + 1, T, H, W]."""
-    b, c, t, h, w = frames.shape
-    m = mask.to(frames.device, frames.dtype).reshape(-1, 1, t, 1, 1).expand(b, 1, t, h, w)
+    m = _mask_channel(frames, mask)
     return torch.cat([frames * m, m], dim=1)
 
 
@@ -75,6 +80,4 @@ def frame_guess(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def guess_condition(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Residual ↑F's extra channels: frame_guess (3) + mask (1), shaped like masked_condition."""
-    b, c, t, h, w = frames.shape
-    m = mask.to(frames.device, frames.dtype).reshape(-1, 1, t, 1, 1).expand(b, 1, t, h, w)
-    return torch.cat([frame_guess(frames, mask), m], dim=1)
+    return torch.cat([frame_guess(frames, mask), _mask_channel(frames, mask)], dim=1)

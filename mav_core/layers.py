@@ -368,11 +368,8 @@ class FeedForward(nn.Module):
             for s in range(0, rows.shape[0], chunk):
                 linear_into(dst[s:s + chunk], self.net[0](rows[s:s + chunk]), out_proj)
             return residual
-        h = self.net[0](x.reshape(-1, shape[-1]))
-        out = out_proj(h).reshape(*shape[:-1], -1)
-        if residual is None:
-            return out
-        return out.add_(residual) if _inference() else residual + out
+        h = self.net[0](x.reshape(-1, shape[-1])).reshape(*shape[:-1], -1)
+        return out_proj(h) if residual is None else linear_into(residual, h, out_proj)
 
 
 class TransformerBlock(nn.Module):
