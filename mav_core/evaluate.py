@@ -25,6 +25,7 @@ import torch
 
 from . import family
 from .pipeline import MakeAVideo
+from .checkpoints import LoadedModel
 from .stages import generate_video, interpolate_video, video_to_frames
 
 MOVE_THRESHOLD = 0.25
@@ -136,25 +137,30 @@ def flow_midpoint(f0: np.ndarray, f1: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def eval_interpolation(mav: MakeAVideo, clips_folder: str | Path, n_clips: int = 12, frames: int = 17,
-                       steps: int = 15, seed: int = 0, size: int = family.BASE_SIZE) -> dict | None:
-    """Drop every other frame of held-out real clips, restore them: PSNR/SSIM on the dropped frames."""
+                       steps: int = 15, seed: int = 0, size: int = family.BASE_SIZE,
+                       regression: LoadedModel | None = None) -> dict | None:
+    """Drop every other frame of held-out real clips, restore them: PSNR/SSIM on the dropped frames.
+    regression: also score this regression ↑F checkpoint (one pass per window)."""
     if mav.interpolator is None or not (Path(clips_folder) / "manifest.json").exists():
         return None
     from .data.clips import RealClips
     ds = iter(RealClips(clips_folder, num_frames=frames, size=size, seed=seed, split="heldout", strides=(1,)))
-    res = {k: {"psnr": [], "ssim": [], "seconds": 0.0, "frames": 0} for k in ("mav_interpolator", "opencv_dis_flow", "linear_blend")}
+    learned = {"mav_interpolator": mav.interpolator, **({"mav_regression": regression} if regression else {})}
+    res = {k: {"psnr": [], "ssim": [], "seconds": 0.0, "frames": 0}
+           for k in (*learned, "opencv_dis_flow", "linear_blend")}
     cond_uncond = mav.conditioning("", "", seed, 1, 1.0)
     for _ in range(n_clips):
         clip, fps = next(ds)
         video = clip.permute(1, 0, 2, 3)[None]          # [1, 3, F, H, W]
         truth = _to_uint8(video_to_frames(video))
         known = video[:, :, ::2]
-        t0 = time.perf_counter()
         cond = {"context": cond_uncond[0]["context"], "image_embed": torch.zeros_like(cond_uncond[0]["image_embed"])}
-        out = interpolate_video(mav.interpolator, known, cond, None, multiplier=2, fps=float(fps) / 2, seed=seed,
-                                steps=steps)
-        res["mav_interpolator"]["seconds"] += time.perf_counter() - t0
-        ours = _to_uint8(video_to_frames(out))
+        preds = {}
+        for name, model in learned.items():
+            t0 = time.perf_counter()
+            out = interpolate_video(model, known, cond, None, multiplier=2, fps=float(fps) / 2, seed=seed, steps=steps)
+            res[name]["seconds"] += time.perf_counter() - t0
+            preds[name] = _to_uint8(video_to_frames(out))
         kn = truth[::2]
         t0 = time.perf_counter()
         flow = [flow_midpoint(kn[i], kn[i + 1]) for i in range(len(kn) - 1)]
@@ -163,7 +169,8 @@ def eval_interpolation(mav: MakeAVideo, clips_folder: str | Path, n_clips: int =
         blend = [((kn[i].astype(np.float32) + kn[i + 1]) / 2).round().astype(np.uint8) for i in range(len(kn) - 1)]
         res["linear_blend"]["seconds"] += time.perf_counter() - t0
         for j, i in enumerate(range(1, frames - 1, 2)):
-            for name, pred in (("mav_interpolator", ours[i]), ("opencv_dis_flow", flow[j]), ("linear_blend", blend[j])):
+            for name, pred in (*((k, v[i]) for k, v in preds.items()), ("opencv_dis_flow", flow[j]),
+                               ("linear_blend", blend[j])):
                 res[name]["psnr"].append(psnr(pred, truth[i]))
                 res[name]["ssim"].append(ssim(pred, truth[i]))
                 res[name]["frames"] += 1
@@ -203,7 +210,12 @@ def main_eval(args) -> int:
         for name, r in (("video model (D^t)", video), ("image model (D)", image), ("rendered training clips", ref)):
             print(f"{name:24}{r['alignment']:8.2f}{r['colour']:8.2f}{r['shape']:8.2f}{r['consistency']:9.2f}"
                   f"{r['moving']:8.2f}{r['step_px']:10.2f}{r['jerk_px']:8.2f}")
-    interp = eval_interpolation(mav, args.clips) if args.clips and not args.skip_interp else None
+    regression = None
+    reg_path = Path(args.weights or family.WEIGHTS_DIR) / family.REGRESSION_INTERPOLATOR_FILE
+    if reg_path.exists() and args.clips and not args.skip_interp:
+        from .checkpoints import load_model
+        regression = load_model(reg_path, expect_stage="interpolator")
+    interp = eval_interpolation(mav, args.clips, regression=regression) if args.clips and not args.skip_interp else None
     report["interpolation"] = interp
     if interp:
         print("\n↑F on held-out real clips (every other frame dropped and restored, 32x32):")

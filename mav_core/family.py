@@ -21,6 +21,7 @@ STAGE_FILES = {
 }
 
 CONTROL_FILES = {"canny": "control_canny.safetensors"}   # ControlAdapters for the decoder
+REGRESSION_INTERPOLATOR_FILE = "interpolator_regression.safetensors"   # one-pass ↑F (interpolation only)
 
 BASE_SIZE = 32
 FRAMES = 16

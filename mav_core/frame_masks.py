@@ -7,6 +7,10 @@ k frames (image animation: k = 1).
 Residual ↑F checkpoints (metadata `mav_interp_residual_scale`) see, instead of zeros, a guess at every
 unknown frame (`frame_guess`: the linear blend of the nearest known frames on either side, or the
 nearest known frame where only one side has one) and diffuse only what the guess misses.
+
+Regression ↑F checkpoints (metadata `mav_interp_estimate` = "regression") are residual ↑F networks trained
+to give the unknown frames in one pass (x = 0 at the largest noise level, the network's estimate of the
+frames given only the known ones) with a per-frame PSNR loss: deterministic interpolation, no sampling.
 """
 from __future__ import annotations
 
@@ -39,6 +43,18 @@ def random_training_mask(num_frames: int, gen: torch.Generator) -> torch.Tensor:
         return extrapolation_mask(num_frames, int(torch.randint(1, 5, (), generator=gen)))
     mask = torch.zeros(num_frames, dtype=torch.bool)
     mask[0] = mask[-1] = True
+    return mask
+
+
+def random_interpolation_mask(num_frames: int, gen: torch.Generator) -> torch.Tensor:
+    """Interpolation only (what a regression ↑F is trained on): a random multiplier (2, 3, 4 or 8) or
+    both ends known, the last frame always known."""
+    if float(torch.rand((), generator=gen)) < 0.85:
+        mask = interpolation_mask(num_frames, [2, 3, 4, 8][int(torch.randint(0, 4, (), generator=gen))])
+    else:
+        mask = torch.zeros(num_frames, dtype=torch.bool)
+        mask[0] = True
+    mask[-1] = True
     return mask
 
 

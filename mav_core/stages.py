@@ -135,6 +135,33 @@ def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = Non
     return out
 
 
+def is_regression(model: LoadedModel) -> bool:
+    """A regression ↑F checkpoint: gives the unknown frames in one pass instead of sampling them."""
+    return model.metadata.get("mav_interp_estimate") == "regression"
+
+
+def estimate_unet(model: LoadedModel, shape, cond: dict, *, callback: Callable | None = None,
+                  context_window: int | None = None, context_overlap: int | None = None,
+                  precision: str = "fp32") -> torch.Tensor:
+    """One-pass estimate of `shape` from a network trained by regression (regression ↑F): the denoiser's x0
+    at the largest noise level with x = 0, i.e. what the network predicts from its conditioning alone.
+    Deterministic: no seed, no steps, no guidance. callback gets one call, as after one sampling step."""
+    if model.schedule is None:
+        raise ValueError(f"{model.path}: checkpoint has no noise schedule")
+    p = _param(model.module)
+    net = model.module if context_window is None else FrameWindows(model.module, context_window, context_overlap)
+    den = Denoiser(net, model.schedule, model.prediction or "eps").to(p.device)
+    x = torch.zeros(shape, device=p.device, dtype=p.dtype)
+    sigma = torch.full((1,), den.sigma_max, device=p.device)
+    with autocast(precision, p.device):
+        out = den(x, sigma, **cond)
+    if not torch.isfinite(out).all():
+        raise FloatingPointError(f"{model.path}: the one-pass estimate has NaN/inf values (try float32)")
+    if callback is not None:
+        callback({"i": 0, "x": x, "sigma": sigma, "denoised": out})
+    return out
+
+
 class _ImageMode(torch.nn.Module):
     def __init__(self, net):
         super().__init__()
@@ -209,6 +236,15 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, fra
         if uncond is not None:
             uncond["extra"] = extra
     shape = (b, cfgm.out_channels, frames, height, width)
+    if is_regression(decoder):
+        if known is None or not residual_scale:
+            raise ValueError(f"{decoder.path} is a regression ↑F checkpoint: it only fills in frames between "
+                             "known frames (interpolation), it cannot generate a video")
+        # trained without text or image conditioning: the known frames are all it goes by
+        cond = {**cond, "image_embed": torch.zeros_like(cond["image_embed"])} if "image_embed" in cond else cond
+        out = estimate_unet(decoder, shape, cond, callback=callback, context_window=context_window,
+                            context_overlap=context_overlap, precision=precision)
+        return guess + out / residual_scale
     out = sample_unet(decoder, shape, cond, uncond, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
                       init=init, denoise=denoise, callback=callback, context_window=context_window,
                       context_overlap=context_overlap, precision=precision, shared_noise=noise_share)
@@ -242,7 +278,10 @@ def interpolate_video(interpolator: LoadedModel, video: torch.Tensor, cond: dict
     from the linear blend of the known frames noised to that strength (SDEdit-style) instead of pure
     noise: the model refines the blend rather than inventing the in-between frames; 1 = pure noise. extrapolate: continue the clip by
     `extra_frames` (default (N-1)*m+1-N, at least 1) new frames, window by window, each window
-    conditioned on the last frames generated so far. Returns [B, 3, T, H, W]."""
+    conditioned on the last frames generated so far. Returns [B, 3, T, H, W].
+
+    A regression ↑F checkpoint (is_regression) interpolates in one deterministic pass per window (seed,
+    steps, sampler, cfg and blend_init do not apply) and cannot extrapolate."""
     check_positive_int("multiplier", multiplier, 1, 16)
     check_positive_int("window", window, 2, MAX_FRAMES)
     check_number("fps", fps, 0.0, 240.0, lo_open=True)
@@ -264,7 +303,7 @@ def interpolate_video(interpolator: LoadedModel, video: torch.Tensor, cond: dict
             grid[:, :, ::multiplier] = video[:, :, known_idx]
             mask = interpolation_mask(t, multiplier)
             init, denoise = None, 1.0
-            if 0 < blend_init < 1:
+            if 0 < blend_init < 1 and not is_regression(interpolator):
                 init, denoise = linear_blend_frames(grid, multiplier), blend_init
             out = generate_video(interpolator, cond, uncond, frames=t, height=h, width=w, fps=fps * multiplier,
                                  seed=seed + start, steps=steps, cfg=cfg, sampler=sampler, known=grid,
@@ -275,6 +314,9 @@ def interpolate_video(interpolator: LoadedModel, video: torch.Tensor, cond: dict
         return torch.cat(pieces, dim=2)
     if mode != "extrapolate":
         raise ValueError(f"mode must be 'interpolate' or 'extrapolate', got {mode!r}")
+    if is_regression(interpolator):
+        raise ValueError(f"{interpolator.path} is a regression ↑F checkpoint (one-pass interpolation): it cannot "
+                         "extrapolate; use the diffusion ↑F (interpolator.safetensors) to animate an image")
     total_new = extra_frames if extra_frames is not None else max(1, (n - 1) * multiplier + 1 - n)
     check_positive_int("extra_frames", total_new, 1, MAX_FRAMES)
     result = video

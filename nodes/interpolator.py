@@ -1,7 +1,7 @@
 """MakeAVideo Frame Interpolator (up-F): more frames between (interpolate) or after (extrapolate) the input."""
 from __future__ import annotations
 
-from ..mav_core.stages import frames_to_video, interpolate_video
+from ..mav_core.stages import frames_to_video, interpolate_video, is_regression
 from . import host
 from .common import (CATEGORY, INTERPOLATOR, SAMPLERS, SEED, StepProgress, conditioning_dict, core_seed,
                      frames_out, require_frames, require_model)
@@ -16,7 +16,8 @@ class FrameInterpolator:
     RETURN_NAMES = ("frames", "fps")
     DESCRIPTION = ("interpolate: N frames -> (N-1)*multiplier+1, fps x multiplier (two images -> an in-between "
                    "clip). extrapolate: continue the clip by extra_frames new frames (0 = (N-1)*multiplier+1-N, "
-                   "at least 1; one image -> an animation), fps unchanged.")
+                   "at least 1; one image -> an animation), fps unchanged. A regression ↑F checkpoint "
+                   "(interpolator_regression) interpolates in one deterministic pass (seed, steps and sampler unused).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -42,6 +43,9 @@ class FrameInterpolator:
         frames = require_frames(images, "images")
         if mode not in MODES:
             raise ValueError(f"mode: {mode!r} is not one of {MODES}")
+        if mode == "extrapolate" and is_regression(model):
+            raise ValueError(f"mode: 'extrapolate' needs the diffusion ↑F; {model.path} is a regression ↑F "
+                             "(one-pass interpolation only) - load interpolator.safetensors to animate")
         if mode == "interpolate" and frames.shape[0] < 2:
             raise ValueError(f"images: interpolation needs at least 2 frames, got {frames.shape[0]} "
                              "(use mode 'extrapolate' to animate a single image)")
@@ -51,7 +55,7 @@ class FrameInterpolator:
             raise ValueError(f"images: size {w}x{h} must be a multiple of {down} for {model.path} "
                              "(resize with Upscale Image first)")
         cond = conditioning_dict(positive, "positive", model) if positive is not None else {}
-        progress = StepProgress(steps)
+        progress = StepProgress(1 if is_regression(model) else steps)   # regression ↑F: one pass per window
         with host.models_on_device(model):
             video = interpolate_video(model, frames_to_video(frames), cond, None, multiplier=multiplier, mode=mode,
                                       extra_frames=extra_frames or None, fps=fps, seed=core_seed(seed),

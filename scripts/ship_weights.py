@@ -3,7 +3,8 @@
     python scripts/ship_weights.py [--run runs/mav-tiny] [--dest mav_core/weights/mav-tiny] [--stages ...]
 
 Float16 storage halves the files; loading casts back to the model's dtype (float32 on CPU). The
-run's `decoder_video` checkpoint is D^t, shipped as `decoder.safetensors`.
+run's `decoder_video` checkpoint is D^t, shipped as `decoder.safetensors`. A regression ↑F run's interpolator
+(`train interpolator --objective regression`) is shipped as `interpolator_regression.safetensors`.
 """
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ def main() -> int:
         sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
         meta = {**meta, "mav_storage_dtype": "float16"}
         out = dest / family.STAGE_FILES[stage]
+        if stage == "interpolator" and meta.get("mav_interp_estimate") == "regression":
+            out = dest / family.REGRESSION_INTERPOLATOR_FILE   # beside the diffusion ↑F, never over it
         atomic_save_file(sd, out, meta)
         total += out.stat().st_size
         print(f"{out}: {out.stat().st_size / 1e6:.1f} MB from {path}")

@@ -62,3 +62,51 @@ def test_residual_interpolator_starts_from_the_guess():
         assert torch.equal(outs[scale][:, :, ::2], video)
     assert (outs[4.0] - blend).abs().max() < 1e-5
     assert outs[None][:, :, 1::2].abs().max() < 1e-5 and blend[:, :, 1::2].abs().max() > 0.2
+
+
+def _regression_interpolator(zero_output: bool = True) -> LoadedModel:
+    torch.manual_seed(0)
+    cfg = family.interpolator_config(text_width=16, embed_dim=8)
+    cfg.block_out_channels, cfg.norm_num_groups, cfg.attention_head_dim = (8, 16, 16), 8, 8
+    net = SpaceTimeUNet(cfg).eval()
+    if zero_output:
+        torch.nn.init.zeros_(net.conv_out.weight)
+        torch.nn.init.zeros_(net.conv_out.bias)
+    meta = {"mav_interp_residual_scale": "4.0", "mav_interp_estimate": "regression"}
+    return LoadedModel("interp_regression", "interpolator", "mav", net, NoiseSchedule("cosine"), "v", meta)
+
+
+def test_regression_interpolator_is_one_deterministic_pass_per_window():
+    """A regression ↑F (metadata mav_interp_estimate) fills the gaps with one network call per window,
+    whatever the seed and step count; a zero correction gives exactly the blend of the known frames."""
+    import pytest
+    from mav_core.stages import generate_video
+    model = _regression_interpolator()
+    calls = []
+    model.module.register_forward_hook(lambda *a: calls.append(1))
+    video = torch.rand(1, 3, 5, 8, 8) * 2 - 1
+    out = interpolate_video(model, video, {}, multiplier=2, seed=0, steps=20, window=5)   # 2 windows of 5
+    assert len(calls) == 2
+    again = interpolate_video(model, video, {}, multiplier=2, seed=7, steps=3, window=5)
+    assert torch.equal(out, again)
+    grid = torch.zeros(1, 3, 9, 8, 8)
+    grid[:, :, ::2] = video
+    assert torch.equal(out[:, :, ::2], video)
+    assert (out - linear_blend_frames(grid, 2)).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="regression"):
+        interpolate_video(model, video, {}, mode="extrapolate", extra_frames=4)
+    with pytest.raises(ValueError, match="regression"):
+        generate_video(model, {}, None, frames=4, height=8, width=8, steps=2)
+
+
+def test_regression_interpolator_output_is_blend_plus_its_correction():
+    """The network's one-pass estimate is added to the blend (divided by the residual scale): a trained
+    correction changes the in-between frames and only them."""
+    model = _regression_interpolator(zero_output=False)
+    video = torch.rand(1, 3, 3, 8, 8) * 2 - 1
+    out = interpolate_video(model, video, {}, multiplier=2)
+    grid = torch.zeros(1, 3, 5, 8, 8)
+    grid[:, :, ::2] = video
+    correction = (out - linear_blend_frames(grid, 2))[:, :, 1::2]
+    assert correction.abs().max() > 1e-4
+    assert torch.equal(out[:, :, ::2], video)

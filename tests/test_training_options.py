@@ -69,3 +69,36 @@ def test_min_snr_weight_gives_the_same_x0_weighting_for_every_prediction():
         lhs = min_snr_weight(a, prediction, gamma) * delta ** 2
         rhs = snr.clamp(max=gamma) * err ** 2
         assert torch.allclose(lhs, rhs, rtol=1e-5), prediction
+
+
+def test_psnr_loss_is_the_mean_per_frame_psnr_and_scores_only_masked_frames():
+    """-10/ln(10) * psnr_loss (eps 0) + 10 log10(4) is the mean PSNR of the frames in -1..1 (peak-to-peak 2);
+    frames outside frame_mask do not change it."""
+    import math
+    from mav_core.diffusion.loss import psnr_loss
+    gen = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 4, 8, 8, generator=gen) * 2 - 1
+    noise_level = torch.tensor([0.01, 0.1, 0.3, 0.03]).reshape(1, 1, 4, 1, 1)
+    pred = target + noise_level * torch.randn(target.shape, generator=gen)
+    mse = ((pred - target) ** 2).mean(dim=(1, 3, 4))
+    mean_psnr = (10 * torch.log10(4 / mse)).mean().item()
+    assert abs(-10 / math.log(10) * psnr_loss(pred, target, eps=0).item() + 10 * math.log10(4) - mean_psnr) < 1e-3
+    mask = torch.tensor([[True, False, True, False]] * 2)
+    other = pred.clone()
+    other[:, :, 1] += 5.0
+    assert psnr_loss(other, target, mask) == psnr_loss(pred, target, mask)
+    assert psnr_loss(other, target) > psnr_loss(pred, target)
+
+
+def test_random_interpolation_mask_always_keeps_both_ends_and_leaves_gaps():
+    from mav_core.frame_masks import random_interpolation_mask
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(200):
+        m = random_interpolation_mask(9, gen)
+        assert m[0] and m[-1] and not m.all()
+        known = m.nonzero().flatten().tolist()
+        gaps = {b - a for a, b in zip(known, known[1:])}
+        assert len(gaps) <= 2 and max(gaps) >= 2      # evenly spaced known frames (the last may close early)
+        seen.add(tuple(known))
+    assert len(seen) >= 4                                # multipliers 2, 3, 4, 8 and both ends

@@ -1,4 +1,5 @@
-"""The DDPM training loss for eps-, v- or x0-prediction on any number of leading dims."""
+"""The DDPM training loss for eps-, v- or x0-prediction on any number of leading dims, and the per-frame
+PSNR loss of one-pass (regression) estimates."""
 from __future__ import annotations
 
 import torch
@@ -38,6 +39,17 @@ def diffusion_loss(network, x0: torch.Tensor, schedule: NoiseSchedule, predictio
         mask = loss_mask.expand_as(err).float()
         return (err * mask).sum() / mask.sum().clamp(min=1)
     return err.mean()
+
+
+def psnr_loss(pred: torch.Tensor, target: torch.Tensor, frame_mask: torch.Tensor | None = None,
+              eps: float = 1.5e-5) -> torch.Tensor:
+    """Mean over frames of log(MSE + eps): minimising it maximises the mean per-frame PSNR (what
+    interpolation is scored on), so nearly static frames, where any error costs many dB, weigh as much as
+    fast ones. pred/target [B, C, F, H, W] in -1..1; frame_mask [B, F] bool selects the scored frames;
+    eps (~half a 0-255 level squared, in -1..1 units) bounds the reward for frames that are already exact."""
+    per_frame = ((pred.float() - target.float()) ** 2).mean(dim=(1, 3, 4))          # [B, F]
+    logs = (per_frame + eps).log()
+    return logs[frame_mask].mean() if frame_mask is not None else logs.mean()
 
 
 def min_snr_weight(alpha_cumprod: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:

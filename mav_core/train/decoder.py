@@ -6,7 +6,8 @@
                  UNLABELED clips (world motion + real clips) with fps conditioning; no captions;
   interpolator   ↑F: D^t (or D inflated, --init decoder) with masked frames + mask as 4 extra input
                  channels (zero-initialised input weights), trained on random interpolation /
-                 extrapolation masks.
+                 extrapolation masks. --objective regression: a one-pass interpolator instead (the residual
+                 ↑F's estimate from no noise, trained with a per-frame PSNR loss on interpolation masks).
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import torch
 from .. import family
 from ..checkpoints import load_model, save_model
 from ..data.world import CaptionedImages, WorldClips
-from ..diffusion.loss import diffusion_loss
-from ..frame_masks import guess_condition, masked_condition, random_training_mask
+from ..diffusion.denoiser import Denoiser
+from ..diffusion.loss import diffusion_loss, psnr_loss
+from ..frame_masks import guess_condition, masked_condition, random_interpolation_mask, random_training_mask
+from ..stages import is_regression
 from ..unet import SpaceTimeUNet
 from .common import (add_common_arguments, batches, frozen_text_encoder, mixed, real_clip_stream,
                      settings_from_args)
@@ -32,6 +35,20 @@ def _null_text(enc, b):
 
 def _drop(gen, b, p=DROP):
     return torch.rand(b, generator=gen) < p
+
+
+def _regression_loss(model, video, fps, enc, gen, scale: float):
+    """Regression ↑F: the unknown frames of a random interpolation mask estimated in one pass (x = 0 at the
+    largest noise level, no text or image conditioning) as the known frames' blend plus the network's
+    correction / scale, scored by the per-frame PSNR loss."""
+    b, f = video.shape[0], video.shape[2]
+    mask = torch.stack([random_interpolation_mask(f, gen) for _ in range(b)])
+    extra = guess_condition(video, mask)
+    den = Denoiser(model, family.SCHEDULE, family.PREDICTION)
+    cond = dict(context=_null_text(enc, b), image_embed=video.new_zeros(b, enc.config.embed_dim),
+                fps=fps.float(), extra=extra)
+    x0 = den(torch.zeros_like(video), torch.full((1,), den.sigma_max), **cond)
+    return psnr_loss(extra[:, :-1] + x0.float() / scale, video, ~mask)
 
 
 def add_arguments(p, stage: str):
@@ -57,18 +74,27 @@ def add_arguments(p, stage: str):
                        help="start from D^t (the paper's recipe) or from D inflated (lets ↑F train beside D^t)")
         p.add_argument("--init-from", default=None,
                        help="start from this ↑F checkpoint instead (continue training a shipped interpolator)")
+        p.add_argument("--objective", choices=("diffusion", "regression"), default="diffusion",
+                       help="diffusion: the paper's ↑F (sampled; interpolates and extrapolates). regression: one-pass "
+                            "interpolation trained with a per-frame PSNR loss on interpolation masks (needs "
+                            "--residual-scale; deterministic; cannot extrapolate)")
         p.add_argument("--residual-scale", type=float, default=0.0,
                        help="condition on the linear-blend guess of the unknown frames and diffuse (frames - guess) "
                             "times this (0: the masked frames with zeros, diffusing the frames themselves)")
 
 
 def run(args, stage: str):
+    regression = stage == "interpolator" and args.objective == "regression"
+    if regression and not args.residual_scale:
+        raise ValueError("--objective regression needs --residual-scale (e.g. 4): the one-pass estimate is a "
+                         "correction of the known frames' blend")
     rank, world = maybe_init_distributed()
     settings = settings_from_args(args)
     enc = frozen_text_encoder(args.out)
     text_width, embed_dim = enc.config.width, enc.config.embed_dim
     out = f"{args.out}/{stage}.safetensors"
     seed = args.seed * 100 + rank
+    continuing = False
 
     if stage == "decoder":
         model = SpaceTimeUNet(family.decoder_config(text_width, embed_dim))
@@ -107,8 +133,10 @@ def run(args, stage: str):
                 p_.requires_grad_(True)
         elif args.init_from:
             model = SpaceTimeUNet(family.interpolator_config(text_width, embed_dim))
-            model.load_state_dict(load_model(args.init_from, expect_stage="interpolator").module.state_dict())
+            src = load_model(args.init_from, expect_stage="interpolator")
+            model.load_state_dict(src.module.state_dict())
             params = list(model.parameters())
+            continuing = regression and is_regression(src)
         else:
             src = load_model(f"{args.out}/{args.init}.safetensors", expect_stage="decoder").module
             model = SpaceTimeUNet(family.interpolator_config(text_width, embed_dim))
@@ -117,6 +145,9 @@ def run(args, stage: str):
             sd["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], 4, *w.shape[2:])], dim=1)
             model.load_state_dict(sd)
             params = list(model.parameters())
+        if regression and not continuing:   # a zero correction: training starts exactly at the known frames' blend
+            torch.nn.init.zeros_(model.conv_out.weight)
+            torch.nn.init.zeros_(model.conv_out.bias)
         world_clips = batches(WorldClips(num_frames=args.frames, size=family.BASE_SIZE, seed=seed), args.batch_size)
         real = real_clip_stream(args.clips, args.frames, family.BASE_SIZE, args.batch_size, seed, rank, world)
         data = mixed((world_clips, 1 - args.real_share), (real, args.real_share), seed=seed) if real else world_clips
@@ -125,6 +156,8 @@ def run(args, stage: str):
             clips, fps = next(data)
             video = clips.permute(0, 2, 1, 3, 4).float()  # [B, C, F, H, W]
             b, f = video.shape[0], video.shape[2]
+            if regression:
+                return _regression_loss(model, video, fps, enc, gen, args.residual_scale)
             with torch.no_grad():
                 embed = enc.encode_image(video[:, :, f // 2])
                 embed = torch.where(_drop(gen, b)[:, None], torch.zeros_like(embed), embed)
@@ -145,6 +178,8 @@ def run(args, stage: str):
     meta = {"mav_recipe_stage": stage}
     if stage == "interpolator" and args.residual_scale:
         meta["mav_interp_residual_scale"] = args.residual_scale
+    if regression:
+        meta["mav_interp_estimate"] = "regression"
 
     def on_save(m):
         save_model(out, m, "decoder" if stage != "interpolator" else "interpolator", family.SCHEDULE,
