@@ -1,6 +1,8 @@
 """Seams of sliding temporal windows with the shipped MAV-Tiny D^t: a long video (default 128 frames)
 sampled in overlapping windows, and the frame difference at every window boundary compared with the
-95th percentile of the clip's other frame-to-frame transitions (the criterion of the performance issue).
+95th percentile of the clip's other frame-to-frame transitions (the criterion of the performance issue);
+the same for the temporal jerk (second difference: a seam is a jump its neighbours do not share, motion is
+not). --reference also samples each video without windows and scores it at the same transitions.
 
     python bench/window_seams.py --frames 128 --window 16 --overlap 4 --threads 1
 
@@ -29,6 +31,27 @@ def seam_transitions(frames: int, window: int, overlap: int) -> list[int]:
     """Transitions t -> t+1 that cross a window edge at any step (a window starts at t+1 or ends at t)."""
     from mav_core.accel import FrameWindows
     return FrameWindows(torch.nn.Identity(), window, overlap).edge_transitions(frames)
+
+
+def temporal_jerk(v: np.ndarray) -> np.ndarray:
+    """Per transition t -> t+1 of v [F, C, H, W]: mean absolute difference between that transition's
+    frame change and the mean of its neighbours' changes (second temporal difference). Motion at a steady
+    or slowly changing speed scores low wherever it is; a seam (a jump at one transition that its
+    neighbours do not share) scores high. The first and last transitions have one neighbour each."""
+    d = np.diff(v.astype(np.float64), axis=0)                     # [F-1, C, H, W] frame changes
+    prev = np.concatenate([d[:1], d[:-1]])
+    nxt = np.concatenate([d[1:], d[-1:]])
+    return np.abs(d - (prev + nxt) / 2).mean(axis=(1, 2, 3))
+
+
+def seam_scores(score: np.ndarray, seams: list[int]) -> dict:
+    """Edge transitions against the clip's other transitions under one per-transition score."""
+    inner = np.delete(score, seams)
+    p95 = float(np.percentile(inner, 95))
+    above = int((score[seams] > p95).sum())
+    return {"max_seam": float(score[seams].max()), "mean_seam": float(score[seams].mean()),
+            "inner_p95": p95, "inner_mean": float(inner.mean()), "seams_above_p95": above,
+            "invisible": bool(score[seams].max() <= p95)}
 
 
 def main():
@@ -67,16 +90,14 @@ def main():
         seconds = time.perf_counter() - t0
         v = ((video[0].clamp(-1, 1) + 1) * 127.5).permute(1, 0, 2, 3).numpy()   # [F, C, H, W] in 0..255
         diff = np.abs(np.diff(v, axis=0)).mean(axis=(1, 2, 3))                    # per transition
-        inner = np.delete(diff, seams)
-        p95 = float(np.percentile(inner, 95))
+        jerk = temporal_jerk(v)
+        d, j = seam_scores(diff, seams), seam_scores(jerk, seams)
         rows.append({"prompt": prompt, "frames": args.frames, "window": args.window if windowed else "none",
-                     "overlap": args.overlap,
-                     "seams": len(seams), "max_seam_diff": float(diff[seams].max()),
-                     "mean_seam_diff": float(diff[seams].mean()), "inner_p95_diff": p95,
-                     "inner_mean_diff": float(inner.mean()),
-                     "seams_above_p95": int((diff[seams] > p95).sum()), "invisible": bool(diff[seams].max() <= p95),
-                     "seconds": seconds})
-        print(table([rows[-1]], list(rows[-1])), flush=True)
+                     "overlap": args.overlap, "seams": len(seams),
+                     **{f"diff_{k}": val for k, val in d.items()}, **{f"jerk_{k}": val for k, val in j.items()},
+                     "seconds": seconds, "frame_diff": diff.round(4).tolist(), "jerk": jerk.round(4).tolist()})
+        shown = {k: val for k, val in rows[-1].items() if k not in ("frame_diff", "jerk")}
+        print(table([shown], list(shown)), flush=True)
     info = machine_info(args.threads)
     result = {"machine": info, "args": vars(args), "seam_transitions": seams, "rows": rows,
               "peak_rss_mib": _peak_rss_mib()}

@@ -91,49 +91,55 @@ class FrameWindows(torch.nn.Module):
         self.net, self.window, self.overlap = net, window, overlap
         self.calls = 0
 
-    def starts(self, frames: int, shift: int = 0) -> list[int]:
-        """Window starts covering the clip; `shift` moves the inner boundaries (the first window still
-        starts at 0 and the last ends at the last frame)."""
+    def spans(self, frames: int, shift: int = 0) -> list[tuple[int, int]]:
+        """[start, end) of the windows covering the clip, each overlapping the previous by `overlap` frames.
+        The first window ends at shift + overlap (a full window at shift 0) and the last one ends at the last
+        frame, so both can be shorter than `window`: with them every boundary moves with `shift`, the clip's
+        ends included (full-length end windows would put the same boundary at every step)."""
         if frames <= self.window:
-            return [0]
+            return [(0, frames)]
         stride = self.window - self.overlap
-        inner = range(shift % stride if shift % stride else stride, frames - self.window, stride)
-        return [0, *inner, frames - self.window] if frames - self.window not in inner else [0, *inner]
+        shift %= stride
+        spans = [(0, shift + self.overlap if shift else self.window)]
+        while spans[-1][1] < frames:
+            start = spans[-1][1] - self.overlap
+            spans.append((start, min(start + self.window, frames)))
+        return spans
 
     def shifts(self) -> list[int]:
         """The boundary shifts the calls cycle through."""
         stride = self.window - self.overlap
-        step = max(1, stride // 2)
+        step = max(1, stride // 4)
         return sorted({(i * step) % stride for i in range(stride)})
 
     def edge_transitions(self, frames: int) -> list[int]:
         """Frame transitions t -> t+1 that lie at a window edge in any call (where a seam could show)."""
         edges = set()
         for shift in self.shifts():
-            starts = self.starts(frames, shift)
-            edges |= {s - 1 for s in starts[1:]} | {s + self.window - 1 for s in starts[:-1]}
+            for a, b in self.spans(frames, shift):
+                edges |= {a - 1, b - 1}
         return sorted(edges - {-1, frames - 1})
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         frames = x.shape[2]
         if frames <= self.window:
             return self.net(x, t, **cond)
-        w = self.window
-        ramp = torch.arange(w, device=x.device, dtype=torch.float32)
-        weight = torch.minimum(ramp + 1, w - ramp)                      # pyramid: 1, 2, ..., 2, 1
-        # the window boundaries move every call (every sampling step) by half a stride, so no frame
+        # the window boundaries move every call (every sampling step) by a quarter stride, so no frame
         # transition sits at a window edge at every step: seams average out instead of adding up
-        stride = w - self.overlap
-        shift = (self.calls * max(1, stride // 2)) % stride
+        stride = self.window - self.overlap
+        shift = (self.calls * max(1, stride // 4)) % stride
         self.calls += 1
         out = total = None
-        for s in self.starts(frames, shift):
-            part = {k: (v[:, :, s:s + w] if isinstance(v, torch.Tensor) and v.dim() == 5 and v.shape[2] == frames
+        for a, b in self.spans(frames, shift):
+            n = b - a
+            ramp = torch.arange(n, device=x.device, dtype=torch.float32)
+            weight = torch.minimum(ramp + 1, n - ramp)                  # pyramid: 1, 2, ..., 2, 1
+            part = {k: (v[:, :, a:b] if isinstance(v, torch.Tensor) and v.dim() == 5 and v.shape[2] == frames
                         else v) for k, v in cond.items()}
-            y = self.net(x[:, :, s:s + w], t, **part).float()
+            y = self.net(x[:, :, a:b], t, **part).float()
             if out is None:
                 out = y.new_zeros(y.shape[0], y.shape[1], frames, *y.shape[3:])
                 total = torch.zeros(frames, device=x.device)
-            out[:, :, s:s + w] += y * weight[:, None, None]
-            total[s:s + w] += weight
+            out[:, :, a:b] += y * weight[:, None, None]
+            total[a:b] += weight
         return (out / total[:, None, None]).to(x.dtype)

@@ -1,8 +1,8 @@
 """Sliding temporal windows for long videos (stages.generate_video(context_window=...)).
 
 Mechanics on a tiny random-weight model (no trained weights needed): blending is exact for frame-local
-networks, conditioning slices with the window, and the windowed sampler leaves no seams: the frame
-difference at window boundaries stays within the 95th percentile of the clip's other transitions.
+networks, conditioning slices with the window, every boundary moves between steps, and the windowed
+sampler leaves no jumps at window boundaries beyond the clip's other transitions.
 With random weights the frames are noise-dominated, so the seam check guards the mechanics (a broken
 blend or misplaced window shows); how invisible seams are with trained weights is not measured here."""
 import math
@@ -38,19 +38,21 @@ def _tiny_decoder(seed=0, extra=0):
     return LoadedModel("tiny-decoder", "decoder", "mav", model, NoiseSchedule("cosine"), "v")
 
 
-def test_windows_cover_the_clip_and_validate():
+def test_windows_cover_the_clip_and_every_boundary_moves():
     net = FrameWindows(torch.nn.Identity(), 16, 4)
+    assert net.shifts() == [0, 3, 6, 9]                  # a quarter stride per step
     for frames in (17, 40, 128):
-        starts = net.starts(frames)
-        assert starts[0] == 0 and starts[-1] == frames - 16
-        assert all(b - a <= 12 for a, b in zip(starts, starts[1:]))     # every pair overlaps >= 4 frames
-        shifted = net.starts(frames, 6)                                   # boundaries moved half a stride
-        assert shifted[0] == 0 and shifted[-1] == frames - 16
-        assert all(b - a <= 12 for a, b in zip(shifted, shifted[1:]))
-        if frames > 28:
-            assert set(shifted[1:-1]).isdisjoint(starts)
-    assert net.shifts() == [0, 6]
-    assert 11 in net.edge_transitions(40) and 5 in net.edge_transitions(40)   # edges of both shifts
+        edge_sets = []
+        for shift in net.shifts():
+            spans = net.spans(frames, shift)
+            assert spans[0][0] == 0 and spans[-1][1] == frames
+            assert all(5 <= b - a <= 16 for a, b in spans)                            # overlap + 1 .. window
+            assert all(b0 - a1 == 4 for (_, b0), (a1, _) in zip(spans, spans[1:]))   # overlap exactly 4
+            edge_sets.append({a - 1 for a, _ in spans[1:]} | {b - 1 for _, b in spans[:-1]})
+        # no transition is a window edge at every step, the clip's first and last windows included
+        assert not set.intersection(*edge_sets)
+        assert sorted(set.union(*edge_sets)) == net.edge_transitions(frames)
+    assert net.spans(12, 6) == [(0, 12)]
     with pytest.raises(ValueError, match="context_window"):
         FrameWindows(torch.nn.Identity(), 1)
     with pytest.raises(ValueError, match="context_overlap"):
@@ -97,6 +99,9 @@ def test_no_seams_at_window_boundaries():
     assert video.shape == (1, 3, frames, 16, 16) and torch.isfinite(video).all()
     d = _frame_diffs(video)
     seams = FrameWindows(torch.nn.Identity(), window, overlap).edge_transitions(frames)   # t -> t+1 at any edge
-    inner = np.array([v for i, v in enumerate(d) if i not in seams])
-    limit = np.percentile(inner, 95)
-    assert max(d[seams]) <= limit, (d[seams], limit)
+    inner = np.delete(d, seams)
+    # the boundaries move a quarter stride a step, so most transitions are an edge at some step: a gross
+    # failure of the windowed sampler shows as jumps far above the clip's other transitions (exactness of the
+    # blend itself is checked above)
+    assert d[seams].max() <= 1.2 * inner.max(), (d[seams], inner.max())
+    assert d[seams].mean() <= 1.1 * inner.mean(), (d[seams].mean(), inner.mean())
