@@ -73,13 +73,30 @@ def maybe_compile(module: torch.nn.Module, enabled: bool = True, **compile_kwarg
         return module
 
 
+def _window_slice(name: str, value, frames: int, a: int, b: int):
+    """The window's frames [a, b) of a conditioning value that has a frame axis: video-shaped tensors
+    [B, C, F, H, W] (e.g. ↑F's known frames) and prompt travel's per-frame context [B, F, L, D] and
+    image_embed [B, F, E]; anything else (per-clip conditioning, fps) is passed through."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.dim() == 5 and value.shape[2] == frames:
+        return value[:, :, a:b]
+    per_frame = (name == "context" and value.dim() == 4) or (name == "image_embed" and value.dim() == 3)
+    if per_frame:
+        if value.shape[1] != frames:
+            raise ValueError(f"per-frame {name} has {value.shape[1]} frames, the video {frames}")
+        return value[:, a:b]
+    return value
+
+
 class FrameWindows(torch.nn.Module):
     """Long videos in bounded memory (AnimateDiff-style context windows): the wrapped network runs on
     overlapping windows of `window` frames and the predictions are averaged where windows overlap, with
     pyramid weights (largest mid-window), so every step sees the whole clip and seams blend.
 
-    Conditioning tensors shaped like the video ([B, C, F, H, W], e.g. ↑F's masked frames) are sliced with
-    the window; everything else is passed through. Peak memory is that of one window."""
+    Conditioning with a frame axis (video-shaped tensors such as ↑F's masked frames, prompt travel's
+    per-frame context / image_embed) is sliced with the window; everything else is passed through. Peak
+    memory is that of one window."""
 
     def __init__(self, net: torch.nn.Module, window: int, overlap: int | None = None):
         super().__init__()
@@ -134,8 +151,7 @@ class FrameWindows(torch.nn.Module):
             n = b - a
             ramp = torch.arange(n, device=x.device, dtype=torch.float32)
             weight = torch.minimum(ramp + 1, n - ramp)                  # pyramid: 1, 2, ..., 2, 1
-            part = {k: (v[:, :, a:b] if isinstance(v, torch.Tensor) and v.dim() == 5 and v.shape[2] == frames
-                        else v) for k, v in cond.items()}
+            part = {k: _window_slice(k, v, frames, a, b) for k, v in cond.items()}
             y = self.net(x[:, :, a:b], t, **part).float()
             if out is None:
                 out = y.new_zeros(y.shape[0], y.shape[1], frames, *y.shape[3:])

@@ -23,7 +23,8 @@ class Sampler:
     DESCRIPTION = ("Spatiotemporal sampler (D^t). Pixel-space decoders fill `frames` (IMAGE [F, H, W, 3]); "
                    "latent-space decoders (UNet3D / ModelScope) fill `latent` as a batch of F frame latents "
                    "[F, 4, H/8, W/8] for the host's VAE Decode. With init_frames, frames/width/height come "
-                   "from init_frames and denoise < 1 keeps part of them (video variation).")
+                   "from init_frames and denoise < 1 keeps part of them (video variation). context_window > 0 samples long "
+                   "videos in overlapping sliding windows (memory of one window).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -40,7 +41,14 @@ class Sampler:
                 "height": ("INT", {"default": 32, "min": 8, "max": 4096, "step": 4}),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
             },
-            "optional": {"init_frames": ("IMAGE", {"tooltip": "frames to vary (video variation); sets frames, width, height"})},
+            "optional": {
+                "init_frames": ("IMAGE", {"tooltip": "frames to vary (video variation); sets frames, width, height"}),
+                "context_window": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip":
+                                   "sliding temporal windows for long videos: denoise this many frames at a time "
+                                   "(0 = the whole clip at once); memory stays that of one window"}),
+                "context_overlap": ("INT", {"default": 4, "min": 0, "max": 1023, "tooltip":
+                                    "frames shared by neighbouring windows (blended); less than context_window"}),
+            },
         }
 
     @classmethod
@@ -55,8 +63,13 @@ class Sampler:
         return True
 
     def sample(self, decoder, positive, negative, seed, steps, cfg, sampler_name, frames, fps, width, height,
-               denoise, init_frames=None):
+               denoise, init_frames=None, context_window=0, context_overlap=4):
         model = require_model(decoder, "decoder", ("decoder",))
+        if context_window and context_window < 2:
+            raise ValueError(f"context_window: {context_window} is too short; use 0 (off) or at least 2 frames")
+        if context_window and not 0 <= context_overlap < context_window:
+            raise ValueError(f"context_overlap: {context_overlap} must be at least 0 and less than "
+                             f"context_window ({context_window})")
         if sampler_name not in SAMPLERS:
             raise ValueError(f"sampler_name: {sampler_name!r} is not one of {SAMPLERS}")
         latent = model.config.in_channels == 4
@@ -82,11 +95,16 @@ class Sampler:
             height, width = height // LATENT_SCALE, width // LATENT_SCALE
         cond, uncond = scheduled_conditioning(positive, model, frames, cond, uncond)
         controls = core_controls(positive, model, frames, height, width)
+        if context_window and controls:
+            raise ValueError("context_window: sliding windows cannot be combined with ControlNet-style controls "
+                             "(their hint videos are not windowed); set context_window to 0")
         progress = StepProgress(steps)
         with host.models_on_device(model, *control_models(positive)):
             video = generate_video(model, cond, uncond, frames=frames, height=height, width=width, fps=fps,
                                    seed=core_seed(seed), steps=steps, cfg=cfg, sampler=sampler_name,
-                                   init=init, denoise=denoise, controls=controls or None, callback=progress)
+                                   init=init, denoise=denoise, controls=controls or None, callback=progress,
+                                   context_window=context_window or None,
+                                   context_overlap=context_overlap if context_window else None)
         if latent:
             samples = rearrange(video, "b c f h w -> (b f) c h w").to(host.intermediate_device()).float()
             return (None, float(fps), {"samples": samples / SD_VAE_SCALING})

@@ -145,6 +145,30 @@ def test_sampler_makes_frames_fps_and_previews(pack, bundle, monkeypatch):
     assert (varied - frames).abs().mean() < (other - frames).abs().mean()
 
 
+def test_sampler_sliding_windows(pack, bundle, monkeypatch):
+    """context_window: a long clip in overlapping windows (every window is one network call per step); a
+    window covering the clip is the plain sampler; bad window settings name the input."""
+    pos = node(pack, "MakeAVideoPrior").run(bundle[1], conditioning(pack, bundle), 0, 2, 1.0)[0]
+    neg = conditioning(pack, bundle, "")
+    sampler = node(pack, "MakeAVideoSampler")
+    args = (bundle[2], pos, neg, 5, 2, 1.0, "ddim", 10, 6.0, 16, 16, 1.0)
+    calls = []
+    hook = bundle[2].module.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        windowed = sampler.sample(*args, context_window=4, context_overlap=1)[0]
+    finally:
+        hook.remove()
+    assert windowed.shape == (10, 16, 16, 3) and torch.isfinite(windowed).all()
+    assert len(calls) > 2                    # several windows per step, not one call for the whole clip
+    whole = sampler.sample(*args)[0]
+    assert torch.equal(sampler.sample(*args, context_window=10)[0], whole)
+    assert not torch.equal(windowed, whole)
+    with pytest.raises(ValueError, match="context_overlap"):
+        sampler.sample(*args, context_window=4, context_overlap=4)
+    with pytest.raises(ValueError, match="context_window"):
+        sampler.sample(*args, context_window=1)
+
+
 def test_interpolator_modes_and_fps(pack, bundle):
     frames = torch.rand(3, 16, 16, 3)
     interp = node(pack, "MakeAVideoFrameInterpolator")
@@ -155,6 +179,22 @@ def test_interpolator_modes_and_fps(pack, bundle):
                           positive=conditioning(pack, bundle), extra_frames=3)
     assert out.shape == (4, 16, 16, 3) and fps == 4.0
     assert torch.allclose(out[0], frames[0], atol=1e-6)
+
+
+def test_interpolator_node_with_a_regression_checkpoint(pack, bundle):
+    """A regression ↑F: one deterministic pass (seed and steps do not matter, progress completes in one
+    update per window); extrapolation is refused naming the input."""
+    import dataclasses
+    reg = dataclasses.replace(bundle[3], metadata={**bundle[3].metadata, "mav_interp_estimate": "regression",
+                                                   "mav_interp_residual_scale": "4.0"})
+    frames = torch.rand(3, 16, 16, 3)
+    interp = node(pack, "MakeAVideoFrameInterpolator")
+    a, fps = interp.run(reg, frames, fps=4.0, multiplier=2, mode="interpolate", seed=1, steps=2)
+    b, _ = interp.run(reg, frames, fps=4.0, multiplier=2, mode="interpolate", seed=9, steps=30)
+    assert a.shape == (5, 16, 16, 3) and fps == 8.0 and torch.equal(a, b)
+    assert torch.allclose(a[::2], frames, atol=1e-6)
+    with pytest.raises(ValueError, match="^mode: 'extrapolate' needs the diffusion"):
+        interp.run(reg, frames[:1], fps=4.0, multiplier=2, mode="extrapolate", seed=1, steps=2, extra_frames=3)
 
 
 @pytest.mark.parametrize("index,size", [(4, 32), (5, 64)])

@@ -76,7 +76,12 @@ def test_blending_is_exact_for_frame_local_networks_and_slices_conditioning():
         windowed = FrameWindows(PerFrame(), 8, 3)(x, t, context=ctx, extra=extra)
         short = FrameWindows(model, 32)(x, t, context=ctx, extra=extra)     # window >= frames: one call
         assert torch.equal(short, model(x, t, context=ctx, extra=extra))
+        per_frame_ctx = torch.randn(2, 23, 3, 8, generator=g)            # prompt travel: a context per frame
+        full_pf = PerFrame()(x, t, context=per_frame_ctx, extra=extra)
+        windowed_pf = FrameWindows(PerFrame(), 8, 3)(x, t, context=per_frame_ctx, extra=extra)
     assert (windowed - full).abs().max().item() < 1e-5
+    assert (windowed_pf - full_pf).abs().max().item() < 1e-5
+    assert (full_pf - full).abs().max().item() > 1e-3           # the per-frame context is used
 
 
 def _frame_diffs(video: torch.Tensor) -> np.ndarray:
