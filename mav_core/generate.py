@@ -17,6 +17,9 @@ def add_generate_arguments(p):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quality", type=int, default=85, help="0-100: mp4/webm CRF from it, webp quality (100 = lossless)")
+    p.add_argument("--interpolator", choices=("diffusion", "regression"), default="diffusion",
+                   help="↑F: the paper's sampled diffusion ↑F, or the one-pass regression ↑F (deterministic, "
+                        "highest PSNR on real clips; --interp-steps does not apply)")
     defaults = ChainSettings()
     for f in fields(ChainSettings):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
@@ -29,7 +32,7 @@ def main_generate(args):
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    mav = MakeAVideo.load(args.weights, device=args.device)
+    mav = MakeAVideo.load(args.weights, device=args.device, interpolator=args.interpolator)
     for path in mav.untrained():
         print(f"WARNING: {path} holds randomly initialised, UNTRAINED weights: the output is noise-like, "
               "not a trained model's video", file=sys.stderr)

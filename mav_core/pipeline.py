@@ -14,8 +14,11 @@ import torch
 
 from . import family
 from .checkpoints import LoadedModel, load_model
-from .stages import (encode_prompt, generate_video, interpolate_video, run_prior, upscale_video,
+from .stages import (encode_prompt, generate_video, interpolate_video, is_regression, run_prior, upscale_video,
                      video_to_frames)
+
+
+INTERPOLATORS = ("diffusion", "regression")
 
 
 @dataclass
@@ -73,21 +76,27 @@ class MakeAVideo:
     sr_frame: LoadedModel | None = None
 
     @classmethod
-    def load(cls, folder: str | Path | None = None, device="cpu", dtype=None) -> "MakeAVideo":
+    def load(cls, folder: str | Path | None = None, device="cpu", dtype=None,
+             interpolator: str = "diffusion") -> "MakeAVideo":
+        """interpolator: 'diffusion' (the paper's ↑F, interpolator.safetensors, optional) or 'regression'
+        (one-pass ↑F, interpolator_regression.safetensors, required once asked for)."""
+        if interpolator not in INTERPOLATORS:
+            raise ValueError(f"interpolator must be one of {INTERPOLATORS}, got {interpolator!r}")
         folder = Path(folder) if folder else family.WEIGHTS_DIR
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such weights folder")
 
-        def get(stage, required=True):
-            path = folder / family.STAGE_FILES[stage]
+        def get(stage, required=True, name=None):
+            path = folder / (name or family.STAGE_FILES[stage])
             if not path.exists():
                 if required:
                     raise FileNotFoundError(f"{path}: the {stage!r} checkpoint is missing from {folder}")
                 return None
             return load_model(path, device=device, dtype=dtype, expect_stage=stage)
 
-        return cls(get("text"), get("prior"), get("decoder"), get("interpolator", False), get("sr_video", False),
-                   get("sr_frame", False))
+        interp = (get("interpolator", False) if interpolator == "diffusion"
+                  else get("interpolator", True, family.REGRESSION_INTERPOLATOR_FILE))
+        return cls(get("text"), get("prior"), get("decoder"), interp, get("sr_video", False), get("sr_frame", False))
 
     def untrained(self) -> list[str]:
         return [m.path for m in self.models() if m.metadata.get("mav_untrained") == "1"]
@@ -131,7 +140,8 @@ class MakeAVideo:
         if self.interpolator is not None and s.multiplier > 1:
             t0 = time.perf_counter()
             video = interpolate_video(self.interpolator, video, cond, None, multiplier=s.multiplier, fps=s.fps,
-                                      seed=s.seed, steps=s.interp_steps, callback=cb("interpolator", s.interp_steps))
+                                      seed=s.seed, steps=s.interp_steps,
+                                      callback=cb("interpolator", 1 if is_regression(self.interpolator) else s.interp_steps))
             fps = s.fps * s.multiplier
             timings["interpolator"] = time.perf_counter() - t0
         if self.sr_video is not None and s.upscale >= 1:
