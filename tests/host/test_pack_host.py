@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from comfy_server import PACK_DIR_NAME, REPO_ROOT, PromptRejected, history_events, history_status
@@ -297,3 +298,53 @@ def test_front_end_exports_each_ui_workflow_as_its_api_file(host, tmp_path):
             assert exported == api, f"{ui_path.name}: the front end exports a different API graph"
     finally:
         browser.close()
+
+
+def _regression_graph(seed: int, mode: str = "interpolate", prefix: str = "mav/regression"):
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "mav_first.png"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "mav_last.png"}},
+        "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+        "4": {"class_type": "ImageScale", "inputs": {"image": ["3", 0], "upscale_method": "bilinear", "width": SIZE,
+                                                     "height": SIZE, "crop": "center"}},
+        "5": {"class_type": "MakeAVideoInterpolatorLoader",
+              "inputs": {"ckpt_name": "mav-tiny/interpolator_regression.safetensors"}},
+        "6": {"class_type": "MakeAVideoFrameInterpolator", "inputs": {
+            "interpolator": ["5", 0], "images": ["4", 0], "fps": 2.0, "multiplier": 4, "mode": mode, "seed": seed,
+            "steps": 1 + seed, "extra_frames": 2}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": f"{prefix}{seed}"}},
+    }
+
+
+def test_shipped_regression_interpolator_through_the_api(host):
+    """The shipped one-pass ↑F is listed beside the untrained models, runs from the HTTP API, gives the same
+    frames whatever the seed and steps, and refuses extrapolation naming the input."""
+    files = host.object_info("MakeAVideoInterpolatorLoader")["MakeAVideoInterpolatorLoader"]["input"]["required"]
+    assert "mav-tiny/interpolator_regression.safetensors" in files["ckpt_name"][0]
+    outputs = []
+    for seed in (1, 2):
+        history = host.wait_history(host.queue_prompt(_regression_graph(seed)), timeout=120)
+        assert history_status(history) == "success", history.get("status")
+        frames = sorted(host.output_files(history))
+        assert len(frames) == 5                                   # (2 - 1) * 4 + 1
+        from PIL import Image
+        outputs.append(np.stack([np.asarray(Image.open(f)) for f in frames]))   # pixels (the PNGs embed the seed)
+    assert np.array_equal(outputs[0], outputs[1]) and outputs[0].shape == (5, SIZE, SIZE, 3)
+    history = host.wait_history(host.queue_prompt(_regression_graph(3, mode="extrapolate")), timeout=120)
+    assert history_status(history) == "error"
+    error = history_events(history)["execution_error"]
+    assert error["node_id"] == "6" and "mode: 'extrapolate' needs the diffusion" in error["exception_message"], error
+
+
+def test_sampler_sliding_windows_through_the_api(host):
+    """context_window from the API: a clip longer than the window samples to the requested frames; an
+    overlap not below the window is refused at run time naming the input."""
+    graph = _sampler_graph(frames=6, seed=21, prefix="mav/windows")
+    graph["5"]["inputs"].update(context_window=3, context_overlap=1)
+    history = host.wait_history(host.queue_prompt(graph), timeout=120)
+    assert history_status(history) == "success", history.get("status")
+    assert len(host.output_files(history)) == 6
+    graph["5"]["inputs"].update(context_overlap=3, seed=22)
+    history = host.wait_history(host.queue_prompt(graph), timeout=120)
+    assert history_status(history) == "error"
+    assert "context_overlap" in history_events(history)["execution_error"]["exception_message"]
