@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from . import family
+from .checkpoints import LoadedModel, load_model
 from .pipeline import MakeAVideo
-from .checkpoints import LoadedModel
 from .stages import generate_video, interpolate_video, video_to_frames
 
 MOVE_THRESHOLD = 0.25
@@ -213,7 +213,6 @@ def main_eval(args) -> int:
     regression = None
     reg_path = Path(args.weights or family.WEIGHTS_DIR) / family.REGRESSION_INTERPOLATOR_FILE
     if reg_path.exists() and args.clips and not args.skip_interp:
-        from .checkpoints import load_model
         regression = load_model(reg_path, expect_stage="interpolator")
     interp = eval_interpolation(mav, args.clips, regression=regression) if args.clips and not args.skip_interp else None
     report["interpolation"] = interp
