@@ -32,13 +32,19 @@ def extrapolation_mask(num_frames: int, known: int) -> torch.Tensor:
     return mask
 
 
+TRAINING_MULTIPLIERS = (2, 3, 4, 8)
+
+
+def _random_multiplier(gen: torch.Generator) -> int:
+    return TRAINING_MULTIPLIERS[int(torch.randint(0, len(TRAINING_MULTIPLIERS), (), generator=gen))]
+
+
 def random_training_mask(num_frames: int, gen: torch.Generator) -> torch.Tensor:
     """Interpolation with a random multiplier (2, 3, 4 or 8; the last frame known when it lands on
     the grid), extrapolation from 1-4 frames, or both ends known (two-image interpolation)."""
     r = float(torch.rand((), generator=gen))
     if r < 0.55:
-        m = [2, 3, 4, 8][int(torch.randint(0, 4, (), generator=gen))]
-        return interpolation_mask(num_frames, m)
+        return interpolation_mask(num_frames, _random_multiplier(gen))
     if r < 0.85:
         return extrapolation_mask(num_frames, int(torch.randint(1, 5, (), generator=gen)))
     mask = torch.zeros(num_frames, dtype=torch.bool)
@@ -50,7 +56,7 @@ def random_interpolation_mask(num_frames: int, gen: torch.Generator) -> torch.Te
     """Interpolation only (what a regression ↑F is trained on): a random multiplier (2, 3, 4 or 8) or
     both ends known, the last frame always known."""
     if float(torch.rand((), generator=gen)) < 0.85:
-        mask = interpolation_mask(num_frames, [2, 3, 4, 8][int(torch.randint(0, 4, (), generator=gen))])
+        mask = interpolation_mask(num_frames, _random_multiplier(gen))
     else:
         mask = torch.zeros(num_frames, dtype=torch.bool)
         mask[0] = True

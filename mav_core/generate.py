@@ -10,14 +10,14 @@ from tqdm import tqdm
 
 
 def add_generate_arguments(p):
-    from .pipeline import ChainSettings
+    from .pipeline import INTERPOLATORS, ChainSettings
     p.add_argument("prompt")
     p.add_argument("-o", "--output", default="out.mp4", help="mp4, webm, gif, webp, or a folder for PNG frames")
     p.add_argument("--weights", default=None, help="folder of stage checkpoints (default: the shipped MAV-Tiny)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quality", type=int, default=85, help="0-100: mp4/webm CRF from it, webp quality (100 = lossless)")
-    p.add_argument("--interpolator", choices=("diffusion", "regression"), default="diffusion",
+    p.add_argument("--interpolator", choices=INTERPOLATORS, default="diffusion",
                    help="↑F: the paper's sampled diffusion ↑F, or the one-pass regression ↑F (deterministic, "
                         "highest PSNR on real clips; --interp-steps does not apply)")
     defaults = ChainSettings()

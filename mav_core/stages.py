@@ -152,13 +152,12 @@ def estimate_unet(model: LoadedModel, shape, cond: dict, *, callback: Callable |
     net = model.module if context_window is None else FrameWindows(model.module, context_window, context_overlap)
     den = Denoiser(net, model.schedule, model.prediction or "eps").to(p.device)
     x = torch.zeros(shape, device=p.device, dtype=p.dtype)
-    sigma = torch.full((1,), den.sigma_max, device=p.device)
     with autocast(precision, p.device):
-        out = den(x, sigma, **cond)
+        out = den.estimate_from_nothing(x, **cond)
     if not torch.isfinite(out).all():
         raise FloatingPointError(f"{model.path}: the one-pass estimate has NaN/inf values (try float32)")
     if callback is not None:
-        callback({"i": 0, "x": x, "sigma": sigma, "denoised": out})
+        callback({"i": 0, "x": x, "sigma": torch.full((1,), den.sigma_max, device=p.device), "denoised": out})
     return out
 
 

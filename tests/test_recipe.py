@@ -145,8 +145,8 @@ def _blend_and_estimate_psnr(model, enc, scale):
     den = Denoiser(model, family.SCHEDULE, family.PREDICTION)
     with torch.no_grad():
         tokens, _ = enc.encode_text([""] * 4)
-        x0 = den(torch.zeros_like(video), torch.full((1,), den.sigma_max), context=tokens,
-                 image_embed=torch.zeros(4, enc.config.embed_dim), fps=torch.tensor(fps).float(), extra=extra)
+        x0 = den.estimate_from_nothing(video, context=tokens, image_embed=torch.zeros(4, enc.config.embed_dim),
+                                       fps=torch.tensor(fps).float(), extra=extra)
     to_db = lambda loss: -10 / math.log(10) * loss.item() + 10 * math.log10(4)
     frames = (~mask)[None].expand(4, -1)
     return to_db(psnr_loss(extra[:, :-1], video, frames)), to_db(psnr_loss(extra[:, :-1] + x0 / scale, video, frames))

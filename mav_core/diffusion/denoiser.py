@@ -52,3 +52,9 @@ class Denoiser(nn.Module):
         if self.prediction == "x0":
             return out
         return x / (s**2 + 1) - s * c_in * out
+
+    def estimate_from_nothing(self, like: torch.Tensor, **cond) -> torch.Tensor:
+        """The one-pass estimate of a regression-trained network: x0 at the largest noise level from x = 0
+        (shaped like `like`), i.e. what the network predicts from its conditioning alone."""
+        sigma = torch.full((1,), self.sigma_max, device=like.device)
+        return self(torch.zeros_like(like), sigma, **cond)

@@ -47,7 +47,7 @@ def _regression_loss(model, video, fps, enc, gen, scale: float):
     den = Denoiser(model, family.SCHEDULE, family.PREDICTION)
     cond = dict(context=_null_text(enc, b), image_embed=video.new_zeros(b, enc.config.embed_dim),
                 fps=fps.float(), extra=extra)
-    x0 = den(torch.zeros_like(video), torch.full((1,), den.sigma_max), **cond)
+    x0 = den.estimate_from_nothing(video, **cond)
     return psnr_loss(extra[:, :-1] + x0.float() / scale, video, ~mask)
 
 
