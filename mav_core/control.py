@@ -118,12 +118,12 @@ class ControlledUNet(nn.Module):
         return getattr(self.unet, "accepts_shared_latent", False)
 
     def forward(self, x, t, controls=None, **cond):
-        active = []
-        if controls:
-            progress = 1.0 - float(t.reshape(-1)[0]) / (self.num_train_steps - 1)
-            active = [c for c in controls if c.strength != 0 and c.start <= progress <= c.end]
+        """A control limited to part of sampling ([start, end] narrower than [0, 1]) is gated on the device
+        from t (0 or its strength), so the step loop never waits for the device to read t."""
+        active = [c for c in controls or [] if c.strength != 0 and c.start <= c.end]
         if not active:   # exactly the uncontrolled call (shared latent included)
             return self.unet(x, t, **cond)
+        progress = 1.0 - t.reshape(-1)[:1].float() / (self.num_train_steps - 1)
         b = x.shape[0]
         rows = conditioning_batch(b, cond.get("context"), cond.get("image_embed"))
         if rows != b:   # a shared latent: the residuals need one row per conditioning
@@ -134,15 +134,19 @@ class ControlledUNet(nn.Module):
                     for key, v in cond.items()}
         down, mid = None, None
         for c in active:
-            hint = c.hint.to(x.device, x.dtype)
+            hint = c.hint.to(x.device, next(c.adapter.parameters()).dtype)   # on the device already: a cast at most
             if hint.shape[0] != x.shape[0]:
                 hint = hint.expand(x.shape[0] // hint.shape[0] * hint.shape[0], *hint.shape[1:]) \
                     if hint.shape[0] == 1 else hint.repeat(x.shape[0] // hint.shape[0], *([1] * (hint.dim() - 1)))
             if hint.shape[2:] != x.shape[2:]:
                 raise ValueError(f"control hint of shape {tuple(hint.shape)} does not match the video {tuple(x.shape)}")
             d, m = c.adapter(hint)
-            d = [c.strength * r for r in d]
-            m = c.strength * m
+            scale = c.strength
+            if c.start > 0 or c.end < 1:
+                inside = (progress >= c.start) & (progress <= c.end)
+                scale = (inside.to(m.dtype) * c.strength).reshape(1, *([1] * (m.dim() - 1)))
+            d = [scale * r for r in d]
+            m = scale * m
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
         return self.unet(x, t, down_residuals=down, mid_residual=mid, **cond)

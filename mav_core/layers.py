@@ -257,6 +257,21 @@ class ResBlock(nn.Module):
         return h.add_(skip) if inplace else skip + h
 
 
+SDPA_MAX_BATCH = 32768   # CUDA's flash / memory-efficient kernels put the batch on a grid axis limited to
+                         # 65535 blocks ("invalid configuration argument" beyond); temporal attention's batch
+                         # is the pixel count (65536 at 256x256)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """scaled_dot_product_attention over [batch, heads, L, D], in chunks of at most SDPA_MAX_BATCH along
+    the batch axis (one call when it fits, the usual case)."""
+    n = q.shape[0]
+    if n <= SDPA_MAX_BATCH:
+        return F.scaled_dot_product_attention(q, k, v)
+    return torch.cat([F.scaled_dot_product_attention(q[i:i + SDPA_MAX_BATCH], k[i:i + SDPA_MAX_BATCH],
+                                                     v[i:i + SDPA_MAX_BATCH]) for i in range(0, n, SDPA_MAX_BATCH)])
+
+
 class Attention(nn.Module):
     """Multi-head attention through scaled_dot_product_attention on 4-D (B, heads, L, D) tensors.
 
@@ -288,7 +303,7 @@ class Attention(nn.Module):
         context = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         q, k, v = (rearrange(t, "b l (h d) -> b h l d", h=self.heads) for t in (q, k, v))
-        out = rearrange(F.scaled_dot_product_attention(q, k, v), "b h l d -> b l (h d)").reshape(*shape[:-1], -1)
+        out = rearrange(attention(q, k, v), "b h l d -> b l (h d)").reshape(*shape[:-1], -1)
         return self.to_out[0](out) if residual is None else linear_into(residual, out, self.to_out[0])
 
     def _over_frames(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -298,7 +313,7 @@ class Attention(nn.Module):
         outs = []
         for i in range(b):                                   # strided (n, heads, f, d) views per clip
             qi, ki, vi = (t[i].view(f, n, self.heads, inner // self.heads).permute(1, 2, 0, 3) for t in (q, k, v))
-            outs.append(F.scaled_dot_product_attention(qi, ki, vi).permute(2, 0, 1, 3))  # [f, n, heads, d]
+            outs.append(attention(qi, ki, vi).permute(2, 0, 1, 3))  # [f, n, heads, d]; batch n = pixels
         out = torch.stack(outs).reshape(b, f, n, inner)
         return self.to_out[0](out) if residual is None else linear_into(residual, out, self.to_out[0])
 

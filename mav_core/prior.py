@@ -129,9 +129,10 @@ def sample_image_embed(prior: DiffusionPrior, schedule: NoiseSchedule | None, te
     if uncond is None:
         uncond = prior.null_conditioning(b)
     uncond = {k: v.to(param.device, param.dtype).expand_as(cond[k]) for k, v in uncond.items()}
-    model = CFGDenoiser(Denoiser(prior, schedule, prior.config.prediction).to(param.device), cond, uncond, cfg)
-    sigmas = sampling_sigmas(schedule, steps).to(param.device)
-    x = seeded_noise((b, prior.config.embed_dim), seed, device=param.device, dtype=torch.float32) * sigmas[0]
+    model = CFGDenoiser(Denoiser(prior, schedule, prior.config.prediction, dtype=param.dtype).to(param.device),
+                        cond, uncond, cfg)
+    sigmas = sampling_sigmas(schedule, steps)   # on the CPU: the sampler reads them without a device sync
+    x = seeded_noise((b, prior.config.embed_dim), seed, device=param.device, dtype=torch.float32) * float(sigmas[0])
     was_training = prior.training
     prior.eval()
     out = sample(sampler, model, x, sigmas, callback=callback, noise_sampler=NoiseSampler(seed))

@@ -17,7 +17,9 @@ from .checkpoints import LoadedModel
 from .diffusion import CFGDenoiser, Denoiser, NoiseSampler, sample, sampling_sigmas, seeded_noise
 from .frame_masks import extrapolation_mask, frame_guess, guess_condition, interpolation_mask, masked_condition
 from .accel import FrameWindows, autocast
+from .control import ControlledUNet
 from .memory import check_fits
+from .placement import model_device_dtype, to_model
 
 MAX_FRAMES = 1024
 
@@ -34,10 +36,6 @@ def video_to_frames(video: torch.Tensor) -> torch.Tensor:
     return ((video.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).flatten(0, 1).cpu()
 
 
-def _param(module):
-    return next(module.parameters())
-
-
 def check_positive_int(name: str, value, lo: int = 1, hi: int | None = None):
     if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
         raise ValueError(f"{name} must be an integer in [{lo}, {hi if hi is not None else 'inf'}], got {value!r}")
@@ -52,14 +50,20 @@ def check_number(name: str, value, lo: float, hi: float, lo_open: bool = False):
 
 MAX_SEED = 2 ** 64 - 1
 MAX_CFG = 100.0
-NAN_CHECK_EVERY_CUDA = 8   # steps between host syncs for the NaN check on CUDA (1 elsewhere: no sync cost)
+NAN_CHECK_EVERY_ACCELERATOR = 8   # steps between host syncs for the NaN check on GPUs (1 on the CPU: no sync cost)
+
+
+def default_nan_check_every(device) -> int:
+    return 1 if torch.device(device).type == "cpu" else NAN_CHECK_EVERY_ACCELERATOR
 
 
 class _FiniteWatch:
     """Callback wrapper: records after every step whether the model output (`denoised`) is finite, as a
-    device-side flag (no host sync), and checks the flags every `every` steps with one sync. A NaN/inf
-    stops sampling with a FloatingPointError naming the first bad step; on CUDA it may be noticed up to
-    every - 1 steps late (the trade-off against a sync per step). every=0: only the final sample is checked."""
+    device-side flag (no host sync), and reads the flags with one sync every `every` steps while at least
+    `every` steps remain; the last flags are read together with the final sample's check (`finish`), so a
+    run of n steps syncs at most ceil(n / every) times. A NaN/inf stops sampling with a FloatingPointError
+    naming the first bad step; on a GPU it may be noticed up to every - 1 steps late (the trade-off against
+    a sync per step). every=0: only the final sample is checked."""
 
     def __init__(self, what: str, total: int, every: int, callback=None):
         self.what, self.total, self.every, self.callback = what, total, every, callback
@@ -68,16 +72,25 @@ class _FiniteWatch:
     def __call__(self, info):
         if self.every:
             self.flags.append(torch.isfinite(info["denoised"]).all())
-            if len(self.flags) % self.every == 0:
-                self.check()
+            done = len(self.flags)
+            if done % self.every == 0 and self.total - done >= self.every:
+                self._raise_at_first_bad(torch.stack(self.flags).all())
         if self.callback is not None:
             self.callback(info)
 
-    def check(self):
-        if self.flags and not bool(torch.stack(self.flags).all()):
-            step = next(i for i, ok in enumerate(self.flags) if not bool(ok)) + 1
-            raise FloatingPointError(f"{self.what}: the model output became NaN/inf at step {step} of "
-                                     f"{self.total} (try float32, fewer steps or another checkpoint)")
+    def _raise_at_first_bad(self, all_ok: torch.Tensor):
+        if not bool(all_ok):   # the one host sync
+            bad = (~torch.stack(self.flags)).nonzero() if self.flags else ()
+            if len(bad):
+                step = int(bad[0, 0]) + 1
+                raise FloatingPointError(f"{self.what}: the model output became NaN/inf at step {step} of "
+                                         f"{self.total} (try float32, fewer steps or another checkpoint)")
+            raise FloatingPointError(f"{self.what}: sampling produced NaN/inf values in the final sample "
+                                     "(try float32 or fewer steps)")
+
+    def finish(self, out: torch.Tensor):
+        """Check the remaining flags and the final sample with one host sync."""
+        self._raise_at_first_bad(torch.stack(self.flags + [torch.isfinite(out).all()]).all())
 
 
 def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = None, *, seed: int = 0,
@@ -94,44 +107,44 @@ def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = Non
 
     init + denoise < 1: start from `init` noised to the matching level (vid2vid / variations).
     nan_check_every: steps between checks of the model output for NaN/inf (default 1 on CPU,
-    NAN_CHECK_EVERY_CUDA on CUDA; 0: only the final sample); see _FiniteWatch."""
+    NAN_CHECK_EVERY_ACCELERATOR elsewhere; 0: only the final sample); see _FiniteWatch.
+    Inputs may be on any device: they are moved to the model's once. Returns float32 on the model's device."""
     check_positive_int("steps", steps, 1, 1000)
     check_number("cfg", cfg, 0.0, MAX_CFG)
     check_number("denoise", denoise, 0.0, 1.0, lo_open=True)
     check_positive_int("seed", seed, 0, MAX_SEED)
     if model.schedule is None:
         raise ValueError(f"{model.path}: checkpoint has no noise schedule; it is not a diffusion model")
-    p = _param(model.module)
+    device, dtype = model_device_dtype(model.module)
+    # every input on the model's device once; conditioning in the model's dtype, the sampling state
+    # (x, sigmas, noise, init) in float32: half precision only inside the network (see Denoiser)
+    cond, uncond = to_model(cond, device, dtype), to_model(uncond, device, dtype)
     net = model.module
     if not temporal:
         net = _ImageMode(net)
     if cond.get("controls"):
-        from .control import ControlledUNet
         net = ControlledUNet(net, model.schedule.num_train_steps)
     if context_window is not None:
         if cond.get("controls"):
             raise ValueError("context_window cannot be combined with controls (their hint videos are not windowed)")
         net = FrameWindows(net, context_window, context_overlap)
-    den = Denoiser(net, model.schedule, model.prediction or "eps").to(p.device)
+    den = Denoiser(net, model.schedule, model.prediction or "eps", dtype=dtype).to(device)
     guided = CFGDenoiser(den, cond, uncond, cfg)
-    sigmas = sampling_sigmas(model.schedule, steps, denoise if init is not None else 1.0).to(p.device)
-    noise = seeded_noise(shape, seed, device=p.device, dtype=p.dtype, shared_frames=shared_noise)
-    x = noise * sigmas[0]
+    sigmas = sampling_sigmas(model.schedule, steps, denoise if init is not None else 1.0)  # stays on the CPU
+    noise = seeded_noise(shape, seed, device=device, dtype=torch.float32, shared_frames=shared_noise)
+    x = noise * float(sigmas[0])
     if init is not None:
         if tuple(init.shape) != tuple(shape):
             raise ValueError(f"init frames of shape {tuple(init.shape)} do not match the requested {tuple(shape)}")
-        x = init.to(p.device, p.dtype) + x
+        x = init.to(device, torch.float32) + x
     if nan_check_every is None:
-        nan_check_every = NAN_CHECK_EVERY_CUDA if p.device.type == "cuda" else 1
+        nan_check_every = default_nan_check_every(device)
     check_positive_int("nan_check_every", nan_check_every, 0)
     watch = _FiniteWatch(model.path, len(sigmas) - 1, nan_check_every, callback)
-    with autocast(precision, p.device):
+    with autocast(precision, device):
         out = sample(sampler, guided, x, sigmas, callback=watch,
                      noise_sampler=NoiseSampler(seed, shared_frames=shared_noise))
-    watch.check()
-    if not torch.isfinite(out).all():
-        raise FloatingPointError(f"{model.path}: sampling produced NaN/inf values in the final sample "
-                                 "(try float32 or fewer steps)")
+    watch.finish(out)
     return out
 
 
@@ -148,16 +161,17 @@ def estimate_unet(model: LoadedModel, shape, cond: dict, *, callback: Callable |
     Deterministic: no seed, no steps, no guidance. callback gets one call, as after one sampling step."""
     if model.schedule is None:
         raise ValueError(f"{model.path}: checkpoint has no noise schedule")
-    p = _param(model.module)
+    device, dtype = model_device_dtype(model.module)
+    cond = to_model(cond, device, dtype)
     net = model.module if context_window is None else FrameWindows(model.module, context_window, context_overlap)
-    den = Denoiser(net, model.schedule, model.prediction or "eps").to(p.device)
-    x = torch.zeros(shape, device=p.device, dtype=p.dtype)
-    with autocast(precision, p.device):
+    den = Denoiser(net, model.schedule, model.prediction or "eps", dtype=dtype).to(device)
+    x = torch.zeros(shape, device=device, dtype=torch.float32)
+    with autocast(precision, device):
         out = den.estimate_from_nothing(x, **cond)
     if not torch.isfinite(out).all():
         raise FloatingPointError(f"{model.path}: the one-pass estimate has NaN/inf values (try float32)")
     if callback is not None:
-        callback({"i": 0, "x": x, "sigma": torch.full((1,), den.sigma_max, device=p.device), "denoised": out})
+        callback({"i": 0, "x": x, "sigma": den.sigma_max, "denoised": out})
     return out
 
 
@@ -209,11 +223,16 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, fra
     check_number("cfg", cfg, 0.0, MAX_CFG)
     check_number("noise_share", noise_share, 0.0, 1.0)
     b = _batch(cond)
-    p = _param(decoder.module)
+    device, dtype = model_device_dtype(decoder.module)
     guided_batch = 2 * b if uncond is not None and cfg != 1.0 else b
     window_frames = frames if context_window is None else min(frames, context_window)
-    check_fits(f"{decoder.path}", cfgm, guided_batch, window_frames, height, width, p.device, p.dtype)
-    fps_t = torch.full((b,), float(fps), device=p.device)
+    check_fits(f"{decoder.path}", cfgm, guided_batch, window_frames, height, width, device, dtype)
+    # all inputs on the model's device once, before sampling: conditioning in the model's dtype, frames
+    # (init / known) in float32 like the sampling state
+    cond, uncond = to_model(cond, device, dtype), to_model(uncond, device, dtype)
+    controls = to_model(controls, device)   # hints keep their dtype: the control adapter's, not the UNet's
+    init, known, known_mask = (to_model(v, device, torch.float32) for v in (init, known, known_mask))
+    fps_t = torch.full((b,), float(fps), device=device)
     cond = {**cond, "fps": fps_t}
     uncond = None if uncond is None else {**uncond, "fps": fps_t}
     if controls:
@@ -223,12 +242,11 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, fra
     residual_scale = float(decoder.metadata.get("mav_interp_residual_scale", 0) or 0)
     guess = None
     if known is not None:
-        known = known.to(p.device, p.dtype)
         if residual_scale:   # residual ↑F: conditioned on the guess, diffusing (frames - guess) * scale
             extra = guess_condition(known, known_mask)
             guess = extra[:, :-1]
             if init is not None:
-                init = (init.to(p.device, p.dtype) - guess) * residual_scale
+                init = (init - guess) * residual_scale
         else:
             extra = masked_condition(known, known_mask)
         cond["extra"] = extra
@@ -347,14 +365,14 @@ def upscale_video(sr: LoadedModel, video: torch.Tensor, *, seed: int = 0, steps:
     b, c, f, h, w = video.shape
     if c != sr.config.extra_in_channels:
         raise ValueError(f"video has {c} channels; {sr.path} upscales {sr.config.extra_in_channels}-channel videos")
-    p = _param(sr.module)
-    check_fits(f"{sr.path}", sr.config, b, min(f, frame_chunk), 2 * h, 2 * w, p.device, p.dtype)
+    device, dtype = model_device_dtype(sr.module)
+    check_fits(f"{sr.path}", sr.config, b, min(f, frame_chunk), 2 * h, 2 * w, device, dtype)
     outs = []
     overlap = min(2, frame_chunk // 2) if temporal and f > frame_chunk else 0   # chunks always advance
     start = 0
     while start < f:
         end = min(f, start + frame_chunk)
-        lo = video[:, :, start:end].to(p.device, p.dtype)
+        lo = video[:, :, start:end].to(device, torch.float32)
         k = end - start
         up = F.interpolate(lo.transpose(1, 2).flatten(0, 1), scale_factor=2.0, mode="bilinear",
                            align_corners=False).reshape(b, k, c, 2 * h, 2 * w).transpose(1, 2)

@@ -20,3 +20,4 @@ for _name in STAGE_MODULES:
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
 
 host.register_model_folder()
+host.register_memory_provider()

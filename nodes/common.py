@@ -109,8 +109,13 @@ def to_preview(x0: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
+PREVIEW_EVERY_STEPS = 4   # a preview copies one frame to the host: a device sync, so not every step
+
+
 class StepProgress:
-    """The sampler callback: Cancel check, progress and a JPEG preview of x0 every step.
+    """The sampler callback: Cancel check and progress every step; a JPEG preview of x0 every
+    PREVIEW_EVERY_STEPS steps and at the last one, only when the host shows previews (its
+    --preview-method is not 'none'), so with previews off no step waits for the device.
 
     Stages that sample several windows/chunks restart their step count; the total grows by `steps`
     each time the count passes it."""
@@ -118,7 +123,7 @@ class StepProgress:
     def __init__(self, steps: int, preview: bool = True):
         self.steps = steps
         self.count = 0
-        self.preview = preview
+        self.preview = preview and host.previews_enabled()
         self.bar = host.ProgressBar(steps)
 
     def __call__(self, info: dict):
@@ -128,7 +133,8 @@ class StepProgress:
             self.bar.total += self.steps
         denoised = info.get("denoised")
         image = None
-        if self.preview and isinstance(denoised, torch.Tensor) and denoised.dim() >= 4:
+        due = self.count % PREVIEW_EVERY_STEPS == 0 or self.count % self.steps == 0
+        if self.preview and due and isinstance(denoised, torch.Tensor) and denoised.dim() >= 4:
             image = ("JPEG", to_preview(denoised), 512)
         self.bar.update_absolute(self.count, self.bar.total, image)
 

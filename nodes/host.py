@@ -1,8 +1,12 @@
-"""The only place that touches ComfyUI: progress, Cancel, devices and the model folder.
+"""The only place that touches ComfyUI's model side: progress, Cancel, devices, dtypes, memory, previews
+and the model folder.
 
-With ComfyUI present these call comfy.utils / comfy.model_management / folder_paths. Without it
-(unit tests, plain Python) small stand-ins keep the node code itself unchanged: progress goes
-nowhere, Cancel never fires, models run on the CPU and files are listed from `extra_model_dirs`.
+With ComfyUI present these call comfy.utils / comfy.model_management / comfy.model_patcher / folder_paths:
+models are loaded and offloaded by the host's model management (each behind a ModelPatcher, so the host
+counts them, evicts them for other models, and `/free` unloads them), the free-memory check asks the host,
+and the dtype of a diffusion model follows the host's UNet dtype for its device. Without it (unit tests,
+plain Python) small stand-ins keep the node code itself unchanged: progress goes nowhere, Cancel never
+fires, models run on the CPU in float32 and files are listed from `extra_model_dirs`.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..mav_core import family
+from ..mav_core import family, memory
 
 MODEL_FOLDER = "makeavideo"
 EXTENSIONS = {".safetensors"}
@@ -20,15 +24,27 @@ SHIPPED_DIR = family.WEIGHTS_DIR.parent   # mav_core/weights: lists the shipped 
 
 try:  # ComfyUI imports the pack with its own modules on sys.path
     import comfy.model_management as _mm
+    import comfy.model_patcher as _patcher
     import comfy.utils as _cu
     import folder_paths as _fp
+    from comfy.cli_args import LatentPreviewMethod as _PreviewMethod
+    from comfy.cli_args import args as _args
     HAS_COMFY = True
 except ImportError:
-    _mm = _cu = _fp = None
+    _mm = _patcher = _cu = _fp = _args = _PreviewMethod = None
     HAS_COMFY = False
+
+PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 extra_model_dirs: list[Path] = [SHIPPED_DIR]
 """Search folders when ComfyUI is absent (tests add theirs)."""
+
+
+def register_memory_provider():
+    """Let the core's memory check ask the host how much memory it can make free."""
+    if HAS_COMFY:
+        memory.set_free_memory_provider(free_memory)
 
 
 def register_model_folder():
@@ -82,11 +98,58 @@ def intermediate_device() -> torch.device:
     return _mm.intermediate_device() if HAS_COMFY else torch.device("cpu")
 
 
+def diffusion_dtype(precision: str = "auto") -> torch.dtype | None:
+    """The dtype to load a diffusion UNet in: the user's choice, else (auto) the host's UNet dtype for its
+    compute device (float16 / bfloat16 on GPUs that run them fast, float32 on the CPU; the host's
+    --fp32-unet / --fp16-unet / --bf16-unet flags apply); None without the host (the core's policy:
+    float32 on the CPU, a half-precision file's own dtype on CUDA)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: {precision!r} is not one of {PRECISIONS}")
+    if precision != "auto":
+        return DTYPES[precision]
+    if HAS_COMFY:
+        return _mm.unet_dtype(device=torch_device(), supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    return None
+
+
+def free_memory(device) -> int:
+    """Bytes the host can make free on `device` (its cached models' memory included)."""
+    return int(_mm.get_free_memory(device))
+
+
+class HostedModule(torch.nn.Module):
+    """What the host's ModelPatcher holds: one of our modules under a plain container, so the attributes
+    the host sets on its models (`device`, `model_loaded_weight_memory`, ...) never collide with ours."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.inner = module
+        self.device = next(module.parameters()).device
+
+
+def host_model(model):
+    """The host's ModelPatcher for a LoadedModel (made once, kept on the model so the host's weak
+    references stay alive as long as the node's output is cached)."""
+    patcher = getattr(model, "host_patcher", None)
+    if patcher is None:
+        patcher = _patcher.ModelPatcher(HostedModule(model.module), load_device=torch_device(),
+                                        offload_device=offload_device())
+        model.host_patcher = patcher
+    return patcher
+
+
 @contextmanager
-def models_on_device(*models):
-    """Move the given LoadedModels to the compute device for the run and back to the offload device after."""
-    device = torch_device()
+def models_on_device(*models, memory_required: int = 0):
+    """Put the given LoadedModels on the compute device for a run. In ComfyUI the host's model management
+    loads them (evicting other models to make room for them and `memory_required` bytes of activations) and
+    keeps them loaded until it needs the memory or is asked to free it; without the host they are moved
+    to the CPU stand-in device and back."""
     moved = [m for m in models if m is not None]
+    if HAS_COMFY:
+        _mm.load_models_gpu([host_model(m) for m in moved], memory_required=memory_required)
+        yield torch_device()
+        return
+    device = torch_device()
     for m in moved:
         m.module.to(device)
     try:
@@ -95,8 +158,13 @@ def models_on_device(*models):
         offload = offload_device()
         for m in moved:
             m.module.to(offload)
-        if HAS_COMFY:
-            _mm.soft_empty_cache()
+
+
+def previews_enabled() -> bool:
+    """Whether the host shows sampling previews (its --preview-method is not 'none'); always without it."""
+    if not HAS_COMFY:
+        return True
+    return _args.preview_method != _PreviewMethod.NoPreviews
 
 
 def check_interrupted():

@@ -23,10 +23,18 @@ def _stamp(names) -> str:
     return "|".join(stamps)
 
 
-def _load(name: str, input_name: str, stages):
+DIFFUSION_UNET_STAGES = ("decoder", "interpolator", "sr_video", "sr_frame")
+PRECISION = (host.PRECISIONS, {"default": "auto", "tooltip":
+             "dtype of the diffusion UNet(s): auto = the host's UNet dtype for its device (fp16/bf16 on GPUs, "
+             "fp32 on the CPU; ComfyUI's --fp32-unet / --fp16-unet / --bf16-unet apply), or force one. "
+             "Sampling state stays float32 either way."})
+
+
+def _load(name: str, input_name: str, stages, precision: str = "auto"):
     path = host.model_path(name, input_name)
+    dtype = host.diffusion_dtype(precision) if set(stages) <= set(DIFFUSION_UNET_STAGES) else None
     try:
-        return load_model(path, device=host.offload_device(), expect_stage=stages)
+        return load_model(path, device=host.offload_device(), dtype=dtype, expect_stage=stages)
     except ValueError as e:
         raise ValueError(f"{input_name}: {e}") from None
 
@@ -58,7 +66,7 @@ class _StageLoader:
             "tooltip": f"a {' / '.join(cls.STAGES)} checkpoint from models/{host.MODEL_FOLDER} or the shipped MAV-Tiny"})}}
 
     @classmethod
-    def IS_CHANGED(cls, ckpt_name):
+    def IS_CHANGED(cls, ckpt_name, **_other_inputs):
         """Reload when the file is replaced under the same name."""
         return _stamp([ckpt_name])
 
@@ -68,6 +76,17 @@ class _StageLoader:
 
     def load(self, ckpt_name):
         return (_load(ckpt_name, "ckpt_name", self.STAGES),)
+
+
+class _UNetLoader(_StageLoader):
+    """A loader of diffusion UNets: the stage loader plus the dtype to load them in."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {**super().INPUT_TYPES(), "optional": {"precision": PRECISION}}
+
+    def load(self, ckpt_name, precision="auto"):
+        return (_load(ckpt_name, "ckpt_name", self.STAGES, precision),)
 
 
 class TextEncoderLoader(_StageLoader):
@@ -84,21 +103,21 @@ class PriorLoader(_StageLoader):
     DESCRIPTION = "Loads the diffusion prior (text embedding -> image embedding)."
 
 
-class DecoderLoader(_StageLoader):
+class DecoderLoader(_UNetLoader):
     STAGES = ("decoder",)
     RETURN_TYPES = (DECODER,)
     RETURN_NAMES = ("decoder",)
     DESCRIPTION = "Loads the spatiotemporal decoder D^t used by the Sampler."
 
 
-class InterpolatorLoader(_StageLoader):
+class InterpolatorLoader(_UNetLoader):
     STAGES = ("interpolator",)
     RETURN_TYPES = (INTERPOLATOR,)
     RETURN_NAMES = ("interpolator",)
     DESCRIPTION = "Loads the masked frame interpolation/extrapolation network (up-F)."
 
 
-class UpscalerLoader(_StageLoader):
+class UpscalerLoader(_UNetLoader):
     STAGES = ("sr_video", "sr_frame")
     RETURN_TYPES = (UPSCALER,)
     RETURN_NAMES = ("upscaler",)
@@ -123,14 +142,15 @@ class BundleLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"folder": (bundle_folders(), {
-            "tooltip": "a folder of MAV-Tiny-layout stage files (mav-tiny = the shipped weights)"})}}
+            "tooltip": "a folder of MAV-Tiny-layout stage files (mav-tiny = the shipped weights)"})},
+                "optional": {"precision": PRECISION}}
 
     @classmethod
-    def IS_CHANGED(cls, folder):
+    def IS_CHANGED(cls, folder, **_other_inputs):
         prefix = "" if folder == TOP_LEVEL else f"{folder}/"
         return _stamp([prefix + name for name in family.STAGE_FILES.values()])
 
-    def load(self, folder):
+    def load(self, folder, precision="auto"):
         files = set(host.model_files())
         out = []
         for stage in ("text", "prior", "decoder", "interpolator", "sr_video", "sr_frame"):
@@ -141,7 +161,7 @@ class BundleLoader:
                                             f"(the {stage!r} stage is required)")
                 out.append(None)
                 continue
-            out.append(_load(name, "folder", (stage,)))
+            out.append(_load(name, "folder", (stage,), precision))
         return tuple(out)
 
 

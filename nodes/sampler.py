@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from einops import rearrange
 
+from ..mav_core.memory import activation_bytes
 from ..mav_core.stages import frames_to_video, generate_video
 from . import host
 from .control import control_models, core_controls
@@ -99,7 +100,10 @@ class Sampler:
             raise ValueError("context_window: sliding windows cannot be combined with ControlNet-style controls "
                              "(their hint videos are not windowed); set context_window to 0")
         progress = StepProgress(steps)
-        with host.models_on_device(model, *control_models(positive)):
+        guided = 2 if cfg != 1.0 else 1
+        need = activation_bytes(model.config, guided, min(frames, context_window or frames), height, width,
+                                next(model.module.parameters()).element_size())
+        with host.models_on_device(model, *control_models(positive), memory_required=need):
             video = generate_video(model, cond, uncond, frames=frames, height=height, width=width, fps=fps,
                                    seed=core_seed(seed), steps=steps, cfg=cfg, sampler=sampler_name,
                                    init=init, denoise=denoise, controls=controls or None, callback=progress,
