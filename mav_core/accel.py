@@ -52,6 +52,30 @@ def resolve_precision(precision: str, device) -> str:
     return precision
 
 
+DTYPE_NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def default_dtype(device) -> torch.dtype:
+    """The dtype diffusion UNets load in on `device` when the user does not choose: float32 on the CPU
+    (half precision is slow there unless AMX; bf16 autocast is the `precision` option), bfloat16 on CUDA
+    GPUs of compute capability >= 8, float16 on older CUDA GPUs and on MPS."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if fast_bf16_supported(device) else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def resolve_dtype(name: str, device) -> torch.dtype:
+    """'auto' | 'fp32' | 'fp16' | 'bf16' -> a torch dtype for `device`."""
+    if name == "auto":
+        return default_dtype(device)
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPE_NAMES)}, got {name!r}")
+    return DTYPE_NAMES[name]
+
+
 def autocast(precision: str, device):
     """A context running matmuls/convs in bf16 (norms and softmax stay float32 inside the kernels)
     when `precision` resolves to bf16; a no-op for fp32."""

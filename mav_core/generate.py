@@ -14,7 +14,10 @@ def add_generate_arguments(p):
     p.add_argument("prompt")
     p.add_argument("-o", "--output", default="out.mp4", help="mp4, webm, gif, webp, or a folder for PNG frames")
     p.add_argument("--weights", default=None, help="folder of stage checkpoints (default: the shipped MAV-Tiny)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                   help="dtype of the diffusion UNets: auto = float32 on the CPU, bf16 on CUDA GPUs of compute "
+                        "capability >= 8, fp16 on older ones and on MPS (sampling state stays float32)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quality", type=int, default=85, help="0-100: mp4/webm CRF from it, webp quality (100 = lossless)")
     p.add_argument("--interpolator", choices=INTERPOLATORS, default="diffusion",
@@ -32,7 +35,9 @@ def main_generate(args):
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    mav = MakeAVideo.load(args.weights, device=args.device, interpolator=args.interpolator)
+    from .accel import resolve_dtype
+    mav = MakeAVideo.load(args.weights, device=args.device, dtype=resolve_dtype(args.dtype, args.device),
+                          interpolator=args.interpolator)
     for path in mav.untrained():
         print(f"WARNING: {path} holds randomly initialised, UNTRAINED weights: the output is noise-like, "
               "not a trained model's video", file=sys.stderr)

@@ -109,8 +109,9 @@ def check_fits(what: str, config, batch: int, frames: int, height: int, width: i
         return need
     free = available_bytes(device) if available is None else available
     if free is not None and need > free:
+        source = "as the host reports" if available is None and _free_memory_provider is not None else "free"
         raise MemoryError(
             f"{what}: {batch} x {frames} frames at {height}x{width} needs at least {need / 2**30:.2f} GiB of "
-            f"activations on {torch.device(device)}, but only {free / 2**30:.2f} GiB is available; use fewer "
+            f"activations on {torch.device(device)}, but only {free / 2**30:.2f} GiB is available ({source}); use fewer "
             "frames, a smaller size or a smaller batch (MAV_SKIP_MEMORY_CHECK=1 skips this check)")
     return need

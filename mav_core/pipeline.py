@@ -79,7 +79,9 @@ class MakeAVideo:
     def load(cls, folder: str | Path | None = None, device="cpu", dtype=None,
              interpolator: str = "diffusion") -> "MakeAVideo":
         """interpolator: 'diffusion' (the paper's ↑F, interpolator.safetensors, optional) or 'regression'
-        (one-pass ↑F, interpolator_regression.safetensors, required once asked for)."""
+        (one-pass ↑F, interpolator_regression.safetensors, required once asked for).
+        dtype: the diffusion UNets' dtype (D^t, ↑F, SR; None: float32, or a half-precision file's own dtype
+        on CUDA); the text encoder and the prior stay float32 (small, and their outputs condition the rest)."""
         if interpolator not in INTERPOLATORS:
             raise ValueError(f"interpolator must be one of {INTERPOLATORS}, got {interpolator!r}")
         folder = Path(folder) if folder else family.WEIGHTS_DIR
@@ -92,7 +94,8 @@ class MakeAVideo:
                 if required:
                     raise FileNotFoundError(f"{path}: the {stage!r} checkpoint is missing from {folder}")
                 return None
-            return load_model(path, device=device, dtype=dtype, expect_stage=stage)
+            unet = stage in ("decoder", "interpolator", "sr_video", "sr_frame")
+            return load_model(path, device=device, dtype=dtype if unet else None, expect_stage=stage)
 
         interp = (get("interpolator", False) if interpolator == "diffusion"
                   else get("interpolator", True, family.REGRESSION_INTERPOLATOR_FILE))

@@ -10,6 +10,7 @@ fires, models run on the CPU in float32 and files are listed from `extra_model_d
 """
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,7 +120,8 @@ def free_memory(device) -> int:
 
 class HostedModule(torch.nn.Module):
     """What the host's ModelPatcher holds: one of our modules under a plain container, so the attributes
-    the host sets on its models (`device`, `model_loaded_weight_memory`, ...) never collide with ours."""
+    the host sets on its models (`device`, `model_loaded_weight_memory`, ...) never collide with ours.
+    `hosted` names the container after the module (the host logs "Requested to load MakeAVideoSpaceTimeUNet")."""
 
     def __init__(self, module: torch.nn.Module):
         super().__init__()
@@ -127,13 +129,18 @@ class HostedModule(torch.nn.Module):
         self.device = next(module.parameters()).device
 
 
+@functools.lru_cache(maxsize=None)
+def _hosted_class(name: str) -> type:
+    return type(f"MakeAVideo{name}", (HostedModule,), {})
+
+
 def host_model(model):
     """The host's ModelPatcher for a LoadedModel (made once, kept on the model so the host's weak
     references stay alive as long as the node's output is cached)."""
     patcher = getattr(model, "host_patcher", None)
     if patcher is None:
-        patcher = _patcher.ModelPatcher(HostedModule(model.module), load_device=torch_device(),
-                                        offload_device=offload_device())
+        hosted = _hosted_class(type(model.module).__name__)(model.module)
+        patcher = _patcher.ModelPatcher(hosted, load_device=torch_device(), offload_device=offload_device())
         model.host_patcher = patcher
     return patcher
 

@@ -1,6 +1,7 @@
 """Loaders: one per stage, and a bundle loader for a folder holding all MAV-Tiny stage files."""
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 
@@ -10,6 +11,7 @@ from . import host
 from .common import CATEGORY, DECODER, INTERPOLATOR, PRIOR, TEXT, UPSCALER
 
 TOP_LEVEL = "."
+log = logging.getLogger(__name__)
 
 
 def _stamp(names) -> str:
@@ -34,9 +36,12 @@ def _load(name: str, input_name: str, stages, precision: str = "auto"):
     path = host.model_path(name, input_name)
     dtype = host.diffusion_dtype(precision) if set(stages) <= set(DIFFUSION_UNET_STAGES) else None
     try:
-        return load_model(path, device=host.offload_device(), dtype=dtype, expect_stage=stages)
+        model = load_model(path, device=host.offload_device(), dtype=dtype, expect_stage=stages)
     except ValueError as e:
         raise ValueError(f"{input_name}: {e}") from None
+    log.info("MakeAVideo: loaded %s (%s) in %s, precision %s", name, model.stage,
+             str(next(model.module.parameters()).dtype).removeprefix("torch."), precision)
+    return model
 
 
 def checkpoint_problem(name, input_name: str, stages) -> str | None:

@@ -152,6 +152,7 @@ class ComfyServer:
             "--temp-directory", str(self.temp_dir),
             "--user-directory", str(self.work_dir / "user"),
             "--database-url", f"sqlite:///{self.work_dir / 'user' / 'comfyui.db'}",
+            "--preview-method", "auto",   # sampling previews on (the host's default is none: no previews)
             *self.extra_args,
         ]
         env = dict(os.environ)

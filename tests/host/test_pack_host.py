@@ -348,3 +348,42 @@ def test_sampler_sliding_windows_through_the_api(host):
     history = host.wait_history(host.queue_prompt(graph), timeout=120)
     assert history_status(history) == "error"
     assert "context_overlap" in history_events(history)["execution_error"]["exception_message"]
+
+
+def _log_after(host, mark: int) -> str:
+    return host.log_text()[mark:]
+
+
+def test_host_model_management_owns_our_models(host):
+    """Our models load through the host's model management (a ModelPatcher each): the host logs the load,
+    keeps them loaded between prompts, and /free unloads them, after which the next run loads them again.
+    The loaders follow the host's UNet dtype (float32 under --cpu) and the memory check asks the host."""
+    mark = len(host.log_text())
+    first = host.run_prompt(_sampler_graph(seed=21, prefix="mm/a"), timeout=120)
+    assert history_status(first) == "success", first.get("status")
+    log = _log_after(host, mark)
+    assert "Requested to load MakeAVideoSpaceTimeUNet" in log, log[-3000:]
+    assert "Requested to load MakeAVideoTextImageEncoder" in log
+    assert "mav-tiny/decoder.safetensors (decoder) in float32, precision auto" in log
+
+    mark = len(host.log_text())
+    again = host.run_prompt(_sampler_graph(seed=22, prefix="mm/b"), timeout=120)
+    assert history_status(again) == "success" and "5" not in _cached_nodes(again)
+    assert "Requested to load MakeAVideoSpaceTimeUNet" not in _log_after(host, mark), "the loaded decoder was not kept"
+
+    assert host.free(unload_models=True, free_memory=False) == 200
+    time.sleep(1.0)   # the host's prompt worker handles /free asynchronously
+    mark = len(host.log_text())
+    after = host.run_prompt(_sampler_graph(seed=23, prefix="mm/c"), timeout=120)
+    assert history_status(after) == "success"
+    assert "2" in _cached_nodes(after), "the loader ran again: /free should unload models, not drop them"
+    assert "Requested to load MakeAVideoSpaceTimeUNet" in _log_after(host, mark), "/free did not unload the decoder"
+
+
+def test_memory_check_asks_the_host(host):
+    api = _sampler_graph(seed=24, prefix="mm/huge")
+    api["5"]["inputs"].update(frames=1024, width=4096, height=4096)
+    history = host.run_prompt(api, timeout=120)
+    assert history_status(history) == "error"
+    message = json.dumps(history_events(history).get("execution_error", {}))
+    assert "GiB is available (as the host reports)" in message, message[:2000]
