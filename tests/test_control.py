@@ -96,3 +96,15 @@ def test_active_control_on_a_shared_latent_equals_the_repeated_batch(tiny_unet_c
     assert shared.shape == repeated.shape == (2, 3, 3, 16, 16)
     assert ((shared - repeated).norm() / repeated.norm()).item() < 1e-5
     assert not torch.allclose(shared, plain, atol=1e-4)          # the control did act
+
+
+def test_control_over_part_of_sampling_is_gated_on_the_device(tiny_unet_config):
+    """A control active for the first part of sampling only changes the output, but less than one active
+    throughout; the gate is computed from t on the device (no host sync per step)."""
+    dec = _decoder(tiny_unet_config)
+    a = _trained_adapter(tiny_unet_config)
+    hint = torch.rand(1, 1, 3, 16, 16)
+    base, full = _run(dec), _run(dec, [Control(a, hint)])
+    early = _run(dec, [Control(a, hint, start=0.0, end=0.5)])
+    assert (early - base).abs().max() > 1e-4
+    assert (early - full).abs().max() > 1e-4
