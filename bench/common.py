@@ -39,7 +39,7 @@ def add_common_args(parser, threads: int = 1):
     parser.add_argument("--out", default=None, help="JSON output path (default bench/results/<name>.json)")
 
 
-def machine_info(threads: int) -> dict:
+def machine_info(threads: int, device: str = "cpu") -> dict:
     flags = ""
     try:
         flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "")
@@ -54,7 +54,9 @@ def machine_info(threads: int) -> dict:
             "cores": os.cpu_count(), "threads": threads,
             "cpu_flags": [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
                           if f" {f}" in flags],
-            "loadavg": os.getloadavg(), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "loadavg": os.getloadavg(), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "device": device,
+            "gpu": torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None}
 
 
 def randomise(module: torch.nn.Module, seed: int) -> None:
@@ -107,17 +109,21 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def time_alternating(fns: dict, repeats: int, warmup: int = 1) -> dict:
+def time_alternating(fns: dict, repeats: int, warmup: int = 1, sync=None) -> dict:
     """Run each callable `warmup` times, then `repeats` rounds of A, B, C, ... (alternated so machine
-    drift hits all). Returns {name: [seconds, ...]}."""
+    drift hits all). Returns {name: [seconds, ...]}. sync: called before starting and stopping each
+    clock (torch.cuda.synchronize on a GPU, whose kernels run asynchronously)."""
+    sync = sync or (lambda: None)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times[k].append(time.perf_counter() - t0)
     return times
 

@@ -22,24 +22,26 @@ import torch
 from common import (CONFIGS, add_common_args, inputs, machine_info, model_pair, rel_l2, summary, table,
                     time_alternating, write_json)
 
-TOLERANCE = {"fp32": 1e-4, "bf16-weights": 2e-2, "bf16-autocast": 2e-2}
+TOLERANCE = {"fp32": 1e-4, "bf16-weights": 2e-2, "bf16-autocast": 2e-2, "fp16-weights": 5e-3}
 
 
 def _variant(ours, ref, x, ctx, variant):
     """(ours_fn, diffusers_fn) closures running one forward in `variant`."""
     if variant == "fp32":
         return ours, ref, x, ctx, contextlib.nullcontext
-    if variant == "bf16-weights":
-        return (copy.deepcopy(ours).to(torch.bfloat16), copy.deepcopy(ref).to(torch.bfloat16),
-                x.bfloat16(), ctx.bfloat16(), contextlib.nullcontext)
+    if variant in ("bf16-weights", "fp16-weights"):
+        dt = torch.bfloat16 if variant.startswith("bf16") else torch.float16
+        return (copy.deepcopy(ours).to(dt), copy.deepcopy(ref).to(dt), x.to(dt), ctx.to(dt), contextlib.nullcontext)
     if variant == "bf16-autocast":
-        return ours, ref, x, ctx, lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+        return ours, ref, x, ctx, lambda: torch.autocast(x.device.type, dtype=torch.bfloat16)
     raise ValueError(f"unknown variant {variant!r}")
 
 
 def run_config(name, variants, args):
     ours, ref = model_pair(name)
     x, t, ctx = inputs(name, batch=args.batch, frames=args.frames, size=args.size)
+    ours, ref, x, t, ctx = (v.to(args.device) for v in (ours, ref, x, t, ctx))
+    sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else None
     rows = []
     with torch.no_grad():
         reference = ref(x, t, encoder_hidden_states=ctx).sample
@@ -54,7 +56,7 @@ def run_config(name, variants, args):
                 err_ours = rel_l2(fns["ours"](), reference)
                 err_shared = rel_l2(fns["ours_shared"](), reference) if "ours_shared" in fns else None
                 err_diff = rel_l2(fns["diffusers"](), reference) if variant != "fp32" else 0.0
-                times = time_alternating(fns, args.repeats, args.warmup)
+                times = time_alternating(fns, args.repeats, args.warmup, sync)
             rows.append(_row(name, variant, times, err_ours, err_diff, compile_s=None, err_shared=err_shared))
             print(table([rows[-1]], COLUMNS), flush=True)
             if args.compile:
@@ -70,7 +72,7 @@ def run_config(name, variants, args):
                         if k == "ours":
                             err_ours_c = rel_l2(out, reference)
                     err_diff_c = rel_l2(cfns["diffusers"](), reference) if variant != "fp32" else 0.0
-                    times = time_alternating(cfns, args.repeats, args.warmup)
+                    times = time_alternating(cfns, args.repeats, args.warmup, sync)
                 rows.append(_row(name, variant + "+compile", times, err_ours_c, err_diff_c, compile_s))
                 print(table([rows[-1]], COLUMNS), flush=True)
     return rows
@@ -111,10 +113,12 @@ def main():
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=32, help="latent height = width")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA timings synchronise after each run)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    info = machine_info(args.threads)
+    info = machine_info(args.threads, args.device)
     print(f"torch {info['torch']}, {args.threads} thread(s), {info['cpu']}, flags {info['cpu_flags']}, "
+          f"device {args.device}{' (' + info['gpu'] + ')' if info['gpu'] else ''}, "
           f"input [{args.batch}, 4, {args.frames}, {args.size}, {args.size}], load {info['loadavg']}")
     rows = []
     for name in args.configs:
