@@ -30,8 +30,8 @@ def main():
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from mav_core import family
-    from mav_core.pipeline import ChainSettings, MakeAVideo
+    from mav_core.models import family
+    from mav_core.inference.pipeline import ChainSettings, MakeAVideo
 
     tmp = None
     folder = Path(args.weights) if args.weights else family.WEIGHTS_DIR

@@ -78,8 +78,8 @@ def model_pair(name: str, seed: int = 1):
     import diffusers
     from safetensors.torch import load_file
 
-    from mav_core import convert as C
-    from mav_core.unet import SpaceTimeUNet
+    from mav_core.io import convert as C
+    from mav_core.models.unet import SpaceTimeUNet
 
     torch.manual_seed(0)
     ref = diffusers.UNet3DConditionModel(**CONFIGS[name]).eval()

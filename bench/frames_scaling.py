@@ -37,9 +37,9 @@ def _status_kib(field: str) -> int:
 def run_point(stage: str, frames: int, threads: int, repeats: int) -> dict:
     import torch
 
-    from mav_core import family
-    from mav_core.accel import FrameWindows
-    from mav_core.unet import SpaceTimeUNet
+    from mav_core.models import family
+    from mav_core.inference.accel import FrameWindows
+    from mav_core.models.unet import SpaceTimeUNet
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

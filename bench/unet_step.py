@@ -1,5 +1,5 @@
 """UNet step time: ours (SpaceTimeUNet) vs diffusers' UNet3DConditionModel, same config and the same
-weights (ours loaded through mav_core.convert from diffusers' saved files), batch 2 (a CFG pair: the same
+weights (ours loaded through mav_core.io.convert from diffusers' saved files), batch 2 (a CFG pair: the same
 latent under two contexts, as a sampler calls it). `ours` takes the batch as diffusers does; `ours_shared`
 takes the pair as our sampler passes it (the latent once, both contexts: SpaceTimeUNet's shared latent).
 

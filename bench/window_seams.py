@@ -29,7 +29,7 @@ def _peak_rss_mib() -> float:
 
 def seam_transitions(frames: int, window: int, overlap: int) -> list[int]:
     """Transitions t -> t+1 that cross a window edge at any step (a window starts at t+1 or ends at t)."""
-    from mav_core.accel import FrameWindows
+    from mav_core.inference.accel import FrameWindows
     return FrameWindows(torch.nn.Identity(), window, overlap).edge_transitions(frames)
 
 
@@ -71,9 +71,9 @@ def main():
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from mav_core import family
-    from mav_core.pipeline import MakeAVideo
-    from mav_core.stages import generate_video
+    from mav_core.models import family
+    from mav_core.inference.pipeline import MakeAVideo
+    from mav_core.inference.stages import generate_video
     mav = MakeAVideo.load()
     seams = seam_transitions(args.frames, args.window, args.overlap)
     rows = []

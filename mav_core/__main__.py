@@ -4,6 +4,6 @@ import os
 # cores (measured: 108 s vs 12 s for the same D^t run); passive waiting costs nothing when idle.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .cli import main  # noqa: E402
+from .cli.main import main  # noqa: E402
 
 raise SystemExit(main())

@@ -141,5 +141,5 @@ class StepProgress:
 
 def frames_out(video: torch.Tensor) -> torch.Tensor:
     """Core video [B, 3, F, H, W] -> IMAGE [B*F, H, W, 3] on the host's intermediate device."""
-    from ..mav_core.stages import video_to_frames
+    from ..mav_core.inference.stages import video_to_frames
     return video_to_frames(video).to(host.intermediate_device())

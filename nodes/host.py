@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..mav_core import family, memory
+from ..mav_core.models import family
+from ..mav_core.inference import memory
 
 MODEL_FOLDER = "makeavideo"
 EXTENSIONS = {".safetensors"}

@@ -1,7 +1,7 @@
 """MakeAVideo Frame Interpolator (up-F): more frames between (interpolate) or after (extrapolate) the input."""
 from __future__ import annotations
 
-from ..mav_core.stages import frames_to_video, interpolate_video, is_regression
+from ..mav_core.inference.stages import frames_to_video, interpolate_video, is_regression
 from . import host
 from .common import (CATEGORY, INTERPOLATOR, SAMPLERS, SEED, StepProgress, conditioning_dict, core_seed,
                      frames_out, require_frames, require_model)

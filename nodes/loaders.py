@@ -5,8 +5,8 @@ import logging
 import os
 import posixpath
 
-from ..mav_core import family
-from ..mav_core.checkpoints import declared_stage, load_model
+from ..mav_core.models import family
+from ..mav_core.io.checkpoints import declared_stage, load_model
 from . import host
 from .common import CATEGORY, DECODER, INTERPOLATOR, PRIOR, TEXT, UPSCALER
 

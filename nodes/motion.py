@@ -5,9 +5,9 @@ import dataclasses
 
 import torch
 
-from ..mav_core.checkpoints import CheckpointError
-from ..mav_core.motion import apply_motion
-from ..mav_core.unet import is_temporal_key
+from ..mav_core.io.checkpoints import CheckpointError
+from ..mav_core.io.motion import apply_motion
+from ..mav_core.models.unet import is_temporal_key
 from . import host
 from .common import CATEGORY, DECODER, require_model
 from .loaders import _stamp

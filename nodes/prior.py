@@ -1,7 +1,7 @@
 """MakeAVideo Prior: adds an image embedding sampled from the text encoding to each CONDITIONING entry."""
 from __future__ import annotations
 
-from ..mav_core.stages import run_prior
+from ..mav_core.inference.stages import run_prior
 from . import host
 from .common import CATEGORY, IMAGE_EMBED_KEY, PRIOR, SEED, StepProgress, core_seed, require_model
 

@@ -2,7 +2,7 @@
 Sampler turns the schedule (key SCHEDULE_KEY) of its positive input into per-frame conditioning."""
 from __future__ import annotations
 
-from ..mav_core.schedule_frames import align_per_frame, frame_conditioning
+from ..mav_core.inference.prompt_travel import align_per_frame, frame_conditioning
 from .common import CATEGORY, conditioning_dict
 
 SCHEDULE_KEY = "mav_schedule"          # list of (start_frame, CONDITIONING, input name)

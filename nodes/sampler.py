@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from einops import rearrange
 
-from ..mav_core.memory import activation_bytes
-from ..mav_core.stages import frames_to_video, generate_video
+from ..mav_core.inference.memory import activation_bytes
+from ..mav_core.inference.stages import frames_to_video, generate_video
 from . import host
 from .control import control_models, core_controls
 from .prompt_schedule import scheduled_conditioning

@@ -2,7 +2,7 @@
 with the same noise for every frame. The checkpoint's stage picks the mode."""
 from __future__ import annotations
 
-from ..mav_core.stages import frames_to_video, upscale_video
+from ..mav_core.inference.stages import frames_to_video, upscale_video
 from . import host
 from .common import (CATEGORY, SAMPLERS, SEED, UPSCALER, StepProgress, core_seed, frames_out, require_frames,
                      require_model)

@@ -1,7 +1,7 @@
 """Video files in and out: Video Save / Video Preview (IMAGE -> file + UI preview), Load Video (file -> IMAGE),
 and, where the host has its VIDEO type, Frames To Video / Video To Frames.
 
-Files go through mav_core.video (atomic temp-then-rename writes, streaming frame-selecting reads).
+Files go through mav_core.io.video (atomic temp-then-rename writes, streaming frame-selecting reads).
 Paths follow the host's folder_paths rules (output/temp/input folders, `prefix_00001_.ext` counters,
 no escaping the output folder). Without ComfyUI the same rules run on `standin_dirs` (tests).
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..mav_core.memory import available_bytes
-from ..mav_core.video import WRITE_FORMATS, probe_video, read_video, write_video
+from ..mav_core.inference.memory import available_bytes
+from ..mav_core.io.video import WRITE_FORMATS, probe_video, read_video, write_video
 from . import host
 from .common import CATEGORY, require_frames
 

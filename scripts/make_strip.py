@@ -17,7 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mav_core.pipeline import MakeAVideo  # noqa: E402
+from mav_core.inference.pipeline import MakeAVideo  # noqa: E402
 
 PROMPTS = ["a large red triangle on a gray background",      # held out: red triangle
            "a small green circle on a black background",      # held out: green circle

@@ -17,8 +17,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mav_core import family  # noqa: E402
-from mav_core.checkpoints import atomic_save_file, load_state_dict  # noqa: E402
+from mav_core.models import family  # noqa: E402
+from mav_core.io.checkpoints import atomic_save_file, load_state_dict  # noqa: E402
 
 SOURCES = {"text": "text", "prior": "prior", "decoder": "decoder_video", "interpolator": "interpolator",
            "sr_video": "sr_video", "sr_frame": "sr_frame"}
@@ -45,7 +45,7 @@ def main() -> int:
             return 1
         sd, meta = load_state_dict(path)
         if stage == "decoder" and args.spatial_from:
-            from mav_core.unet import is_temporal_key
+            from mav_core.models.unet import is_temporal_key
             image_sd, _ = load_state_dict(Path(args.run) / f"{args.spatial_from}.safetensors")
             if image_sd.keys() != sd.keys():
                 print(f"{args.spatial_from} and {src} differ in keys", file=sys.stderr)

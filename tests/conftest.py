@@ -24,7 +24,7 @@ def pack():
 
 @pytest.fixture
 def tiny_unet_config():
-    from mav_core.unet import UNetConfig
+    from mav_core.models.unet import UNetConfig
     return UNetConfig(block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, True),
                       context_dim=24, norm_num_groups=8, attention_head_dim=16, image_embed_dim=12,
                       image_embed_tokens=2)

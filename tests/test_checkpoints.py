@@ -5,9 +5,9 @@ import struct
 import pytest
 import torch
 
-from mav_core.checkpoints import CheckpointError, load_model, read_header, save_model
+from mav_core.io.checkpoints import CheckpointError, load_model, read_header, save_model
 from mav_core.diffusion import NoiseSchedule
-from mav_core.unet import SpaceTimeUNet
+from mav_core.models.unet import SpaceTimeUNet
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_other_family_is_named(tmp_path):
 
 def test_config_mismatch_names_first_key(saved, tmp_path):
     model, path = saved
-    from mav_core.checkpoints import load_state_dict
+    from mav_core.io.checkpoints import load_state_dict
     sd, meta = load_state_dict(path)
     cfg = json.loads(meta["mav_config"])
     cfg["block_out_channels"] = [16, 48]

@@ -42,7 +42,7 @@ def test_generate_with_untrained_weights_warns_and_writes_video(untrained, tmp_p
             "--frames", "4", "--steps", "2", "--interp-steps", "1", "--sr-steps", "1", "--prior-steps", "2")
     assert r.returncode == 0, r.stderr
     assert "UNTRAINED" in r.stderr
-    from mav_core.video import read_video
+    from mav_core.io.video import read_video
     frames, fps = read_video(out)
     assert frames.shape == (7, 128, 128, 3)  # (4 - 1) * 2 + 1 frames, 32 -> 64 -> 128
     assert abs(fps - 8.0) < 0.5
@@ -52,7 +52,7 @@ def test_generate_with_the_regression_interpolator(untrained, tmp_path):
     """--interpolator regression: the one-pass ↑F file of the weights folder runs in the chain (the
     in-between frames are then deterministic); a folder without that file is a clear error."""
     import shutil
-    from mav_core import family
+    from mav_core.models import family
     args = ["a red circle on a blue background", "--frames", "3", "--steps", "2", "--sr-steps", "1",
             "--prior-steps", "2", "--upscale", "0", "--interpolator", "regression"]
     r = run("generate", *args, "-o", str(tmp_path / "a.webp"), "--weights", str(untrained))
@@ -66,7 +66,7 @@ def test_generate_with_the_regression_interpolator(untrained, tmp_path):
         r = run("generate", *args, "--interp-steps", steps, "-o", str(out), "--weights", str(folder),
                 "--quality", "100")
         assert r.returncode == 0, r.stderr
-        from mav_core.video import read_video
+        from mav_core.io.video import read_video
         frames, _ = read_video(out)
         assert frames.shape == (5, 32, 32, 3)
         outs.append(frames)

@@ -1,11 +1,11 @@
 """ControlNet-style conditioning mechanics (the trained adapter's IoU numbers come from `eval`)."""
 import torch
 
-from mav_core.checkpoints import LoadedModel
-from mav_core.control import Control, ControlAdapter, ControlConfig, canny_hint, mask_hint
+from mav_core.io.checkpoints import LoadedModel
+from mav_core.models.control import Control, ControlAdapter, ControlConfig, canny_hint, mask_hint
 from mav_core.diffusion import NoiseSchedule
-from mav_core.stages import generate_video
-from mav_core.unet import SpaceTimeUNet
+from mav_core.inference.stages import generate_video
+from mav_core.models.unet import SpaceTimeUNet
 
 
 def _decoder(cfg):
@@ -64,8 +64,8 @@ def test_hints():
 
 def test_upscale_small_frame_chunks_terminate_and_cover_all_frames():
     """Temporal SR in chunks of 1 or 2 frames must advance (overlap < chunk) and return every frame."""
-    from mav_core.stages import upscale_video
-    from mav_core import family
+    from mav_core.inference.stages import upscale_video
+    from mav_core.models import family
     torch.manual_seed(0)
     cfg = family.sr_config(True)
     cfg.block_out_channels, cfg.norm_num_groups = (8, 8), 8
@@ -79,7 +79,7 @@ def test_upscale_small_frame_chunks_terminate_and_cover_all_frames():
 def test_active_control_on_a_shared_latent_equals_the_repeated_batch(tiny_unet_config):
     """A CFG pair passed as one latent with two conditionings gets the same control residuals as the
     latent repeated: the controlled output matches the repeated batch."""
-    from mav_core.control import ControlledUNet
+    from mav_core.models.control import ControlledUNet
     dec = _decoder(tiny_unet_config)
     net = ControlledUNet(dec.module)
     assert net.accepts_shared_latent

@@ -9,10 +9,10 @@ import torch
 
 @pytest.fixture(scope="module")
 def models(pack, tmp_path_factory):
-    from mav_core.checkpoints import save_model
-    from mav_core.control import ControlAdapter, ControlConfig
+    from mav_core.io.checkpoints import save_model
+    from mav_core.models.control import ControlAdapter, ControlConfig
     from mav_core.diffusion import NoiseSchedule
-    from mav_core.unet import SpaceTimeUNet, UNetConfig
+    from mav_core.models.unet import SpaceTimeUNet, UNetConfig
     root = tmp_path_factory.mktemp("makeavideo_control_models")
     cfg = UNetConfig(block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, True),
                      context_dim=24, norm_num_groups=8, attention_head_dim=16, image_embed_dim=12,

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mav_core import convert as C
-from mav_core.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
+from mav_core.io import convert as C
+from mav_core.models.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
 
 
 SMALL_3D = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2, attention_head_dim=8,

@@ -96,8 +96,8 @@ def test_shipped_workflow_runs_with_every_model_on_the_device(on_device, name):
 
 def test_the_check_catches_a_tensor_left_on_the_cpu(on_device):
     """The simulated device fails like CUDA does: conditioning left on the CPU, fed straight to the UNet."""
-    from mav_core import family
-    from mav_core.checkpoints import load_model
+    from mav_core.models import family
+    from mav_core.io.checkpoints import load_model
     decoder = load_model(family.WEIGHTS_DIR / "decoder.safetensors")
     cfg = decoder.config
     with simulated_device():
@@ -110,8 +110,8 @@ def test_the_check_catches_a_tensor_left_on_the_cpu(on_device):
 
 def _modelscope_layout_file(tmp_path: Path) -> Path:
     """A small UNet3D in ModelScope T2V's published key layout and dtype (fp16 .pth)."""
-    from mav_core.convert import ours_to_modelscope
-    from mav_core.unet import SpaceTimeUNet, UNetConfig
+    from mav_core.io.convert import ours_to_modelscope
+    from mav_core.models.unet import SpaceTimeUNet, UNetConfig
     cfg = UNetConfig(in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
                      attention_levels=(True, False), attention_head_dim=64, context_dim=1024, norm_num_groups=32,
                      linear_projection=True, pseudo3d_convs=False, temporal_conv_blocks=True, transformer_in=True,

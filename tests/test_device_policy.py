@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mav_core import accel, family, layers, memory
-from mav_core.pipeline import MakeAVideo
+from mav_core.inference import accel, memory
+from mav_core.models import family, layers
+from mav_core.inference.pipeline import MakeAVideo
 
 
 def test_attention_is_chunked_along_its_batch_axis(monkeypatch):
@@ -55,9 +56,9 @@ def test_mps_estimate_counts_the_attention_score_matrix(decoder_config):
 
 @pytest.fixture(scope="module")
 def decoder_config():
-    from mav_core.checkpoints import read_header
+    from mav_core.io.checkpoints import read_header
     import json
-    from mav_core.unet import UNetConfig
+    from mav_core.models.unet import UNetConfig
     _, meta = read_header(family.WEIGHTS_DIR / "decoder.safetensors")
     return UNetConfig.from_dict(json.loads(meta["mav_config"]))
 

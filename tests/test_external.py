@@ -18,13 +18,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mav_core import convert as C
-from mav_core.checkpoints import CheckpointError, atomic_save_file, load_model, save_model
+from mav_core.io import convert as C
+from mav_core.io.checkpoints import CheckpointError, atomic_save_file, load_model, save_model
 from mav_core.diffusion.loss import diffusion_loss
-from mav_core.external import load_external
-from mav_core.motion import apply_motion, inflate_image_checkpoint, read_motion, save_motion
-from mav_core.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
-from mav_core.video import write_video
+from mav_core.io.external import load_external
+from mav_core.io.motion import apply_motion, inflate_image_checkpoint, read_motion, save_motion
+from mav_core.models.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
+from mav_core.io.video import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_3D = dict(block_out_channels=[32, 64], down_block_types=["CrossAttnDownBlock3D", "DownBlock3D"],

@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mav_core import convert  # noqa: E402
-from mav_core.checkpoints import DTYPE_SIZES, CheckpointError, load_model, load_state_dict, read_header  # noqa: E402
+from mav_core.io import convert  # noqa: E402
+from mav_core.io.checkpoints import DTYPE_SIZES, CheckpointError, load_model, load_state_dict, read_header  # noqa: E402
 
 settings.register_profile("ci", derandomize=True, database=None, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -54,9 +54,9 @@ def budget(n: int) -> int:
 
 
 def _tiny_file(path: Path) -> Path:
-    from mav_core.checkpoints import save_model
+    from mav_core.io.checkpoints import save_model
     from mav_core.diffusion import NoiseSchedule
-    from mav_core.unet import SpaceTimeUNet, UNetConfig
+    from mav_core.models.unet import SpaceTimeUNet, UNetConfig
     cfg = UNetConfig(block_out_channels=(8,), layers_per_block=1, attention_levels=(False,), mid_attention=False,
                      context_dim=8, norm_num_groups=4, attention_head_dim=8)
     torch.manual_seed(0)
@@ -172,7 +172,7 @@ def test_converters_on_random_key_sets(sd):
 @settings(max_examples=budget(80))
 @given(state)
 def test_load_external_on_random_state_dicts(sd):
-    from mav_core.external import load_external
+    from mav_core.io.external import load_external
     try:
         load_external(str(_WORK / "random.safetensors"), device="meta", state_dict=sd, metadata={})
     except CheckpointError as e:
@@ -221,7 +221,7 @@ CLEAN_VIDEO_ERRORS = (ValueError, OSError)        # av's errors subclass these; 
 
 
 def _video_seeds(folder: Path) -> dict:
-    from mav_core.video import write_video
+    from mav_core.io.video import write_video
     g = torch.Generator().manual_seed(0)
     frames = torch.rand(4, 16, 16, 3, generator=g)
     seeds = {}
@@ -235,7 +235,7 @@ def _video_seeds(folder: Path) -> dict:
 def run_video_fuzz(examples: int, hang_seconds: float = 20.0) -> int:
     """The child-process side: mutate each seed file and read it back; returns examples run."""
     import av  # noqa: F401 - decoders under test
-    from mav_core.video import read_metadata, read_video
+    from mav_core.io.video import read_metadata, read_video
     folder = Path(tempfile.mkdtemp(prefix="mav-fuzz-video-"))
     seeds = _video_seeds(folder)
     count = [0]

@@ -7,12 +7,12 @@ import re
 import pytest
 import torch
 
-from mav_core import memory
-from mav_core.checkpoints import LoadedModel
+from mav_core.inference import memory
+from mav_core.io.checkpoints import LoadedModel
 from mav_core.diffusion import NoiseSchedule
-from mav_core.pipeline import ChainSettings, MakeAVideo
-from mav_core.stages import MAX_FRAMES, generate_video, interpolate_video, sample_unet, upscale_video
-from mav_core.unet import SpaceTimeUNet, UNetConfig
+from mav_core.inference.pipeline import ChainSettings, MakeAVideo
+from mav_core.inference.stages import MAX_FRAMES, generate_video, interpolate_video, sample_unet, upscale_video
+from mav_core.models.unet import SpaceTimeUNet, UNetConfig
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,14 @@ STAGES = ("text", "prior", "decoder", "interpolator", "sr_video", "sr_frame")
 
 def make_untrained_weights(out: Path, seed: int = 0) -> Path:
     """Untrained MAV-Tiny-layout checkpoints (python -m mav_core init), text/prior written here if init could not."""
-    from mav_core import family
-    from mav_core.cli import main as cli_main
+    from mav_core.models import family
+    from mav_core.cli.main import main as cli_main
     assert cli_main(["init", "--out", str(out), "--seed", str(seed)]) == 0
     if not (out / family.STAGE_FILES["text"]).exists() or not (out / family.STAGE_FILES["prior"]).exists():
-        from mav_core.checkpoints import save_model
+        from mav_core.io.checkpoints import save_model
         from mav_core.data.world import heldout_prompts, train_prompts
-        from mav_core.prior import DiffusionPrior, PriorConfig
-        from mav_core.text import TextImageConfig, TextImageEncoder, split_words
+        from mav_core.models.prior import DiffusionPrior, PriorConfig
+        from mav_core.models.text import TextImageConfig, TextImageEncoder, split_words
         torch.manual_seed(seed)
         vocab = sorted({w for p in train_prompts() + heldout_prompts() for w in split_words(p)})
         save_model(out / family.STAGE_FILES["text"], TextImageEncoder(TextImageConfig(vocab=vocab)), "text",
@@ -345,9 +345,9 @@ def test_client_overrides_find_nodes_by_class_and_title():
 def test_latent_decoder_fills_latent_and_takes_host_conditioning(pack):
     """A latent-space decoder (UNet3D layout: 4 channels, 1024-wide context as ModelScope) gets the host's
     CLIPTextEncode-style CONDITIONING and returns LATENT frames [F, 4, H/8, W/8] for the host's VAE Decode."""
-    from mav_core.checkpoints import LoadedModel
+    from mav_core.io.checkpoints import LoadedModel
     from mav_core.diffusion.schedule import NoiseSchedule
-    from mav_core.unet import SpaceTimeUNet, UNetConfig
+    from mav_core.models.unet import SpaceTimeUNet, UNetConfig
     torch.manual_seed(0)
     cfg = UNetConfig(in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
                      attention_levels=(False, True), context_dim=1024, norm_num_groups=8, attention_head_dim=16)

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from mav_core.layers import TemporalConvBlock, TemporalTransformer, temporal_conv, temporal_group_norm
-from mav_core.unet import SpaceTimeUNet, UNetConfig
+from mav_core.models.layers import TemporalConvBlock, TemporalTransformer, temporal_conv, temporal_group_norm
+from mav_core.models.unet import SpaceTimeUNet, UNetConfig
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +92,7 @@ def test_shared_latent_equals_repeated_batch(image_embed_dim):
     """A CFG pair as one latent under two conditionings == the latent repeated in the batch."""
     model = _unet3d_model(image_embed_dim=image_embed_dim, extra=2)
     model.config.fps_conditioning = True
-    from mav_core.layers import TimestepEmbedding
+    from mav_core.models.layers import TimestepEmbedding
     model.fps_embedding = TimestepEmbedding(32, 128)
     _randomise(model.fps_embedding, 11)
     g = torch.Generator().manual_seed(8)
@@ -138,10 +138,10 @@ def test_cfg_denoiser_takes_the_shared_latent_path_with_the_same_result():
 
 
 def test_bf16_precision_option_tracks_fp32_and_validates():
-    from mav_core.accel import fast_bf16_supported, resolve_precision
-    from mav_core.checkpoints import LoadedModel
+    from mav_core.inference.accel import fast_bf16_supported, resolve_precision
+    from mav_core.io.checkpoints import LoadedModel
     from mav_core.diffusion.schedule import NoiseSchedule
-    from mav_core.stages import generate_video
+    from mav_core.inference.stages import generate_video
     cfg = UNetConfig(block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, True), context_dim=8,
                      norm_num_groups=8, attention_head_dim=16, image_embed_dim=0)
     model = SpaceTimeUNet(cfg).eval()
@@ -161,7 +161,7 @@ def test_bf16_precision_option_tracks_fp32_and_validates():
 def test_fused_residual_projections_equal_the_plain_path(monkeypatch, dtype, tol):
     """Inference accumulates attention and feed-forward outputs into the residual in place, the
     feed-forward chunk by chunk: same function as the differentiable path, in fp32 and bf16."""
-    from mav_core import layers
+    from mav_core.models import layers
     monkeypatch.setattr(layers, "FF_CHUNK_ELEMENTS", 300 * 128)   # 300 rows a chunk: 2 chunks and a remainder
     block = layers.TransformerBlock(32, 2, 16, 24).eval()
     _randomise(block, 6)
@@ -205,7 +205,7 @@ def test_temporal_group_norm_bf16_tracks_float32(clips):
 def test_spatial_transformer_fast_projections(linear_projection, size):
     """Inference projects channels to tokens and back with batched GEMMs (output NCHW-contiguous, the
     input untouched); same function as the training path, also for a shared latent (fork)."""
-    from mav_core.layers import SpatialTransformer
+    from mav_core.models.layers import SpatialTransformer
     st = SpatialTransformer(32, 2, 16, 24, groups=8, linear_projection=linear_projection).eval()
     _randomise(st, 10)
     g = torch.Generator().manual_seed(11)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mav_core import family
-from mav_core.checkpoints import LoadedModel, load_model
+from mav_core.models import family
+from mav_core.io.checkpoints import LoadedModel, load_model
 from mav_core.diffusion.schedule import NoiseSchedule
-from mav_core.pipeline import MakeAVideo
-from mav_core.stages import generate_video, interpolate_video, sample_unet, upscale_video
-from mav_core.unet import SpaceTimeUNet, UNetConfig
+from mav_core.inference.pipeline import MakeAVideo
+from mav_core.inference.stages import generate_video, interpolate_video, sample_unet, upscale_video
+from mav_core.models.unet import SpaceTimeUNet, UNetConfig
 
 BOUNDS = {torch.float16: (0.02, 0.002), torch.bfloat16: (0.15, 0.015)}   # (max, mean) |half - fp32|
 

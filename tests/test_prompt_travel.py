@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mav_core.checkpoints import LoadedModel
+from mav_core.io.checkpoints import LoadedModel
 from mav_core.diffusion import NoiseSchedule
-from mav_core.schedule_frames import align_per_frame, frame_conditioning, keyframe_weights
-from mav_core.stages import generate_video, sample_unet
-from mav_core.unet import SpaceTimeUNet
+from mav_core.inference.prompt_travel import align_per_frame, frame_conditioning, keyframe_weights
+from mav_core.inference.stages import generate_video, sample_unet
+from mav_core.models.unet import SpaceTimeUNet
 
 FRAMES = 10
 
@@ -77,7 +77,7 @@ def test_two_keyframes_first_frame_is_prompt_a_last_is_prompt_b(tiny_unet_config
 
 
 def test_prompt_schedule_node_drives_the_sampler(pack, tiny_unet_config, tmp_path):
-    from mav_core.checkpoints import save_model
+    from mav_core.io.checkpoints import save_model
     dec = _decoder(tiny_unet_config)
     save_model(tmp_path / "tiny" / "decoder.safetensors", dec.module, "decoder", dec.schedule, "v")
     pack.host.extra_model_dirs.insert(0, tmp_path)

@@ -3,7 +3,7 @@ acceptance 5): the recipe cannot rot silently. Runs the real stage code through 
 import pytest
 import torch
 
-from mav_core.cli import main
+from mav_core.cli.main import main
 
 STAGE_ARGS = {
     "decoder": ["--steps", "30", "--batch-size", "4", "--lr", "1e-3"],
@@ -31,7 +31,7 @@ def _history(out, stage):
 def _fixed_video_loss(model, enc, seed=0, masked=False, residual_scale=0.0):
     """Loss of a model on one fixed batch of clips, timesteps and noise: comparable across checkpoints.
     masked: ↑F inputs (every other frame known); residual_scale: residual ↑F (guess in, residual out)."""
-    from mav_core import family
+    from mav_core.models import family
     from mav_core.data.world import WorldClips
     gen = torch.Generator().manual_seed(seed)
     it = iter(WorldClips(num_frames=4, size=32, seed=123))
@@ -39,7 +39,7 @@ def _fixed_video_loss(model, enc, seed=0, masked=False, residual_scale=0.0):
     x0 = torch.stack(clips).permute(0, 2, 1, 3, 4)
     extra = None
     if masked:   # ↑F: every other frame known
-        from mav_core.frame_masks import guess_condition, interpolation_mask, masked_condition
+        from mav_core.inference.frame_masks import guess_condition, interpolation_mask, masked_condition
         mask = interpolation_mask(x0.shape[2], 2)
         extra = guess_condition(x0, mask) if residual_scale else masked_condition(x0, mask)
         if residual_scale:
@@ -66,9 +66,9 @@ def test_stage_loss_falls(run_dir, stage):
     if stage == "interpolator":
         # ↑F starts as D^t with zero-initialised extra inputs: on one fixed batch with known frames and
         # the recipe's residual objective, the trained interpolator must beat its starting point
-        from mav_core import family
-        from mav_core.checkpoints import load_model as load
-        from mav_core.unet import SpaceTimeUNet
+        from mav_core.models import family
+        from mav_core.io.checkpoints import load_model as load
+        from mav_core.models.unet import SpaceTimeUNet
         enc = load(run_dir / "text.safetensors").module
         trained = load(run_dir / "interpolator.safetensors")
         scale = float(trained.metadata["mav_interp_residual_scale"])
@@ -83,7 +83,7 @@ def test_stage_loss_falls(run_dir, stage):
     elif stage == "decoder_video":
         # only the identity-initialised temporal layers train: compare D inflated (the start) with D^t
         # on one fixed batch, since per-step losses at batch 1 are too noisy to show a small gain
-        from mav_core.checkpoints import load_model as load
+        from mav_core.io.checkpoints import load_model as load
         enc = load(run_dir / "text.safetensors").module
         before = _fixed_video_loss(load(run_dir / "decoder.safetensors").module, enc)
         after = _fixed_video_loss(load(run_dir / "decoder_video.safetensors").module, enc)
@@ -91,7 +91,7 @@ def test_stage_loss_falls(run_dir, stage):
     else:
         first, last = sum(h[:8]) / 8, sum(h[-8:]) / 8
         assert last < first, f"{stage}: loss did not fall ({first:.4f} -> {last:.4f})"
-    from mav_core.checkpoints import load_model
+    from mav_core.io.checkpoints import load_model
     name = "decoder" if stage in ("decoder", "decoder_video") else stage
     assert load_model(run_dir / f"{stage}.safetensors").stage == name
 
@@ -99,8 +99,8 @@ def test_stage_loss_falls(run_dir, stage):
 def test_decoder_video_can_start_from_trained_temporal_layers(run_dir, tmp_path):
     """--temporal-from: D's spatial weights with another D^t's temporal layers (not the identity)."""
     import shutil
-    from mav_core.checkpoints import load_state_dict
-    from mav_core.unet import is_temporal_key
+    from mav_core.io.checkpoints import load_state_dict
+    from mav_core.models.unet import is_temporal_key
     for stage in ("decoder", "decoder_video"):   # trained by test_stage_loss_falls when it ran first
         if not (run_dir / f"{stage}.safetensors").exists():
             assert main(["train", stage, "--out", str(run_dir), "--no-resume", "--clips", str(run_dir / "none"),
@@ -110,7 +110,7 @@ def test_decoder_video_can_start_from_trained_temporal_layers(run_dir, tmp_path)
     for name in ("text.safetensors", "decoder.safetensors"):
         shutil.copy(run_dir / name, out / name)
     # a source D^t whose temporal layers are not the identity and whose spatial weights are not D's
-    from mav_core.checkpoints import atomic_save_file
+    from mav_core.io.checkpoints import atomic_save_file
     sd, meta = load_state_dict(run_dir / "decoder_video.safetensors")
     gen = torch.Generator().manual_seed(0)
     sd = {k: (torch.randn(v.shape, generator=gen) if is_temporal_key(k) else v + 1.0) for k, v in sd.items()}
@@ -132,11 +132,11 @@ def _blend_and_estimate_psnr(model, enc, scale):
     """Mean per-frame PSNR (dB, -1..1 range) of the blend and of the regression estimate on a fixed batch
     of rendered clips with every other frame known."""
     import math
-    from mav_core import family
+    from mav_core.models import family
     from mav_core.data.world import WorldClips
     from mav_core.diffusion.denoiser import Denoiser
     from mav_core.diffusion.loss import psnr_loss
-    from mav_core.frame_masks import guess_condition, interpolation_mask
+    from mav_core.inference.frame_masks import guess_condition, interpolation_mask
     it = iter(WorldClips(num_frames=5, size=32, seed=321))
     clips, fps = zip(*[next(it) for _ in range(4)])
     video = torch.stack(clips).permute(0, 2, 1, 3, 4)
@@ -155,8 +155,8 @@ def _blend_and_estimate_psnr(model, enc, scale):
 def test_regression_interpolator_starts_at_the_blend_and_is_saved_as_one(run_dir, capsys):
     """--objective regression: the output layer starts at zero, so the untrained estimate is exactly the
     blend of the known frames; the file is marked as a regression ↑F; it needs a residual scale."""
-    from mav_core.checkpoints import load_model
-    from mav_core.stages import is_regression
+    from mav_core.io.checkpoints import load_model
+    from mav_core.inference.stages import is_regression
     for stage in ("decoder", "decoder_video"):
         if not (run_dir / f"{stage}.safetensors").exists():
             assert main(["train", stage, "--out", str(run_dir), "--no-resume", "--clips", str(run_dir / "none"),
@@ -176,11 +176,11 @@ def test_regression_interpolator_starts_at_the_blend_and_is_saved_as_one(run_dir
 def test_regression_loss_trains_the_correction():
     """Steps on the regression ↑F loss take a zero-correction network (the blend) past the blend on the
     clips it trains on: the gradient reaches the network through the one-pass estimate."""
-    from mav_core import family
+    from mav_core.models import family
     from mav_core.data.world import WorldClips
-    from mav_core.text import TextImageConfig, TextImageEncoder
+    from mav_core.models.text import TextImageConfig, TextImageEncoder
     from mav_core.train.decoder import _regression_loss
-    from mav_core.unet import SpaceTimeUNet
+    from mav_core.models.unet import SpaceTimeUNet
     torch.manual_seed(0)
     enc = TextImageEncoder(TextImageConfig(vocab=["a", "b"], width=16, embed_dim=8)).requires_grad_(False)
     cfg = family.interpolator_config(text_width=16, embed_dim=8)

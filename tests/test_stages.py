@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mav_core import family
-from mav_core.checkpoints import LoadedModel
+from mav_core.models import family
+from mav_core.io.checkpoints import LoadedModel
 from mav_core.diffusion import NoiseSchedule
-from mav_core.stages import interpolate_video, linear_blend_frames
-from mav_core.unet import SpaceTimeUNet
+from mav_core.inference.stages import interpolate_video, linear_blend_frames
+from mav_core.models.unet import SpaceTimeUNet
 
 
 def test_linear_blend_frames():
@@ -31,7 +31,7 @@ def test_interpolate_keeps_known_frames_and_counts():
 
 
 def test_frame_guess_blends_holds_and_follows_per_clip_masks():
-    from mav_core.frame_masks import extrapolation_mask, frame_guess, interpolation_mask
+    from mav_core.inference.frame_masks import extrapolation_mask, frame_guess, interpolation_mask
     ramp = torch.arange(7.0).reshape(1, 1, 7, 1, 1).expand(2, 3, 7, 2, 2)
     assert frame_guess(ramp, interpolation_mask(7, 3))[0, 0, :, 0, 0].tolist() == list(range(7))   # 0, 3, 6 known
     held = frame_guess(ramp, extrapolation_mask(7, 2))[0, 0, :, 0, 0].tolist()
@@ -47,7 +47,7 @@ def test_frame_guess_blends_holds_and_follows_per_clip_masks():
 def test_residual_interpolator_starts_from_the_guess():
     """A residual ↑F checkpoint (mav_interp_residual_scale) adds its sample to the blend guess: with a
     network predicting x0 = 0, the in-between frames are the blend; without the flag they are 0."""
-    from mav_core.frame_masks import frame_guess, interpolation_mask
+    from mav_core.inference.frame_masks import frame_guess, interpolation_mask
     torch.manual_seed(0)
     cfg = family.interpolator_config(text_width=16, embed_dim=8)
     cfg.block_out_channels, cfg.norm_num_groups, cfg.attention_head_dim = (8, 16, 16), 8, 8
@@ -82,7 +82,7 @@ def _regression_interpolator(zero_output: bool = True) -> LoadedModel:
 def test_regression_interpolator_is_one_deterministic_pass_per_window():
     """A regression ↑F (metadata mav_interp_estimate) fills the gaps with one network call per window,
     whatever the seed and step count; a zero correction gives exactly the blend of the known frames."""
-    from mav_core.stages import generate_video
+    from mav_core.inference.stages import generate_video
     model = _regression_interpolator()
     calls = []
     model.module.register_forward_hook(lambda *a: calls.append(1))
@@ -121,10 +121,10 @@ CLIPS = Path(__file__).resolve().parents[1] / "data" / "clips"
 def test_shipped_regression_interpolator_beats_optical_flow_on_held_out_clips():
     """The issue's ↑F criterion on the shipped file: every other frame of the 12 held-out real clips
     restored, PSNR above OpenCV DIS flow interpolation and not below linear blending (the README's table)."""
-    from mav_core.checkpoints import load_model
-    from mav_core.evaluate import eval_interpolation
-    from mav_core.pipeline import MakeAVideo
-    from mav_core.stages import is_regression
+    from mav_core.io.checkpoints import load_model
+    from mav_core.eval.evaluate import eval_interpolation
+    from mav_core.inference.pipeline import MakeAVideo
+    from mav_core.inference.stages import is_regression
     mav = MakeAVideo.load()
     mav.interpolator = load_model(family.WEIGHTS_DIR / family.REGRESSION_INTERPOLATOR_FILE, expect_stage="interpolator")
     assert is_regression(mav.interpolator)

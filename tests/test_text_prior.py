@@ -6,10 +6,10 @@ import argparse
 import pytest
 import torch
 
-from mav_core.checkpoints import load_model, save_model
+from mav_core.io.checkpoints import load_model, save_model
 from mav_core.diffusion import Denoiser
-from mav_core.prior import DiffusionPrior, PriorConfig, sample_image_embed
-from mav_core.text import BOS, EOS, PAD, UNK, TextImageConfig, TextImageEncoder, Tokenizer
+from mav_core.models.prior import DiffusionPrior, PriorConfig, sample_image_embed
+from mav_core.models.text import BOS, EOS, PAD, UNK, TextImageConfig, TextImageEncoder, Tokenizer
 from mav_core.train import prior as prior_stage
 from mav_core.train import text as text_stage
 

@@ -91,7 +91,7 @@ def test_psnr_loss_is_the_mean_per_frame_psnr_and_scores_only_masked_frames():
 
 
 def test_random_interpolation_mask_always_keeps_both_ends_and_leaves_gaps():
-    from mav_core.frame_masks import random_interpolation_mask
+    from mav_core.inference.frame_masks import random_interpolation_mask
     gen = torch.Generator().manual_seed(0)
     seen = set()
     for _ in range(200):

@@ -1,8 +1,8 @@
 """The identity-init contract and the temporal layers' behaviour (issue: core, acceptance 1-2)."""
 import torch
 
-from mav_core.layers import PseudoConv3d, TemporalConvBlock, TemporalTransformer
-from mav_core.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
+from mav_core.models.layers import PseudoConv3d, TemporalConvBlock, TemporalTransformer
+from mav_core.models.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
 
 
 def _inputs(cfg, b=2, f=8, size=16, seed=0):

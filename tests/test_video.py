@@ -1,4 +1,4 @@
-"""Round trips, metadata, frame selection, atomic writes and memory of mav_core.video."""
+"""Round trips, metadata, frame selection, atomic writes and memory of mav_core.io.video."""
 from __future__ import annotations
 
 import gc
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from mav_core import video
+from mav_core.io import video
 
 av_missing = pytest.mark.skipif(video.av is None, reason="PyAV (av) is not installed")
 cv2_anim_missing = pytest.mark.skipif(
@@ -375,7 +375,7 @@ def test_opencv_fallback_writes_and_reads_mp4_without_pyav(tmp_path, monkeypatch
 _PEAK_RSS_PROBE = r"""
 import gc, json, re, sys
 from pathlib import Path
-from mav_core import video
+from mav_core.io import video
 
 def kib(field):
     return int(re.search(field + r":\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))

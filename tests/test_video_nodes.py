@@ -1,6 +1,6 @@
 """Video Save / Video Preview / Load Video without ComfyUI: the node code is the real code; the host's
 output/temp/input folders are stand-in temp folders (nodes/video_io.py `standin_dirs`), saved files are
-read back with mav_core.video. The host's own folder_paths rules are checked in tests/host/test_browser.py."""
+read back with mav_core.io.video. The host's own folder_paths rules are checked in tests/host/test_browser.py."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mav_core.video import probe_video, read_metadata, read_video, write_video
+from mav_core.io.video import probe_video, read_metadata, read_video, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMATS = ("mp4", "webm", "gif", "webp", "png")

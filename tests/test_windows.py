@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from mav_core.accel import FrameWindows
-from mav_core.checkpoints import LoadedModel
+from mav_core.inference.accel import FrameWindows
+from mav_core.io.checkpoints import LoadedModel
 from mav_core.diffusion.schedule import NoiseSchedule
-from mav_core.stages import generate_video
-from mav_core.unet import SpaceTimeUNet, UNetConfig
+from mav_core.inference.stages import generate_video
+from mav_core.models.unet import SpaceTimeUNet, UNetConfig
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,9 @@ import itertools
 import numpy as np
 import torch
 
-from .. import family
-from ..checkpoints import load_model, save_model
-from ..control import ControlAdapter, ControlConfig, ControlledUNet, Control, make_hint
+from ..models import family
+from ..io.checkpoints import load_model, save_model
+from ..models.control import ControlAdapter, ControlConfig, ControlledUNet, Control, make_hint
 from ..data.world import CaptionedImages, relocate, render_scenes, to_tensor
 from ..diffusion.loss import diffusion_loss
 from .common import add_common_arguments, frozen_text_encoder, settings_from_args

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import torch
 
-from .. import family
-from ..checkpoints import load_model, save_model
+from ..models import family
+from ..io.checkpoints import load_model, save_model
 from ..data.world import CaptionedImages, WorldClips
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.loss import diffusion_loss, psnr_loss
-from ..frame_masks import guess_condition, masked_condition, random_interpolation_mask, random_training_mask
-from ..stages import is_regression
-from ..unet import SpaceTimeUNet
+from ..inference.frame_masks import (guess_condition, masked_condition, random_interpolation_mask, random_training_mask)
+from ..inference.stages import is_regression
+from ..models.unet import SpaceTimeUNet
 from .common import (add_common_arguments, batches, frozen_text_encoder, mixed, real_clip_stream,
                      settings_from_args)
 from .loop import dist_info, maybe_init_distributed, train_loop
@@ -118,8 +118,8 @@ def run(args, stage: str):
             model = SpaceTimeUNet(src.config)
             model.load_state_dict(src.state_dict())  # identity temporal layers: starts as D frame by frame
             if args.temporal_from:
-                from ..checkpoints import load_state_dict
-                from ..unet import is_temporal_key
+                from ..io.checkpoints import load_state_dict
+                from ..models.unet import is_temporal_key
                 temporal, _ = load_state_dict(args.temporal_from)
                 temporal = {k: v.float() for k, v in temporal.items() if is_temporal_key(k)}
                 missing = [k for k in model.state_dict() if is_temporal_key(k) and k not in temporal]

@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import load_model, save_model
+from ..io.checkpoints import load_model, save_model
 from ..data import world
 from ..diffusion import diffusion_loss
-from ..prior import DiffusionPrior, PriorConfig, sample_image_embed
-from ..text import TextImageEncoder
+from ..models.prior import DiffusionPrior, PriorConfig, sample_image_embed
+from ..models.text import TextImageEncoder
 from .loop import train_loop
 from .common import add_common_arguments, settings_from_args
 from .text import all_combo_prompts, heldout_scenes

@@ -15,11 +15,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import family
-from ..checkpoints import save_model
+from ..models import family
+from ..io.checkpoints import save_model
 from ..data.world import WorldClips
 from ..diffusion.loss import diffusion_loss
-from ..unet import SpaceTimeUNet
+from ..models.unet import SpaceTimeUNet
 from .common import add_common_arguments, batches, mixed, real_clip_stream, settings_from_args
 from .loop import maybe_init_distributed, train_loop
 

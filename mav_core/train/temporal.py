@@ -3,9 +3,9 @@
   python -m mav_core train temporal --base <image UNet file or diffusers folder> --videos <folder> \
       --frames 8 --size 64 --steps 2000 --out runs/motion
 
-The base is inflated (identity temporal layers, mav_core.motion), its image layers are frozen, and the
+The base is inflated (identity temporal layers, mav_core.io.motion), its image layers are frozen, and the
 diffusion loss on random video crops trains the temporal layers; the result is a small motion file
-(`<out>/<name>.safetensors`, temporal tensors only) that mav_core.motion.apply_motion loads onto any
+(`<out>/<name>.safetensors`, temporal tensors only) that mav_core.io.motion.apply_motion loads onto any
 image checkpoint with the same temporal shapes. Pixel bases (3 input channels) train on the videos;
 latent bases (SD, 4 channels) need the videos already encoded: `--latents <folder of .safetensors>`, each
 with a "latents" tensor [frames, channels, h, w] (VAE latents times its scaling factor), as no VAE is
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import CheckpointError, load_state_dict
+from ..io.checkpoints import CheckpointError, load_state_dict
 from ..diffusion.loss import diffusion_loss
-from ..motion import MotionModule, inflate_image_checkpoint, save_motion
-from ..video import read_video
+from ..io.motion import MotionModule, inflate_image_checkpoint, save_motion
+from ..io.video import read_video
 from .common import add_common_arguments, settings_from_args
 from .loop import maybe_init_distributed, train_loop
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import save_model
+from ..io.checkpoints import save_model
 from ..data import world
-from ..text import TextImageConfig, TextImageEncoder, split_words
+from ..models.text import TextImageConfig, TextImageEncoder, split_words
 from .common import add_common_arguments, settings_from_args
 from .loop import train_loop
 
@@ -225,7 +225,7 @@ def main(argv=None):
     t0 = time.time()
     path = run(args)
     print(f"wrote {path} in {time.time() - t0:.0f} s")
-    from ..checkpoints import load_model
+    from ..io.checkpoints import load_model
     model = load_model(path, expect_stage=STAGE).module
     print("held-out zero-shot:", zero_shot_accuracy(model))
     print("train-combo zero-shot:", zero_shot_accuracy(model, combos=world.TRAIN_COMBOS))

@@ -8,9 +8,9 @@ import warnings
 import pytest
 import torch
 
-from mav_core import memory
+from mav_core.inference import memory
 from mav_core.diffusion import seeded_noise
-from mav_core.layers import TemporalTransformer
+from mav_core.models.layers import TemporalTransformer
 from pack_import import import_pack
 
 CUDA = torch.device("cuda")

@@ -261,7 +261,7 @@ def moving_frames(count=FRAMES, height=HEIGHT, width=WIDTH) -> torch.Tensor:
 def cli_files(served, tmp_path_factory):
     """`python -m mav_core generate --quality 100` into every format with the shipped MAV-Tiny weights (same
     seed, so every format holds the same frames); the PNG folder is the source."""
-    from mav_core.cli import main as cli_main
+    from mav_core.cli.main import main as cli_main
     torch.set_num_threads(1)
     root, _ = served
     out = root / "cli"
@@ -274,7 +274,7 @@ def cli_files(served, tmp_path_factory):
                 "--multiplier", "1", "--upscale", "2", "--sr-steps", "2", "--seed", "3"]
         assert cli_main(args) == 0, f"CLI failed for {fmt}"
         files[fmt] = path
-    from mav_core.video import read_video
+    from mav_core.io.video import read_video
     source, _ = read_video(files["png"])
     # the high-quality setting: lossless PNG and webp, mp4/webm >= 35 dB; gif is palette-limited (no bound)
     return {"files": files, "source": source,
@@ -452,7 +452,7 @@ def host_with_models(comfy_server):
     if not (shipped / "decoder.safetensors").is_file():
         target = comfy_server.models_dir / "mav-tiny"
         if not (target / "decoder.safetensors").is_file():
-            from mav_core.cli import main as cli_main
+            from mav_core.cli.main import main as cli_main
             assert cli_main(["init", "--out", str(target)]) == 0
     return comfy_server
 
@@ -542,7 +542,7 @@ def test_front_end_shows_the_saved_video_in_the_node(host_with_models, browser, 
     else:
         assert state["frameCount"] == 8, state
     saved = next(server.output_dir.rglob(state["filename"]))
-    from mav_core.video import read_metadata
+    from mav_core.io.video import read_metadata
     workflow = json.loads(read_metadata(saved)["workflow"])   # the graph the page sent, embedded by the node
     assert any(node["type"] == "MakeAVideoVideoSave" for node in workflow["nodes"])
     prompt = json.loads(read_metadata(saved)["prompt"])
@@ -566,7 +566,7 @@ def test_front_end_shows_the_saved_video_in_the_node(host_with_models, browser, 
 
 
 def test_host_save_formats_and_metadata(host_with_models):
-    from mav_core.video import read_metadata, read_video
+    from mav_core.io.video import read_metadata, read_video
     server = host_with_models
     for fmt in ("webm", "gif", "webp", "png"):
         history = server.run_prompt(text_to_video_graph(f"host/{fmt}", fmt), timeout=240)
@@ -622,7 +622,7 @@ def test_host_video_type_round_trip(host_with_models):
     server = host_with_models
     if "MakeAVideoFramesToVideo" not in server.object_info():
         pytest.skip("this host has no VIDEO type")
-    from mav_core.video import read_video
+    from mav_core.io.video import read_video
     graph = text_to_video_graph("host/video_type", "webp")
     graph["7"] = {"class_type": "MakeAVideoFramesToVideo", "inputs": {"frames": ["5", 0], "fps": ["5", 1]}}
     graph["8"] = {"class_type": "MakeAVideoVideoToFrames", "inputs": {"video": ["7", 0]}}
@@ -641,7 +641,7 @@ def test_host_video_type_round_trip(host_with_models):
 
 def test_host_load_video_from_input_folder(host_with_models):
     """Load Video with the host's folder_paths: the file list, frame selection, and the upload flag."""
-    from mav_core.video import read_video, write_video
+    from mav_core.io.video import read_video, write_video
     server = host_with_models
     frames = torch.zeros(30, 8, 40, 3)   # frame i shows i in binary as five black/white blocks
     for i in range(30):
@@ -668,7 +668,7 @@ def test_host_load_video_from_input_folder(host_with_models):
 
 
 def test_host_preview_node_writes_to_temp(host_with_models):
-    from mav_core.video import read_video
+    from mav_core.io.video import read_video
     server = host_with_models
     graph = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 24, "batch_size": 5, "color": 0x3366CC}},

@@ -121,8 +121,8 @@ def _randomise(module, seed: int, only=None) -> None:
 def tiny_unet3d(context_dim: int, seed: int):
     """(UNetConfig, our-layout state dict) of a random tiny UNet3D (ModelScope / Zeroscope structure)."""
     import torch
-    from mav_core import convert as C
-    from mav_core.unet import SpaceTimeUNet
+    from mav_core.io import convert as C
+    from mav_core.models.unet import SpaceTimeUNet
     cfg = C.config_from_diffusers({"_class_name": "UNet3DConditionModel", **TINY_UNET3D,
                                    "cross_attention_dim": context_dim})
     torch.manual_seed(seed)
@@ -134,10 +134,10 @@ def tiny_unet3d(context_dim: int, seed: int):
 def write_models(root) -> None:
     """Every file the workflows here load, under root/models/{text_encoders,vae,makeavideo}."""
     import torch
-    from mav_core import convert as C
-    from mav_core.checkpoints import atomic_save_file, load_model
-    from mav_core.motion import save_motion
-    from mav_core.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
+    from mav_core.io import convert as C
+    from mav_core.io.checkpoints import atomic_save_file, load_model
+    from mav_core.io.motion import save_motion
+    from mav_core.models.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
     models = root / "models"
     atomic_save_file(clip_l_state_dict(), models / "text_encoders" / CLIP_FILE)
     atomic_save_file(taesd_state_dict(), models / "vae" / VAE_FILE)
@@ -226,7 +226,7 @@ def node_id(api: dict, class_type: str) -> str:
 
 def run_to_video(server, api: dict, timeout: float = 300.0):
     """(history, frames [F, H, W, 3] float 0..1, fps) of a graph ending in one SaveVideo."""
-    from mav_core.video import read_video
+    from mav_core.io.video import read_video
     history = server.run_prompt(api, timeout=timeout)
     assert history_status(history) == "success", (history.get("status"), server.log_tail(40))
     files = server.output_files(history)

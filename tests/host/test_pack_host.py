@@ -59,7 +59,7 @@ def upload(server, path: Path) -> str:
 def host(comfy_server, tmp_path_factory):
     """The server with untrained weights as models/makeavideo/{mav-tiny,alt} and the workflows' input files."""
     import torch
-    from mav_core.video import write_video
+    from mav_core.io.video import write_video
     made = tmp_path_factory.mktemp("untrained")
     shutil.copytree(make_untrained_weights(made / "a", seed=0), comfy_server.models_dir / "mav-tiny", dirs_exist_ok=True)
     shutil.copytree(make_untrained_weights(made / "b", seed=1), comfy_server.models_dir / "alt", dirs_exist_ok=True)
@@ -142,7 +142,7 @@ def test_api_workflow_runs_to_a_video(host, api_path):
     assert files and all(f.suffix in (".mp4", ".webp") for f in files), files
     assert previews, "no preview images during sampling"
     if api_path.stem == "text_to_video_api":
-        from mav_core.video import read_video
+        from mav_core.io.video import read_video
         frames, fps = read_video(files[0])
         # 4 frames -> interpolated x2 -> 7; 32 -> SR^t_l 64 -> SR_h 128
         assert tuple(frames.shape) == (7, 4 * SIZE, 4 * SIZE, 3)
@@ -245,7 +245,7 @@ def test_graph_mixing_host_nodes(host):
     assert history_status(history) == "success", history.get("status")
     files = {f.suffix: f for f in host.output_files(history)}
     assert set(files) == {".mp4", ".webp"}
-    from mav_core.video import read_video
+    from mav_core.io.video import read_video
     frames, fps = read_video(files[".mp4"])
     assert tuple(frames.shape) == (4, 40, 48, 3) and fps == pytest.approx(6.0, rel=1e-3)
 
@@ -264,7 +264,7 @@ def test_client_queues_with_overrides_and_downloads(host, tmp_path):
     assert run.returncode == 0, run.stderr
     files = [Path(line) for line in run.stdout.split()]
     assert len(files) == 1 and files[0].parent == out and files[0].suffix == ".mp4"
-    from mav_core.video import read_video
+    from mav_core.io.video import read_video
     frames, _ = read_video(files[0])
     assert frames.shape[0] == 5                      # 3 frames -> interpolated x2 -> 5
     assert "step 1/1" in run.stderr                  # progress followed over the websocket

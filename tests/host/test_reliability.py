@@ -194,7 +194,7 @@ def check_refusal(case: Invalid, status: int, body: Any) -> str:
 # -- helpers --------------------------------------------------------------------------------------
 
 def frames_digest(path: Path) -> str:
-    from mav_core.video import read_video
+    from mav_core.io.video import read_video
     frames, fps = read_video(path)
     assert tuple(frames.shape) == (2 * FRAMES - 1, SIZE, SIZE, 3), (path, tuple(frames.shape))
     return hashlib.sha256(frames.numpy().tobytes()).hexdigest()

@@ -3,7 +3,7 @@
     python tests/hostile/make_corpus.py OUT_DIR      # writes the files, prints one line per case
 
 tests/test_hostile.py builds the corpus into a temp folder at test time (nothing binary lives in git).
-Every case is loaded with mav_core.checkpoints.load_model (or, for motion files, apply_motion) and must
+Every case is loaded with mav_core.io.checkpoints.load_model (or, for motion files, apply_motion) and must
 fail with a CheckpointError whose message names the file and matches `expect` (a regex), without side
 effects: pickle payloads would create `marker` if they ever ran.
 """
@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mav_core.checkpoints import save_model  # noqa: E402
+from mav_core.io.checkpoints import save_model  # noqa: E402
 from mav_core.diffusion import NoiseSchedule  # noqa: E402
-from mav_core.motion import save_motion  # noqa: E402
-from mav_core.unet import SpaceTimeUNet, UNetConfig  # noqa: E402
+from mav_core.io.motion import save_motion  # noqa: E402
+from mav_core.models.unet import SpaceTimeUNet, UNetConfig  # noqa: E402
 
 TINY = UNetConfig(block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, True),
                   context_dim=24, norm_num_groups=8, attention_head_dim=16, image_embed_dim=12,
@@ -325,7 +325,7 @@ def build(out: str | os.PathLike) -> list[Case]:
     (folder / "config.json").write_text("{not json")
     cases.append(Case("diffusers_bad_json", out / "diffusers_bad_json", r"not a readable JSON config",
                       "config.json is not JSON"))
-    from mav_core import convert
+    from mav_core.io import convert
     cfg3d = convert.config_from_diffusers({"_class_name": "UNet3DConditionModel", "block_out_channels": [32, 64],
                                            "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
                                            "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"],

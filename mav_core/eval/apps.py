@@ -17,14 +17,14 @@ import dataclasses
 import numpy as np
 import torch
 
-from . import family
+from ..models import family
 from .evaluate import _to_uint8, psnr
-from .pipeline import MakeAVideo
-from .stages import frames_to_video, generate_video, interpolate_video, video_to_frames
+from ..inference.pipeline import MakeAVideo
+from ..inference.stages import frames_to_video, generate_video, interpolate_video, video_to_frames
 
 
 def _render(scenes):
-    from .data.world import render_scenes
+    from ..data.world import render_scenes
     return render_scenes(scenes, family.BASE_SIZE)
 
 
@@ -33,12 +33,12 @@ def _video(frames_u8: np.ndarray) -> torch.Tensor:
 
 
 def _centroid(frame):
-    from .data.detect import detect
+    from ..data.detect import detect
     return detect(frame).centroid
 
 
 def _mask(frame):
-    from .data.detect import detect
+    from ..data.detect import detect
     return detect(frame).mask
 
 
@@ -49,7 +49,7 @@ def _null_cond(mav, b=1):
 
 @torch.no_grad()
 def eval_animation(mav: MakeAVideo, n: int = 8, seed: int = 0, frames: int = 16) -> dict:
-    from .data.world import heldout_prompts, parse_caption, random_scene
+    from ..data.world import heldout_prompts, parse_caption, random_scene
     rng = np.random.default_rng(seed + 500)
     firsts, moves = [], []
     for i in range(n):
@@ -70,7 +70,7 @@ def eval_animation(mav: MakeAVideo, n: int = 8, seed: int = 0, frames: int = 16)
 
 @torch.no_grad()
 def eval_two_image(mav: MakeAVideo, n: int = 8, seed: int = 0, frames: int = 16) -> dict:
-    from .data.world import random_scene
+    from ..data.world import random_scene
     rng = np.random.default_rng(seed + 900)
     end_psnr, off_path, monotone = [], [], []
     for i in range(n):
@@ -101,7 +101,7 @@ def eval_two_image(mav: MakeAVideo, n: int = 8, seed: int = 0, frames: int = 16)
 
 @torch.no_grad()
 def eval_variations(mav: MakeAVideo, n: int = 6, seed: int = 0, frames: int = 16) -> dict:
-    from .data.world import caption, motion_scenes, sample_motion
+    from ..data.world import caption, motion_scenes, sample_motion
     rng = np.random.default_rng(seed + 1300)
     res = {0.3: [], 0.8: []}
     for i in range(n):
@@ -119,9 +119,9 @@ def eval_variations(mav: MakeAVideo, n: int = 6, seed: int = 0, frames: int = 16
 
 @torch.no_grad()
 def eval_control(mav: MakeAVideo, adapter_path, n: int = 10, seed: int = 0, frames: int = 8) -> dict | None:
-    from .checkpoints import load_model
-    from .control import Control, make_hint
-    from .data.world import caption, motion_scenes, sample_motion
+    from ..io.checkpoints import load_model
+    from ..models.control import Control, make_hint
+    from ..data.world import caption, motion_scenes, sample_motion
     adapter = load_model(adapter_path, expect_stage="control").module
     rng = np.random.default_rng(seed + 1700)   # held out: the adapter trained on stills, never these clips
     ious = {"with_control": [], "without_control": []}

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 
 def add_generate_arguments(p):
-    from .pipeline import INTERPOLATORS, ChainSettings
+    from ..inference.pipeline import INTERPOLATORS, ChainSettings
     p.add_argument("prompt")
     p.add_argument("-o", "--output", default="out.mp4", help="mp4, webm, gif, webp, or a folder for PNG frames")
     p.add_argument("--weights", default=None, help="folder of stage checkpoints (default: the shipped MAV-Tiny)")
@@ -30,12 +30,12 @@ def add_generate_arguments(p):
 
 
 def main_generate(args):
-    from .pipeline import ChainSettings, MakeAVideo
-    from .video import write_video
+    from ..inference.pipeline import ChainSettings, MakeAVideo
+    from ..io.video import write_video
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    from .accel import resolve_dtype
+    from ..inference.accel import resolve_dtype
     mav = MakeAVideo.load(args.weights, device=args.device, dtype=resolve_dtype(args.dtype, args.device),
                           interpolator=args.interpolator)
     for path in mav.untrained():

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from . import family
-from .checkpoints import LoadedModel, load_model
+from ..models import family
+from ..io.checkpoints import LoadedModel, load_model
 from .stages import (encode_prompt, generate_video, interpolate_video, is_regression, run_prior, upscale_video,
                      video_to_frames)
 
@@ -39,7 +39,7 @@ class ChainSettings:
 
     def validate(self) -> "ChainSettings":
         """Raise a ValueError naming the first setting out of range (before any model runs)."""
-        from .diffusion.samplers import SAMPLERS
+        from ..diffusion.samplers import SAMPLERS
         from .stages import MAX_CFG, MAX_FRAMES, MAX_SEED, check_number, check_positive_int
         check_positive_int("frames", self.frames, 1, MAX_FRAMES)
         check_number("fps", self.fps, 0.0, 240.0, lo_open=True)

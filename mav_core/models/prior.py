@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .diffusion import CFGDenoiser, Denoiser, NoiseSampler, NoiseSchedule, sample, sampling_sigmas, seeded_noise
+from ..diffusion import CFGDenoiser, Denoiser, NoiseSampler, NoiseSchedule, sample, sampling_sigmas, seeded_noise
 from .text import Block
 
 

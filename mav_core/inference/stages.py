@@ -13,11 +13,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import LoadedModel
-from .diffusion import CFGDenoiser, Denoiser, NoiseSampler, sample, sampling_sigmas, seeded_noise
+from ..io.checkpoints import LoadedModel
+from ..diffusion import CFGDenoiser, Denoiser, NoiseSampler, sample, sampling_sigmas, seeded_noise
 from .frame_masks import extrapolation_mask, frame_guess, guess_condition, interpolation_mask, masked_condition
 from .accel import FrameWindows, autocast
-from .control import ControlledUNet
+from ..models.control import ControlledUNet
 from .memory import check_fits
 from .placement import model_device_dtype, to_model
 
@@ -191,7 +191,7 @@ def encode_prompt(text_model: LoadedModel, prompts: list[str]) -> tuple[torch.Te
 
 def run_prior(prior: LoadedModel, tokens: torch.Tensor, pooled: torch.Tensor, *, seed: int = 0, steps: int = 20,
               cfg: float = 1.0, uncond: dict | None = None, callback=None) -> torch.Tensor:
-    from .prior import sample_image_embed
+    from ..models.prior import sample_image_embed
     return sample_image_embed(prior.module, prior.schedule, tokens, pooled, steps=steps, cfg=cfg, seed=seed,
                               callback=callback, uncond=uncond)
 
@@ -210,7 +210,7 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, *, fra
     context_window / context_overlap / precision: see sample_unet (sliding windows for long videos).
 
     known + known_mask (interpolator checkpoints only): frames to keep, as in ↑F.
-    controls: mav_core.control.Control list (hint videos + adapters), added to both guidance halves."""
+    controls: mav_core.models.control.Control list (hint videos + adapters), added to both guidance halves."""
     check_positive_int("frames", frames, 1, MAX_FRAMES)
     cfgm = decoder.config
     down = 2 ** (len(cfgm.block_out_channels) - 1)

@@ -23,7 +23,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from .unet import SpaceTimeUNet, UNetConfig, is_temporal_key
+from ..models.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
 
 FAMILIES = ("mav", "unet3d-diffusers", "unet3d-modelscope", "sd-unet2d-diffusers", "sd-unet2d-ldm", "unknown")
 LDM_UNET_PREFIX = "model.diffusion_model."

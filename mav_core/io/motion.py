@@ -20,8 +20,8 @@ from torch import nn
 from . import convert
 from .checkpoints import (CheckpointError, LoadedModel, build_skeleton, check_state_dict, load_state_dict,
                           parse_schedule, save_model)
-from .diffusion.schedule import NoiseSchedule
-from .unet import SpaceTimeUNet, UNetConfig, is_temporal_key
+from ..diffusion.schedule import NoiseSchedule
+from ..models.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
 
 SD_SCHEDULE = NoiseSchedule("scaled_linear", beta_start=0.00085, beta_end=0.012)
 SD_PREDICTION = "eps"

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import family
-from .checkpoints import LoadedModel, load_model
-from .pipeline import MakeAVideo
-from .stages import generate_video, interpolate_video, video_to_frames
+from ..models import family
+from ..io.checkpoints import LoadedModel, load_model
+from ..inference.pipeline import MakeAVideo
+from ..inference.stages import generate_video, interpolate_video, video_to_frames
 
 MOVE_THRESHOLD = 0.25
 
@@ -37,7 +37,7 @@ def _to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 def score_video(frames: np.ndarray, colour: str, shape: str) -> dict:
     """frames uint8 [F, H, W, 3] -> per-video metrics."""
-    from .data.detect import detect
+    from ..data.detect import detect
     dets = [detect(f) for f in frames]
     labels = [(d.colour, d.shape) for d in dets]
     major_colour = Counter(c for c, _ in labels).most_common(1)[0][0]
@@ -60,7 +60,7 @@ def motion_stats(cents: np.ndarray) -> dict:
 
 
 def parse_prompt(prompt: str) -> tuple[str, str]:
-    from .data.world import parse_caption
+    from ..data.world import parse_caption
     p = parse_caption(prompt)
     return p["colour"], p["shape"]
 
@@ -80,7 +80,7 @@ def eval_text_to_video(mav: MakeAVideo, prompts: list[str], steps: int, seed: in
         uncond = {k: torch.cat([u[k] for u in unconds]) for k in unconds[0]}
         video = generate_video(mav.decoder, cond, uncond, frames=frames, height=family.BASE_SIZE,
                                width=family.BASE_SIZE, fps=fps, seed=seed + start, steps=steps, cfg=cfg)
-        from .stages import sample_unet
+        from ..inference.stages import sample_unet
         image = sample_unet(mav.decoder, (len(chunk), 3, 1, family.BASE_SIZE, family.BASE_SIZE), cond, uncond,
                             seed=seed + start, steps=steps, cfg=cfg, temporal=False)
         for i, prompt in enumerate(chunk):
@@ -93,8 +93,8 @@ def eval_text_to_video(mav: MakeAVideo, prompts: list[str], steps: int, seed: in
 
 def reference_motion(n: int = 30, frames: int = family.FRAMES, fps: float = 4.0, seed: int = 123) -> list[dict]:
     """The same motion numbers on rendered training clips (what D^t learned from)."""
-    from .data.detect import detect
-    from .data.world import render_clip
+    from ..data.detect import detect
+    from ..data.world import render_clip
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
@@ -143,7 +143,7 @@ def eval_interpolation(mav: MakeAVideo, clips_folder: str | Path, n_clips: int =
     regression: also score this regression ↑F checkpoint (one pass per window)."""
     if mav.interpolator is None or not (Path(clips_folder) / "manifest.json").exists():
         return None
-    from .data.clips import RealClips
+    from ..data.clips import RealClips
     ds = iter(RealClips(clips_folder, num_frames=frames, size=size, seed=seed, split="heldout", strides=(1,)))
     learned = {"mav_interpolator": mav.interpolator, **({"mav_regression": regression} if regression else {})}
     res = {k: {"psnr": [], "ssim": [], "seconds": 0.0, "frames": 0}
@@ -195,7 +195,7 @@ def summarize(scores: list[dict]) -> dict:
 
 
 def main_eval(args) -> int:
-    from .data.world import heldout_prompts
+    from ..data.world import heldout_prompts
     torch.manual_seed(args.seed)
     mav = MakeAVideo.load(args.weights)
     prompts = heldout_prompts()[: args.videos]
@@ -223,7 +223,7 @@ def main_eval(args) -> int:
             print(f"{name:20}{r['psnr']:9.2f}{r['ssim']:8.3f}{r['frames_per_second']:10.1f}")
     report["seconds"] = time.perf_counter() - t0
     if args.apps:
-        from .evaluate_apps import eval_animation, eval_control, eval_two_image, eval_variations
+        from .apps import eval_animation, eval_control, eval_two_image, eval_variations
         apps = {"image_animation": eval_animation(mav, seed=args.seed),
                 "two_image_interpolation": eval_two_image(mav, seed=args.seed),
                 "video_variation": eval_variations(mav, seed=args.seed)}

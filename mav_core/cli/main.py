@@ -18,7 +18,7 @@ TRAIN_STAGES = {  # stage -> (module, how its add_arguments/run are called)
 
 
 def cmd_info(args):
-    from .checkpoints import load_model
+    from ..io.checkpoints import load_model
     loaded = load_model(args.checkpoint)
     print(f"file:       {loaded.path}")
     print(f"family:     {loaded.family}")
@@ -38,9 +38,9 @@ def cmd_info(args):
 def cmd_init(args):
     """Write randomly initialised (untrained) checkpoints of the MAV-Tiny layout: for tests and demos."""
     import torch
-    from . import family
-    from .checkpoints import save_model
-    from .unet import SpaceTimeUNet
+    from ..models import family
+    from ..io.checkpoints import save_model
+    from ..models.unet import SpaceTimeUNet
     torch.manual_seed(args.seed)
     out = Path(args.out)
     extra = {"mav_untrained": "1"}
@@ -48,9 +48,9 @@ def cmd_init(args):
             "sr_video": family.sr_config(True), "sr_frame": family.sr_config(False)}
     for stage, cfg in cfgs.items():
         save_model(out / family.STAGE_FILES[stage], SpaceTimeUNet(cfg), stage, family.SCHEDULE, family.PREDICTION, extra)
-    from .prior import DiffusionPrior, PriorConfig
-    from .text import TextImageConfig, TextImageEncoder
-    from .train.text import world_vocab
+    from ..models.prior import DiffusionPrior, PriorConfig
+    from ..models.text import TextImageConfig, TextImageEncoder
+    from ..train.text import world_vocab
     save_model(out / family.STAGE_FILES["text"], TextImageEncoder(TextImageConfig(vocab=world_vocab())), "text", extra=extra)
     prior = DiffusionPrior(PriorConfig())
     save_model(out / family.STAGE_FILES["prior"], prior, "prior", prior.config.noise_schedule(),
@@ -61,7 +61,7 @@ def cmd_init(args):
 
 def cmd_train(args):
     module_name, stage_arg = TRAIN_STAGES[args.stage]
-    mod = importlib.import_module(f".train.{module_name}", __package__)
+    mod = importlib.import_module(f"..train.{module_name}", __package__)
     p = argparse.ArgumentParser(prog=f"python -m mav_core train {args.stage}")
     if stage_arg:
         mod.add_arguments(p, stage_arg)
@@ -82,7 +82,7 @@ def cmd_eval(args):
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    from .evaluate import main_eval
+    from ..eval.evaluate import main_eval
     return main_eval(args)
 
 

@@ -6,7 +6,7 @@ Accepted inputs
   - the original ModelScope `text2video_pytorch_model.pth` and other `.pth/.pt/.bin/.ckpt` files, read with
     torch.load(weights_only=True) only (a pickle that needs code to load is refused), and the same
     weights re-saved as safetensors; without a config.json the config is read off the tensor shapes;
-  - SD 1.x/2.x image UNets (diffusers or LDM layout): returned inflated to video (mav_core.motion).
+  - SD 1.x/2.x image UNets (diffusers or LDM layout): returned inflated to video (mav_core.io.motion).
 Half-precision files keep their dtype on CUDA and become float32 elsewhere unless a dtype is given.
 Big models are built on the meta device and loaded with assign=True (no second copy of the weights).
 """
@@ -21,8 +21,8 @@ import torch
 
 from . import convert
 from .checkpoints import CheckpointError, LoadedModel, build_skeleton, check_state_dict, load_state_dict
-from .diffusion.schedule import NoiseSchedule
-from .unet import SpaceTimeUNet
+from ..diffusion.schedule import NoiseSchedule
+from ..models.unet import SpaceTimeUNet
 
 UNET3D_SCHEDULE = NoiseSchedule("scaled_linear", beta_start=0.00085, beta_end=0.012)
 UNET3D_PREDICTION = "eps"

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .diffusion.schedule import NoiseSchedule
+from ..diffusion.schedule import NoiseSchedule
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 PREDICTIONS = ("eps", "v", "x0")
@@ -33,20 +33,20 @@ class CheckpointError(ValueError):
 
 
 def _module_registry():
-    from .unet import SpaceTimeUNet, UNetConfig
+    from ..models.unet import SpaceTimeUNet, UNetConfig
     reg = {"SpaceTimeUNet": (UNetConfig, SpaceTimeUNet)}
     try:
-        from .text import TextImageEncoder, TextImageConfig
+        from ..models.text import TextImageEncoder, TextImageConfig
         reg["TextImageEncoder"] = (TextImageConfig, TextImageEncoder)
     except ImportError:
         pass
     try:
-        from .prior import DiffusionPrior, PriorConfig
+        from ..models.prior import DiffusionPrior, PriorConfig
         reg["DiffusionPrior"] = (PriorConfig, DiffusionPrior)
     except ImportError:
         pass
     try:
-        from .control import ControlAdapter, ControlConfig
+        from ..models.control import ControlAdapter, ControlConfig
         reg["ControlAdapter"] = (ControlConfig, ControlAdapter)
     except ImportError:
         pass
@@ -186,7 +186,7 @@ class LoadedModel:
 
 
 def load_model(path, device="cpu", dtype: torch.dtype | None = None, expect_stage: str | tuple | None = None) -> LoadedModel:
-    """Load one of our checkpoints (or, through mav_core.convert, a UNet3D checkpoint)."""
+    """Load one of our checkpoints (or, through mav_core.io.convert, a UNet3D checkpoint)."""
     path = str(path)
     if not path.endswith(".safetensors"):
         from .external import load_external  # .pth/.bin/.ckpt and diffusers folders

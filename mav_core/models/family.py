@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .diffusion.schedule import NoiseSchedule
+from ..diffusion.schedule import NoiseSchedule
 from .unet import UNetConfig
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "mav-tiny"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights" / "mav-tiny"
 STAGE_FILES = {
     "text": "text.safetensors",
     "prior": "prior.safetensors",

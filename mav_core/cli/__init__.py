@@ -1,0 +1,1 @@
+"""The command line: `python -m mav_core info | init | generate | train | eval`."""

@@ -1,0 +1,1 @@
+"""Evaluation: `python -m mav_core eval` (text->video, real-clip interpolation) and `eval --apps`."""
