@@ -6,7 +6,8 @@ import os
 import posixpath
 
 from ..mav_core.models import family
-from ..mav_core.io.checkpoints import declared_stage, load_model
+from ..mav_core.io.checkpoints import declared_stage
+from ..mav_core.io.loader import load_model
 from . import host
 from .common import CATEGORY, DECODER, INTERPOLATOR, PRIOR, TEXT, UPSCALER
 

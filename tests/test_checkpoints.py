@@ -5,7 +5,8 @@ import struct
 import pytest
 import torch
 
-from mav_core.io.checkpoints import CheckpointError, load_model, read_header, save_model
+from mav_core.io.checkpoints import CheckpointError, read_header, save_model
+from mav_core.io.loader import load_model
 from mav_core.diffusion import NoiseSchedule
 from mav_core.models.unet import SpaceTimeUNet
 

@@ -97,7 +97,7 @@ def test_shipped_workflow_runs_with_every_model_on_the_device(on_device, name):
 def test_the_check_catches_a_tensor_left_on_the_cpu(on_device):
     """The simulated device fails like CUDA does: conditioning left on the CPU, fed straight to the UNet."""
     from mav_core.models import family
-    from mav_core.io.checkpoints import load_model
+    from mav_core.io.loader import load_model
     decoder = load_model(family.WEIGHTS_DIR / "decoder.safetensors")
     cfg = decoder.config
     with simulated_device():

@@ -19,10 +19,12 @@ import torch
 from safetensors.torch import save_file
 
 from mav_core.io import convert as C
-from mav_core.io.checkpoints import CheckpointError, atomic_save_file, load_model, save_model
+from mav_core.io.checkpoints import CheckpointError, atomic_save_file, save_model
+from mav_core.io.loader import load_model
 from mav_core.diffusion.loss import diffusion_loss
 from mav_core.io.external import load_external
-from mav_core.io.motion import apply_motion, inflate_image_checkpoint, read_motion, save_motion
+from mav_core.io.motion import apply_motion, read_motion, save_motion
+from mav_core.io.inflate import inflate_image_checkpoint
 from mav_core.models.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
 from mav_core.io.video import write_video
 

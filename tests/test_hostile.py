@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mav_core.io.checkpoints import CheckpointError, load_model
+from mav_core.io.checkpoints import CheckpointError
+from mav_core.io.loader import load_model
 from mav_core.io.motion import apply_motion
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +92,7 @@ vmdata = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswi
 resource.setrlimit(resource.RLIMIT_DATA, (vmdata + (1 << 30), vmdata + (1 << 30)))   # safety net: +1 GiB
 import torch
 torch.set_num_threads(1)
-from mav_core.io.checkpoints import load_model
+from mav_core.io.loader import load_model
 result = {{}}
 for path in {paths!r}:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from mav_core.models import family
-from mav_core.io.checkpoints import LoadedModel, load_model
+from mav_core.io.checkpoints import LoadedModel
+from mav_core.io.loader import load_model
 from mav_core.diffusion.schedule import NoiseSchedule
 from mav_core.inference.pipeline import MakeAVideo
 from mav_core.inference.stages import generate_video, interpolate_video, sample_unet, upscale_video

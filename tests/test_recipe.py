@@ -67,7 +67,7 @@ def test_stage_loss_falls(run_dir, stage):
         # ↑F starts as D^t with zero-initialised extra inputs: on one fixed batch with known frames and
         # the recipe's residual objective, the trained interpolator must beat its starting point
         from mav_core.models import family
-        from mav_core.io.checkpoints import load_model as load
+        from mav_core.io.loader import load_model as load
         from mav_core.models.unet import SpaceTimeUNet
         enc = load(run_dir / "text.safetensors").module
         trained = load(run_dir / "interpolator.safetensors")
@@ -83,7 +83,7 @@ def test_stage_loss_falls(run_dir, stage):
     elif stage == "decoder_video":
         # only the identity-initialised temporal layers train: compare D inflated (the start) with D^t
         # on one fixed batch, since per-step losses at batch 1 are too noisy to show a small gain
-        from mav_core.io.checkpoints import load_model as load
+        from mav_core.io.loader import load_model as load
         enc = load(run_dir / "text.safetensors").module
         before = _fixed_video_loss(load(run_dir / "decoder.safetensors").module, enc)
         after = _fixed_video_loss(load(run_dir / "decoder_video.safetensors").module, enc)
@@ -91,7 +91,7 @@ def test_stage_loss_falls(run_dir, stage):
     else:
         first, last = sum(h[:8]) / 8, sum(h[-8:]) / 8
         assert last < first, f"{stage}: loss did not fall ({first:.4f} -> {last:.4f})"
-    from mav_core.io.checkpoints import load_model
+    from mav_core.io.loader import load_model
     name = "decoder" if stage in ("decoder", "decoder_video") else stage
     assert load_model(run_dir / f"{stage}.safetensors").stage == name
 
@@ -155,7 +155,7 @@ def _blend_and_estimate_psnr(model, enc, scale):
 def test_regression_interpolator_starts_at_the_blend_and_is_saved_as_one(run_dir, capsys):
     """--objective regression: the output layer starts at zero, so the untrained estimate is exactly the
     blend of the known frames; the file is marked as a regression ↑F; it needs a residual scale."""
-    from mav_core.io.checkpoints import load_model
+    from mav_core.io.loader import load_model
     from mav_core.inference.stages import is_regression
     for stage in ("decoder", "decoder_video"):
         if not (run_dir / f"{stage}.safetensors").exists():

@@ -6,7 +6,8 @@ import argparse
 import pytest
 import torch
 
-from mav_core.io.checkpoints import load_model, save_model
+from mav_core.io.checkpoints import save_model
+from mav_core.io.loader import load_model
 from mav_core.diffusion import Denoiser
 from mav_core.models.prior import DiffusionPrior, PriorConfig, sample_image_embed
 from mav_core.models.text import BOS, EOS, PAD, UNK, TextImageConfig, TextImageEncoder, Tokenizer

@@ -18,7 +18,7 @@ TRAIN_STAGES = {  # stage -> (module, how its add_arguments/run are called)
 
 
 def cmd_info(args):
-    from ..io.checkpoints import load_model
+    from ..io.loader import load_model
     loaded = load_model(args.checkpoint)
     print(f"file:       {loaded.path}")
     print(f"family:     {loaded.family}")

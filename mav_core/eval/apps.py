@@ -119,7 +119,7 @@ def eval_variations(mav: MakeAVideo, n: int = 6, seed: int = 0, frames: int = 16
 
 @torch.no_grad()
 def eval_control(mav: MakeAVideo, adapter_path, n: int = 10, seed: int = 0, frames: int = 8) -> dict | None:
-    from ..io.checkpoints import load_model
+    from ..io.loader import load_model
     from ..models.control import Control, make_hint
     from ..data.world import caption, motion_scenes, sample_motion
     adapter = load_model(adapter_path, expect_stage="control").module

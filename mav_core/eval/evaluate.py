@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from ..models import family
-from ..io.checkpoints import LoadedModel, load_model
+from ..io.checkpoints import LoadedModel
+from ..io.loader import load_model
 from ..inference.pipeline import MakeAVideo
 from ..inference.stages import generate_video, interpolate_video, video_to_frames
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from ..models import family
-from ..io.checkpoints import LoadedModel, load_model
+from ..io.checkpoints import LoadedModel
+from ..io.loader import load_model
 from .stages import (encode_prompt, generate_video, interpolate_video, is_regression, run_prior, upscale_video,
                      video_to_frames)
 

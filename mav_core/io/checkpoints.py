@@ -23,39 +23,12 @@ from safetensors.torch import load_file, save_file
 from ..diffusion.schedule import NoiseSchedule
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-PREDICTIONS = ("eps", "v", "x0")
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
-
-
-def _module_registry():
-    from ..models.unet import SpaceTimeUNet, UNetConfig
-    reg = {"SpaceTimeUNet": (UNetConfig, SpaceTimeUNet)}
-    try:
-        from ..models.text import TextImageEncoder, TextImageConfig
-        reg["TextImageEncoder"] = (TextImageConfig, TextImageEncoder)
-    except ImportError:
-        pass
-    try:
-        from ..models.prior import DiffusionPrior, PriorConfig
-        reg["DiffusionPrior"] = (PriorConfig, DiffusionPrior)
-    except ImportError:
-        pass
-    try:
-        from ..models.control import ControlAdapter, ControlConfig
-        reg["ControlAdapter"] = (ControlConfig, ControlAdapter)
-    except ImportError:
-        pass
-    try:
-        from .motion import MotionModule  # motion files: temporal layers only, the base UNetConfig
-        reg["MotionModule"] = (UNetConfig, MotionModule)
-    except ImportError:
-        pass
-    return reg
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -183,53 +156,6 @@ class LoadedModel:
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
-
-
-def load_model(path, device="cpu", dtype: torch.dtype | None = None, expect_stage: str | tuple | None = None) -> LoadedModel:
-    """Load one of our checkpoints (or, through mav_core.io.convert, a UNet3D checkpoint)."""
-    path = str(path)
-    if not path.endswith(".safetensors"):
-        from .external import load_external  # .pth/.bin/.ckpt and diffusers folders
-        loaded = load_external(path, device=device, dtype=dtype)
-    else:
-        sd, meta = load_state_dict(path)
-        if "mav_module" not in meta:
-            from .external import load_external
-            loaded = load_external(path, device=device, dtype=dtype, state_dict=sd, metadata=meta)
-        else:
-            loaded = _load_ours(path, sd, meta, device, dtype)
-    if expect_stage is not None:
-        expected = (expect_stage,) if isinstance(expect_stage, str) else tuple(expect_stage)
-        if loaded.stage not in expected:
-            raise CheckpointError(f"{path}: is a {loaded.stage!r} checkpoint, expected {' or '.join(map(repr, expected))}")
-    return loaded
-
-
-def _load_ours(path, sd, meta, device, dtype) -> LoadedModel:
-    registry = _module_registry()
-    name = meta["mav_module"]
-    if name not in registry:
-        raise CheckpointError(f"{path}: module {name!r} is not one of {sorted(registry)}")
-    config_cls, module_cls = registry[name]
-    try:
-        config_json = json.loads(meta["mav_config"])
-        if not isinstance(config_json, dict):
-            raise TypeError(f"expected a JSON object, got {type(config_json).__name__}")
-        config = config_cls.from_dict(config_json)
-    except (KeyError, ValueError, TypeError, RecursionError) as e:
-        raise CheckpointError(f"{path}: invalid mav_config metadata ({e})") from None
-    schedule = parse_schedule(path, meta["mav_schedule"]) if "mav_schedule" in meta else None
-    if meta.get("mav_prediction", "eps") not in PREDICTIONS:
-        raise CheckpointError(f"{path}: invalid mav_prediction {meta['mav_prediction']!r} (expected one of "
-                              f"{PREDICTIONS})")
-    # the declared config is checked against the tensors on the meta device first: a hostile config
-    # (huge or invalid sizes) allocates nothing
-    check_state_dict(path, build_skeleton(path, module_cls, config), sd)
-    module = module_cls(config)
-    module.load_state_dict(sd, strict=True)
-    module.to(device=device, dtype=dtype).eval()
-    return LoadedModel(path, meta.get("mav_stage", "unknown"), "mav", module, schedule,
-                       meta.get("mav_prediction"), meta)
 
 
 MAX_TRAIN_STEPS = 100_000

@@ -6,166 +6,25 @@ Accepted inputs
   - the original ModelScope `text2video_pytorch_model.pth` and other `.pth/.pt/.bin/.ckpt` files, read with
     torch.load(weights_only=True) only (a pickle that needs code to load is refused), and the same
     weights re-saved as safetensors; without a config.json the config is read off the tensor shapes;
-  - SD 1.x/2.x image UNets (diffusers or LDM layout): returned inflated to video (mav_core.io.motion).
-Half-precision files keep their dtype on CUDA and become float32 elsewhere unless a dtype is given.
-Big models are built on the meta device and loaded with assign=True (no second copy of the weights).
+  - SD 1.x/2.x image UNets (diffusers or LDM layout): returned inflated to video (mav_core.io.inflate).
+Reading files and the dtype policy: mav_core.io.weights.
 """
 from __future__ import annotations
 
-import json
-import pickle
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
 from . import convert
-from .checkpoints import CheckpointError, LoadedModel, build_skeleton, check_state_dict, load_state_dict
+from .checkpoints import CheckpointError, LoadedModel
+from .inflate import inflate_image_checkpoint
+from .weights import SUPPORTED, _sibling_config, build_loaded, read_weights, resolve_weights
 from ..diffusion.schedule import NoiseSchedule
-from ..models.unet import SpaceTimeUNet
 
 UNET3D_SCHEDULE = NoiseSchedule("scaled_linear", beta_start=0.00085, beta_end=0.012)
 UNET3D_PREDICTION = "eps"
 UNET3D_FAMILIES = ("unet3d-diffusers", "unet3d-modelscope")
 SD_FAMILIES = ("sd-unet2d-diffusers", "sd-unet2d-ldm")
-SUPPORTED = ("unet3d-diffusers (diffusers UNet3DConditionModel: ModelScope T2V, Zeroscope)",
-             "unet3d-modelscope (text2video_pytorch_model.pth)",
-             "sd-unet2d-diffusers / sd-unet2d-ldm (SD 1.x/2.x image UNet, inflated to video)")
-PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-DIFFUSERS_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-                          "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
-HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
-# ---------------------------------------------------------------------------------------------------
-# finding and reading the weights
-# ---------------------------------------------------------------------------------------------------
-
-def resolve_weights(path: str | Path) -> tuple[Path, dict | None]:
-    """(weights file, diffusers config dict or None) for a file, a diffusers model root or its unet/ folder."""
-    path = Path(path)
-    if path.is_dir():
-        for folder in (path / "unet", path):
-            for name in DIFFUSERS_WEIGHT_NAMES:
-                if (folder / name).is_file():
-                    return folder / name, _sibling_config(folder / name)
-        raise CheckpointError(f"{path}: folder holds no diffusers UNet weights (looked for "
-                              f"unet/{DIFFUSERS_WEIGHT_NAMES[0]} and {DIFFUSERS_WEIGHT_NAMES[0]})")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file or folder")
-    return path, _sibling_config(path)
-
-
-def _sibling_config(weights: Path) -> dict | None:
-    """The diffusers config.json beside a weights file, when there is one describing a UNet."""
-    cfg_path = weights.parent / "config.json"
-    if not cfg_path.is_file():
-        return None
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cfg_path}: not a readable JSON config ({e})") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{cfg_path}: config.json is not a JSON object")
-    name = cfg.get("_class_name")
-    if name is None:          # not a diffusers config (diffusers always writes _class_name)
-        return None
-    if name not in ("UNet3DConditionModel", "UNet2DConditionModel"):
-        raise CheckpointError(f"{weights}: its config.json describes a {name!r}, not a UNet; supported: "
-                              + "; ".join(SUPPORTED))
-    return cfg
-
-
-def read_pickled_state_dict(path: str | Path) -> dict:
-    """Tensors of a torch.save file, loaded with weights_only=True (no code from the file ever runs)."""
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused: the file contains code or objects that are not plain tensors and containers, "
-            f"so it will not be loaded (only weights_only=True loading is allowed; torch said: "
-            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}). Convert it to safetensors with a "
-            "trusted tool first.") from None
-    except Exception as e:  # noqa: BLE001 - weights_only=True ran no code; any parse failure is a bad file
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
-    return unwrap_state_dict(obj, path)
-
-
-def unwrap_state_dict(obj, path) -> dict:
-    """The tensor dict inside {"state_dict": ...} / {"model": ...} / {"module": ...} containers."""
-    for _ in range(4):
-        if not isinstance(obj, Mapping):
-            break
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return dict(obj)
-        inner = next((obj[k] for k in ("state_dict", "model", "module", "unet") if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    if isinstance(obj, Mapping):
-        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        if tensors and len(tensors) >= len(obj) - 4:   # tolerate a few bookkeeping entries (epoch, step, ...)
-            return tensors
-    raise CheckpointError(f"{path}: holds no state dict (expected a dict of tensors, possibly inside "
-                          "'state_dict' or 'model')")
-
-
-def read_weights(path: Path) -> tuple[dict, dict]:
-    """(state dict, safetensors metadata) of a .safetensors or torch.save file."""
-    if path.suffix == ".safetensors":
-        return load_state_dict(path)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        return read_pickled_state_dict(path), {}
-    raise CheckpointError(f"{path}: unsupported checkpoint suffix {path.suffix!r} (expected .safetensors, "
-                          f"{', '.join(PICKLE_SUFFIXES)} or a diffusers folder)")
-
-
-# ---------------------------------------------------------------------------------------------------
-# dtype policy
-# ---------------------------------------------------------------------------------------------------
-
-def file_dtype(sd: Mapping[str, torch.Tensor]) -> torch.dtype:
-    """The dtype holding most floating-point elements of a state dict."""
-    counts: dict = {}
-    for v in sd.values():
-        if v.is_floating_point():
-            counts[v.dtype] = counts.get(v.dtype, 0) + v.numel()
-    return max(counts, key=counts.get) if counts else torch.float32
-
-
-def target_dtype(source: torch.dtype, device, dtype: torch.dtype | None) -> tuple[torch.dtype, str]:
-    """(dtype to load in, a note saying why)."""
-    if dtype is not None:
-        return dtype, "as requested"
-    if torch.device(device).type == "cuda" or source not in HALF_DTYPES:
-        return source, "kept the file's dtype"
-    return torch.float32, (f"converted {str(source).removeprefix('torch.')} to float32 for "
-                           f"{torch.device(device).type} (half precision is slow or unsupported there)")
-
-
-# ---------------------------------------------------------------------------------------------------
-# building the model
-# ---------------------------------------------------------------------------------------------------
-
-def build_loaded(path, module_sd: dict, config, device, dtype) -> tuple[SpaceTimeUNet, dict]:
-    """SpaceTimeUNet(config) holding module_sd (checked key by key), built on meta and filled with assign=True;
-    returns (module, dtype metadata). module_sd is consumed."""
-    module = build_skeleton(path, SpaceTimeUNet, config)
-    check_state_dict(path, module, module_sd)
-    source = file_dtype(module_sd)
-    target, note = target_dtype(source, device, dtype)
-    for k in list(module_sd):   # one tensor at a time: at most one tensor exists twice during conversion
-        v = module_sd[k]
-        module_sd[k] = v.to(device=device, dtype=target if v.is_floating_point() else v.dtype)
-    module.load_state_dict(module_sd, strict=True, assign=True)
-    module_sd.clear()
-    stray = [n for n, t in list(module.named_parameters()) + list(module.named_buffers())
-             if t.is_meta and torch.device(device).type != "meta"]
-    if stray:
-        raise CheckpointError(f"{path}: tensor {stray[0]!r} was not filled from the file")
-    module.eval()
-    return module, {"mav_file_dtype": str(source).removeprefix("torch."),
-                    "mav_dtype": str(target).removeprefix("torch."), "mav_dtype_note": note}
 
 
 def _family_hint(keys: list[str]) -> str:
@@ -179,7 +38,7 @@ def _family_hint(keys: list[str]) -> str:
 def load_external(path, device="cpu", dtype: torch.dtype | None = None, state_dict: dict | None = None,
                   metadata: dict | None = None) -> LoadedModel:
     """LoadedModel of a third-party UNet checkpoint (see module docstring). state_dict/metadata: already
-    read tensors of `path` (checkpoints.load_model passes them for safetensors files)."""
+    read tensors of `path` (loader.load_model passes them for safetensors files)."""
     diffusers_config = None
     if state_dict is None:
         weights, diffusers_config = resolve_weights(path)
@@ -192,7 +51,6 @@ def load_external(path, device="cpu", dtype: torch.dtype | None = None, state_di
     keys = list(state_dict)
     family = convert.detect_family(keys)
     if family in SD_FAMILIES:
-        from .motion import inflate_image_checkpoint
         return inflate_image_checkpoint(state_dict, config=diffusers_config, device=device, dtype=dtype,
                                         path=str(weights), metadata=metadata)
     if family not in UNET3D_FAMILIES:

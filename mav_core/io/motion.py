@@ -1,172 +1,25 @@
-"""Image checkpoints inflated to video, and motion files (the temporal layers alone).
+"""Motion files: the temporal layers of a video model alone (models.motion.MotionModule).
 
-  inflate_image_checkpoint  SD 1.x/2.x UNet (diffusers or LDM layout) or one of our image SpaceTimeUNets
-                            -> a video SpaceTimeUNet whose temporal layers start as the identity;
-  MotionModule              just the temporal tensors of a SpaceTimeUNet config (a motion file's module);
-  save_motion / apply_motion  write / load those tensors (safetensors, mav_module "MotionModule",
-                            mav_stage "motion", the base config in mav_config).
-A motion file trained on one image checkpoint applies to any other with the same temporal shapes.
+  save_motion / read_motion / apply_motion  write / read / load those tensors (safetensors, mav_module
+                            "MotionModule", mav_stage "motion", the base config in mav_config).
+A motion file trained on one inflated image checkpoint (io.inflate) applies to any other with the same
+temporal shapes.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
-from typing import Mapping
 
-import torch
-from torch import nn
+from .checkpoints import CheckpointError, LoadedModel, check_state_dict, load_state_dict, save_model
+from ..models.motion import MOTION_MODULE, MotionModule
+from ..models.unet import SpaceTimeUNet
 
-from . import convert
-from .checkpoints import (CheckpointError, LoadedModel, build_skeleton, check_state_dict, load_state_dict,
-                          parse_schedule, save_model)
-from ..diffusion.schedule import NoiseSchedule
-from ..models.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
-
-SD_SCHEDULE = NoiseSchedule("scaled_linear", beta_start=0.00085, beta_end=0.012)
-SD_PREDICTION = "eps"
-MOTION_MODULE = "MotionModule"
 MOTION_STAGE = "motion"
 
-
-class MotionModule(nn.Module):
-    """The temporal parameters/buffers of SpaceTimeUNet(config), under the same names."""
-
-    def __init__(self, config: UNetConfig, source: nn.Module | None = None):
-        """source: a SpaceTimeUNet whose temporal tensors are registered here (shared, not copied);
-        without it, uninitialised tensors of the right shapes."""
-        super().__init__()
-        self.config = config
-        if source is None:
-            with torch.device("meta"):
-                source = SpaceTimeUNet(config)
-            share = False
-        else:
-            share = True
-        params = dict(source.named_parameters())
-        for name, tensor in source.state_dict(keep_vars=True).items():
-            if not is_temporal_key(name):
-                continue
-            *parents, leaf = name.split(".")
-            holder = self
-            for part in parents:
-                if part not in holder._modules:
-                    holder.add_module(part, nn.Module())
-                holder = holder._modules[part]
-            if name in params:
-                holder.register_parameter(leaf, params[name] if share else
-                                          nn.Parameter(torch.empty(tensor.shape, dtype=tensor.dtype)))
-            else:
-                holder.register_buffer(leaf, tensor if share else torch.empty(tensor.shape, dtype=tensor.dtype))
-
-    @classmethod
-    def of(cls, model: SpaceTimeUNet | LoadedModel) -> "MotionModule":
-        """A view of a model's temporal layers: its own Parameter objects, so training one trains the other."""
-        module = model.module if isinstance(model, LoadedModel) else model
-        return cls(module.config, source=module)
-
-
-# ---------------------------------------------------------------------------------------------------
-# inflation
-# ---------------------------------------------------------------------------------------------------
-
-def inflated_config(cfg: UNetConfig) -> UNetConfig:
-    """Our image config with Make-A-Video's temporal layers switched on (pseudo-3D convs, temporal attention,
-    fps conditioning), as convert does for SD image configs."""
-    return dataclasses.replace(cfg, pseudo3d_convs=True, temporal_attention=True, temporal_position_embedding=True,
-                               fps_conditioning=True)
-
-
-def _read_image_checkpoint(path) -> tuple[dict, dict, dict | None, str]:
-    from .external import read_weights, resolve_weights
-    weights, diffusers_config = resolve_weights(path)
-    sd, meta = read_weights(weights)
-    return sd, meta, diffusers_config, str(weights)
-
-
-def inflate_image_checkpoint(path_or_state_dict, config: UNetConfig | Mapping | None = None, device="cpu",
-                             dtype: torch.dtype | None = None, path: str | None = None,
-                             metadata: dict | None = None) -> LoadedModel:
-    """A video LoadedModel (stage "decoder") from an image UNet: SD 1.x/2.x (diffusers folder/file or LDM
-    checkpoint; family "sd-inflated", scaled_linear eps) or our own image SpaceTimeUNet file (family
-    "mav-inflated", its own schedule). Temporal layers start as the identity, so each frame equals the
-    image model's output until a motion file is applied. config: a UNetConfig or a diffusers UNet2D config."""
-    from .external import build_loaded
-    if isinstance(path_or_state_dict, Mapping):
-        sd, meta, diffusers_config = dict(path_or_state_dict), dict(metadata or {}), None
-        path = path or "<state dict>"
-    else:
-        sd, meta, diffusers_config, path = _read_image_checkpoint(path_or_state_dict)
-    if config is None:
-        config = diffusers_config
-    if "mav_module" in meta:
-        return _inflate_ours(path, sd, meta, device, dtype)
-    family = convert.detect_family(sd.keys())
-    if family not in ("sd-unet2d-diffusers", "sd-unet2d-ldm"):
-        raise CheckpointError(f"{path}: is a {family!r} checkpoint, not an image UNet to inflate (expected an "
-                              "SD 1.x/2.x UNet in diffusers or LDM layout, or one of our image SpaceTimeUNets)")
-    try:
-        _, ours = convert.to_ours(sd)
-        if isinstance(config, UNetConfig):
-            cfg = config
-        elif config is not None:
-            cfg = convert.config_from_diffusers(config, temporal=True)
-        else:
-            cfg = convert.infer_sd_unet_config(ours)
-    except ValueError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    del sd
-    loaded_keys = len(ours)
-    skeleton = build_skeleton(path, SpaceTimeUNet, cfg)
-    target = skeleton.state_dict()
-    check_state_dict(path, skeleton, ours, allow_missing=is_temporal_key)
-    # the new temporal layers: identity-initialised tensors of a real (CPU) model of the same config
-    fresh = _temporal_init(cfg)
-    missing = sorted(k for k in target if k not in ours)
-    ours.update({k: fresh[k] for k in missing})
-    module, dtype_meta = build_loaded(path, ours, cfg, device, dtype)
-    meta.update(dtype_meta, mav_source_family=family, mav_inflated_temporal_tensors=str(len(missing)),
-                mav_image_tensors=str(loaded_keys))
-    return LoadedModel(path, "decoder", "sd-inflated", module, SD_SCHEDULE, SD_PREDICTION, meta)
-
-
-def _temporal_init(cfg: UNetConfig) -> dict:
-    """The identity-initialised temporal tensors of SpaceTimeUNet(cfg) (seeded: the same every time).
-    The model is built on CPU for this and dropped at once: its image layers are transient memory."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = SpaceTimeUNet(cfg)
-    return {k: v for k, v in model.state_dict().items() if is_temporal_key(k)}
-
-
-def _inflate_ours(path, sd, meta, device, dtype) -> LoadedModel:
-    from .external import build_loaded
-    if meta.get("mav_module") != "SpaceTimeUNet":
-        raise CheckpointError(f"{path}: is a {meta.get('mav_module')!r} checkpoint, not an image SpaceTimeUNet")
-    try:
-        cfg = inflated_config(UNetConfig.from_dict(json.loads(meta["mav_config"])))
-    except (KeyError, ValueError, TypeError, RecursionError) as e:
-        raise CheckpointError(f"{path}: invalid mav_config metadata ({e})") from None
-    skeleton = build_skeleton(path, SpaceTimeUNet, cfg)
-    check_state_dict(path, skeleton, sd, allow_missing=is_temporal_key)
-    fresh = _temporal_init(cfg)
-    missing = [k for k in skeleton.state_dict() if k not in sd]
-    sd.update({k: fresh[k] for k in missing})
-    module, dtype_meta = build_loaded(path, sd, cfg, device, dtype)
-    schedule = parse_schedule(path, meta["mav_schedule"]) if "mav_schedule" in meta else SD_SCHEDULE
-    prediction = meta.get("mav_prediction", SD_PREDICTION)
-    meta = {**meta, **dtype_meta, "mav_inflated_temporal_tensors": str(len(missing))}
-    return LoadedModel(path, "decoder", "mav-inflated", module, schedule, prediction, meta)
-
-
-# ---------------------------------------------------------------------------------------------------
-# motion files
-# ---------------------------------------------------------------------------------------------------
 
 def save_motion(model: SpaceTimeUNet | LoadedModel, path, extra: dict | None = None) -> Path:
     """Write only the temporal tensors of `model` (safetensors, metadata: mav_module "MotionModule",
     mav_stage "motion", mav_config = the base model's config)."""
-    motion = MotionModule.of(model)
+    motion = MotionModule.of(model.module if isinstance(model, LoadedModel) else model)
     sd = motion.state_dict()
     if not sd:
         raise ValueError("model has no temporal layers: nothing to write to a motion file")

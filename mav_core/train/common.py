@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..io.checkpoints import load_model
+from ..io.loader import load_model
 from .loop import TrainSettings
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ..models import family
-from ..io.checkpoints import load_model, save_model
+from ..io.checkpoints import save_model
+from ..io.loader import load_model
 from ..models.control import ControlAdapter, ControlConfig, ControlledUNet, Control, make_hint
 from ..data.world import CaptionedImages, relocate, render_scenes, to_tensor
 from ..diffusion.loss import diffusion_loss

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from ..models import family
-from ..io.checkpoints import load_model, save_model
+from ..io.checkpoints import save_model
+from ..io.loader import load_model
 from ..data.world import CaptionedImages, WorldClips
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.loss import diffusion_loss, psnr_loss

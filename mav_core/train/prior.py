@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..io.checkpoints import load_model, save_model
+from ..io.checkpoints import save_model
+from ..io.loader import load_model
 from ..data import world
 from ..diffusion import diffusion_loss
 from ..models.prior import DiffusionPrior, PriorConfig, sample_image_embed

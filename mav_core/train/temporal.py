@@ -22,7 +22,9 @@ import torch.nn.functional as F
 
 from ..io.checkpoints import CheckpointError, load_state_dict
 from ..diffusion.loss import diffusion_loss
-from ..io.motion import MotionModule, inflate_image_checkpoint, save_motion
+from ..io.motion import save_motion
+from ..models.motion import MotionModule
+from ..io.inflate import inflate_image_checkpoint
 from ..io.video import read_video
 from .common import add_common_arguments, settings_from_args
 from .loop import maybe_init_distributed, train_loop

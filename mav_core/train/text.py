@@ -225,7 +225,7 @@ def main(argv=None):
     t0 = time.time()
     path = run(args)
     print(f"wrote {path} in {time.time() - t0:.0f} s")
-    from ..io.checkpoints import load_model
+    from ..io.loader import load_model
     model = load_model(path, expect_stage=STAGE).module
     print("held-out zero-shot:", zero_shot_accuracy(model))
     print("train-combo zero-shot:", zero_shot_accuracy(model, combos=world.TRAIN_COMBOS))

@@ -135,7 +135,8 @@ def write_models(root) -> None:
     """Every file the workflows here load, under root/models/{text_encoders,vae,makeavideo}."""
     import torch
     from mav_core.io import convert as C
-    from mav_core.io.checkpoints import atomic_save_file, load_model
+    from mav_core.io.checkpoints import atomic_save_file
+    from mav_core.io.loader import load_model
     from mav_core.io.motion import save_motion
     from mav_core.models.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
     models = root / "models"

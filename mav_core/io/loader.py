@@ -1,0 +1,69 @@
+"""Loading any checkpoint: one registry of our module classes, and the dispatch between our own files
+(config in the safetensors header) and third-party layouts (io.external)."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from .checkpoints import (CheckpointError, LoadedModel, build_skeleton, check_state_dict,
+                          load_state_dict, parse_schedule)
+from .external import load_external
+from ..diffusion.denoiser import PREDICTIONS
+from ..models.control import ControlAdapter, ControlConfig
+from ..models.motion import MOTION_MODULE, MotionModule
+from ..models.prior import DiffusionPrior, PriorConfig
+from ..models.text import TextImageConfig, TextImageEncoder
+from ..models.unet import SpaceTimeUNet, UNetConfig
+
+MODULES = {   # mav_module metadata -> (config class, module class)
+    "SpaceTimeUNet": (UNetConfig, SpaceTimeUNet),
+    "TextImageEncoder": (TextImageConfig, TextImageEncoder),
+    "DiffusionPrior": (PriorConfig, DiffusionPrior),
+    "ControlAdapter": (ControlConfig, ControlAdapter),
+    MOTION_MODULE: (UNetConfig, MotionModule),   # motion files: temporal layers only, the base UNetConfig
+}
+
+
+def load_model(path, device="cpu", dtype: torch.dtype | None = None, expect_stage: str | tuple | None = None) -> LoadedModel:
+    """Load one of our checkpoints (or, through mav_core.io.convert, a UNet3D checkpoint)."""
+    path = str(path)
+    if not path.endswith(".safetensors"):
+        loaded = load_external(path, device=device, dtype=dtype)
+    else:
+        sd, meta = load_state_dict(path)
+        if "mav_module" not in meta:
+            loaded = load_external(path, device=device, dtype=dtype, state_dict=sd, metadata=meta)
+        else:
+            loaded = _load_ours(path, sd, meta, device, dtype)
+    if expect_stage is not None:
+        expected = (expect_stage,) if isinstance(expect_stage, str) else tuple(expect_stage)
+        if loaded.stage not in expected:
+            raise CheckpointError(f"{path}: is a {loaded.stage!r} checkpoint, expected {' or '.join(map(repr, expected))}")
+    return loaded
+
+
+def _load_ours(path, sd, meta, device, dtype) -> LoadedModel:
+    name = meta["mav_module"]
+    if name not in MODULES:
+        raise CheckpointError(f"{path}: module {name!r} is not one of {sorted(MODULES)}")
+    config_cls, module_cls = MODULES[name]
+    try:
+        config_json = json.loads(meta["mav_config"])
+        if not isinstance(config_json, dict):
+            raise TypeError(f"expected a JSON object, got {type(config_json).__name__}")
+        config = config_cls.from_dict(config_json)
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: invalid mav_config metadata ({e})") from None
+    schedule = parse_schedule(path, meta["mav_schedule"]) if "mav_schedule" in meta else None
+    if meta.get("mav_prediction", "eps") not in PREDICTIONS:
+        raise CheckpointError(f"{path}: invalid mav_prediction {meta['mav_prediction']!r} (expected one of "
+                              f"{PREDICTIONS})")
+    # the declared config is checked against the tensors on the meta device first: a hostile config
+    # (huge or invalid sizes) allocates nothing
+    check_state_dict(path, build_skeleton(path, module_cls, config), sd)
+    module = module_cls(config)
+    module.load_state_dict(sd, strict=True)
+    module.to(device=device, dtype=dtype).eval()
+    return LoadedModel(path, meta.get("mav_stage", "unknown"), "mav", module, schedule,
+                       meta.get("mav_prediction"), meta)
