@@ -195,3 +195,86 @@ class ProgressBar:
         self.previews += preview is not None
         if self._bar is not None:
             self._bar.update_absolute(value, total, preview)
+
+
+# ---------------------------------------------------------------------------------------------
+# files and the VIDEO type (nodes/video_io.py): folder_paths' output / temp / input folders and its
+# `prefix_00001_` save paths, comfy_api's VIDEO type, the --disable-metadata flag
+
+
+def io_folder(kind: str) -> Path | None:
+    """The host's 'output' / 'temp' / 'input' folder; None without ComfyUI (the caller's stand-in applies)."""
+    if not HAS_COMFY:
+        return None
+    getter = {"output": _fp.get_output_directory, "temp": _fp.get_temp_directory,
+              "input": _fp.get_input_directory}[kind]
+    return Path(getter())
+
+
+def _standin_save_path(prefix: str, output_dir: str, width: int, height: int):
+    """folder_paths.get_save_image_path without the host: same split, containment check and counter."""
+    for key, value in (("%width%", width), ("%height%", height)):
+        prefix = prefix.replace(key, str(value))
+    subfolder = os.path.dirname(os.path.normpath(prefix))
+    filename = os.path.basename(os.path.normpath(prefix))
+    full_output_folder = os.path.join(output_dir, subfolder)
+    if os.path.commonpath((output_dir, os.path.abspath(full_output_folder))) != output_dir:
+        raise ValueError(f"Saving outside the output folder is not allowed: {os.path.abspath(full_output_folder)}")
+    counter = 1
+    try:
+        for name in os.listdir(full_output_folder):
+            if os.path.normcase(name).startswith(os.path.normcase(filename) + "_"):
+                digits = name[len(filename) + 1:].split("_")[0]
+                if digits.isdigit():
+                    counter = max(counter, int(digits) + 1)
+    except FileNotFoundError:
+        os.makedirs(full_output_folder, exist_ok=True)
+    return full_output_folder, filename, counter, subfolder, prefix
+
+
+def save_image_path(filename_prefix: str, output_dir: str, width: int, height: int):
+    """folder_paths.get_save_image_path: (folder, filename, counter, subfolder, prefix) for the next
+    `prefix_NNNNN_` file in `output_dir`, making the folder; the same rules without ComfyUI. A prefix
+    outside `output_dir` raises (the host a bare Exception, the stand-in a ValueError) saying
+    "outside the output folder"."""
+    if HAS_COMFY:
+        return _fp.get_save_image_path(filename_prefix, output_dir, width, height)
+    return _standin_save_path(filename_prefix, output_dir, width, height)
+
+
+def annotated_input_file(name: str) -> tuple[Path, list[str]] | None:
+    """The host's path for an input-file name ('name [output]' / 'name [temp]' annotations as the host's)
+    and the folders it may lie in (input, output, temp); None without ComfyUI."""
+    if not HAS_COMFY:
+        return None
+    return (Path(_fp.get_annotated_filepath(name)),
+            [_fp.get_input_directory(), _fp.get_output_directory(), _fp.get_temp_directory()])
+
+
+def metadata_disabled() -> bool:
+    """Whether the host runs with --disable-metadata (never without it)."""
+    return HAS_COMFY and bool(getattr(_args, "disable_metadata", False))
+
+
+@functools.lru_cache(maxsize=None)
+def _video_type() -> tuple[type, type] | None:
+    """comfy_api's (VideoFromComponents, VideoComponents), or None (no ComfyUI, or one older than ~0.3.3x)."""
+    try:
+        from comfy_api.input_impl import VideoFromComponents
+        from comfy_api.util import VideoComponents
+    except ImportError:
+        return None
+    return VideoFromComponents, VideoComponents
+
+
+def has_video_type() -> bool:
+    """Whether the host has its VIDEO type (older hosts only get the IMAGE video nodes)."""
+    return _video_type() is not None
+
+
+def video_from_frames(frames: torch.Tensor, frame_rate):
+    """The host's VIDEO made of IMAGE frames [F, H, W, 3] at `frame_rate` (a Fraction)."""
+    if not has_video_type():
+        raise RuntimeError("this ComfyUI has no VIDEO type (comfy_api.input_impl); use Video Save / Load Video")
+    video_from_components, video_components = _video_type()
+    return video_from_components(video_components(images=frames, frame_rate=frame_rate))

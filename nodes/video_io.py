@@ -3,7 +3,8 @@ and, where the host has its VIDEO type, Frames To Video / Video To Frames.
 
 Files go through mav_core.io.video (atomic temp-then-rename writes, streaming frame-selecting reads).
 Paths follow the host's folder_paths rules (output/temp/input folders, `prefix_00001_.ext` counters,
-no escaping the output folder). Without ComfyUI the same rules run on `standin_dirs` (tests).
+no escaping the output folder), asked through nodes/host.py. Without ComfyUI the same rules run on
+`standin_dirs` (tests).
 
 The UI preview is `{"ui": {"videos": [entry]}}`; an entry is the host's file locator (filename,
 subfolder, type) plus container, fps, frame_count, width and height. The pack's web extension
@@ -26,18 +27,8 @@ from ..mav_core.io.video import WRITE_FORMATS, probe_video, read_video, write_vi
 from . import host
 from .common import CATEGORY, require_frames
 
-try:
-    import folder_paths as _fp
-except ImportError:
-    _fp = None
-
-try:  # the host's VIDEO type (ComfyUI >= 0.3.3x); older hosts only get the IMAGE nodes
-    from comfy_api.input_impl import VideoFromComponents as _VideoFromComponents
-    from comfy_api.util import VideoComponents as _VideoComponents
-except ImportError:
-    _VideoFromComponents = _VideoComponents = None
-
-HAS_VIDEO_TYPE = _VideoFromComponents is not None
+# the host's VIDEO type (ComfyUI >= 0.3.3x); older hosts only get the IMAGE nodes
+HAS_VIDEO_TYPE = host.has_video_type()
 SUFFIXES = {"mp4": ".mp4", "webm": ".webm", "gif": ".gif", "webp": ".webp", "png": ""}
 READABLE_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".webp")
 MAX_LISTED_INPUTS = 5000
@@ -50,39 +41,17 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
-# folders and names (folder_paths when the host is there, the same rules otherwise)
+# folders and names (the host's folder_paths through nodes/host.py, the same rules otherwise)
 
 
 def folder_of(kind: str) -> Path:
     """The host's output / temp / input folder (or the stand-in)."""
-    if _fp is not None:
-        getter = {"output": _fp.get_output_directory, "temp": _fp.get_temp_directory,
-                  "input": _fp.get_input_directory}[kind]
-        return Path(getter())
+    folder = host.io_folder(kind)
+    if folder is not None:
+        return folder
     if kind not in standin_dirs:
         raise RuntimeError(f"no {kind} folder: ComfyUI is absent and video_io.standin_dirs[{kind!r}] is not set")
     return Path(standin_dirs[kind])
-
-
-def _standin_save_path(prefix: str, output_dir: str, width: int, height: int):
-    """folder_paths.get_save_image_path without the host: same split, containment check and counter."""
-    for key, value in (("%width%", width), ("%height%", height)):
-        prefix = prefix.replace(key, str(value))
-    subfolder = os.path.dirname(os.path.normpath(prefix))
-    filename = os.path.basename(os.path.normpath(prefix))
-    full_output_folder = os.path.join(output_dir, subfolder)
-    if os.path.commonpath((output_dir, os.path.abspath(full_output_folder))) != output_dir:
-        raise ValueError(f"Saving outside the output folder is not allowed: {os.path.abspath(full_output_folder)}")
-    counter = 1
-    try:
-        for name in os.listdir(full_output_folder):
-            if os.path.normcase(name).startswith(os.path.normcase(filename) + "_"):
-                digits = name[len(filename) + 1:].split("_")[0]
-                if digits.isdigit():
-                    counter = max(counter, int(digits) + 1)
-    except FileNotFoundError:
-        os.makedirs(full_output_folder, exist_ok=True)
-    return full_output_folder, filename, counter, subfolder, prefix
 
 
 def save_target(filename_prefix: str, kind: str, fmt: str, width: int, height: int) -> tuple[Path, str]:
@@ -96,10 +65,7 @@ def save_target(filename_prefix: str, kind: str, fmt: str, width: int, height: i
         raise ValueError("filename_prefix: contains a NUL character")
     base = os.path.abspath(str(folder_of(kind)))
     try:
-        if _fp is not None:
-            folder, filename, counter, subfolder, _ = _fp.get_save_image_path(filename_prefix, base, width, height)
-        else:
-            folder, filename, counter, subfolder, _ = _standin_save_path(filename_prefix, base, width, height)
+        folder, filename, counter, subfolder, _ = host.save_image_path(filename_prefix, base, width, height)
     except (NotADirectoryError, FileExistsError, PermissionError) as e:
         raise OSError(f"filename_prefix: cannot create the folder for {filename_prefix!r} in {base}: {e}") from None
     except Exception as e:  # the host raises a bare Exception for a path outside the output folder
@@ -116,17 +82,9 @@ def save_target(filename_prefix: str, kind: str, fmt: str, width: int, height: i
     return final, subfolder
 
 
-def _metadata_disabled() -> bool:
-    try:
-        from comfy.cli_args import args
-    except ImportError:
-        return False
-    return bool(getattr(args, "disable_metadata", False))
-
-
 def host_metadata(prompt=None, extra_pnginfo=None) -> dict[str, str]:
     """The prompt and workflow JSON as the host embeds them: key -> JSON text ('prompt', 'workflow', ...)."""
-    if _metadata_disabled():
+    if host.metadata_disabled():
         return {}
     meta = {}
     if prompt is not None:
@@ -280,9 +238,9 @@ def input_path(name: str) -> Path:
     """The file `name` in the input folder ('name [output]' annotations as the host's); refuses escapes."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"video: expected a file name from the input folder, got {name!r}")
-    if _fp is not None:
-        path = Path(_fp.get_annotated_filepath(name))
-        bases = [_fp.get_input_directory(), _fp.get_output_directory(), _fp.get_temp_directory()]
+    hosted = host.annotated_input_file(name)
+    if hosted is not None:
+        path, bases = hosted
     else:
         path = folder_of("input") / name
         bases = [str(folder_of("input"))]
@@ -410,7 +368,7 @@ class FramesToVideo:
         _require_video_type()
         frames = require_frames(frames, "frames")
         rate = Fraction(check_fps(fps)).limit_denominator(1001)
-        return (_VideoFromComponents(_VideoComponents(images=frames, frame_rate=rate)),)
+        return (host.video_from_frames(frames, rate),)
 
 
 class VideoToFrames:

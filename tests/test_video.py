@@ -186,7 +186,7 @@ SELECTIONS = [
     ],
 )
 def test_frame_selection_returns_exact_source_indices(tmp_path, monkeypatch, name, kwargs):
-    monkeypatch.setattr(video, "_WEBP_CHUNK_FRAMES", 16)  # webp is read in chunks; cross their borders
+    monkeypatch.setattr(video.read, "_WEBP_CHUNK_FRAMES", 16)  # webp is read in chunks; cross their borders
     path = video.write_video(index_clip(40), tmp_path / name, fps=10, **kwargs)
     assert read_indices(video.read_video(path)[0]) == list(range(40))  # the code survives the codec
     for selection, expected in SELECTIONS[1:]:
@@ -317,7 +317,7 @@ def test_encoder_failure_leaves_no_temp_file_and_keeps_old_file(tmp_path, name, 
 
 def test_failure_mid_folder_leaves_old_frames_and_no_temp_folder(tmp_path, monkeypatch):
     target = video.write_video(index_clip(4), tmp_path / "seq", fps=8)
-    real_encode, calls = video._encode_png, []
+    real_encode, calls = video.write._encode_png, []
 
     def failing_on_third_frame(rgb, text):
         calls.append(1)
@@ -325,7 +325,7 @@ def test_failure_mid_folder_leaves_old_frames_and_no_temp_folder(tmp_path, monke
             raise OSError("disk full")
         return real_encode(rgb, text)
 
-    monkeypatch.setattr(video, "_encode_png", failing_on_third_frame)
+    monkeypatch.setattr(video.write, "_encode_png", failing_on_third_frame)
     with pytest.raises(OSError, match="disk full"):
         video.write_video(index_clip(8), target, fps=8)
     assert read_indices(video.read_video(target)[0]) == [0, 1, 2, 3]
@@ -355,7 +355,7 @@ def test_unwritable_folder_raises_and_leaves_nothing(tmp_path):
 
 @pytest.mark.skipif(video.cv2 is None, reason="OpenCV is not installed")
 def test_opencv_fallback_writes_and_reads_mp4_without_pyav(tmp_path, monkeypatch):
-    monkeypatch.setattr(video, "av", None)
+    monkeypatch.setattr(video.backends, "av", None)
     clip = index_clip(10) * 0.5 + smooth_clip(10) * 0.5
     with pytest.warns(UserWarning, match="metadata is not stored"):
         path = video.write_video(clip, tmp_path / "cv.mp4", fps=10, metadata={"a": "b"})
