@@ -38,7 +38,7 @@ def run_point(stage: str, frames: int, threads: int, repeats: int) -> dict:
     import torch
 
     from mav_core.models import family
-    from mav_core.inference.accel import FrameWindows
+    from mav_core.inference.windows import FrameWindows
     from mav_core.models.unet import SpaceTimeUNet
 
     torch.set_num_threads(threads)

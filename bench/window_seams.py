@@ -29,7 +29,7 @@ def _peak_rss_mib() -> float:
 
 def seam_transitions(frames: int, window: int, overlap: int) -> list[int]:
     """Transitions t -> t+1 that cross a window edge at any step (a window starts at t+1 or ends at t)."""
-    from mav_core.inference.accel import FrameWindows
+    from mav_core.inference.windows import FrameWindows
     return FrameWindows(torch.nn.Identity(), window, overlap).edge_transitions(frames)
 
 
@@ -73,7 +73,7 @@ def main():
     torch.set_num_threads(args.threads)
     from mav_core.models import family
     from mav_core.inference.pipeline import MakeAVideo
-    from mav_core.inference.stages import generate_video
+    from mav_core.inference import SamplingOptions, VideoShape, WindowOptions, generate_video
     mav = MakeAVideo.load()
     seams = seam_transitions(args.frames, args.window, args.overlap)
     rows = []
@@ -83,10 +83,9 @@ def main():
         cond, uncond = mav.conditioning(prompt, "", args.seed + i, 20, 1.0)
         t0 = time.perf_counter()
         with torch.no_grad():
-            video = generate_video(mav.decoder, cond, uncond, frames=args.frames, height=family.BASE_SIZE,
-                                   width=family.BASE_SIZE, fps=4.0, seed=args.seed + i, steps=args.steps,
-                                   cfg=args.cfg, context_window=args.window if windowed else None,
-                                   context_overlap=args.overlap if windowed else None)
+            video = generate_video(mav.decoder, cond, uncond, VideoShape(args.frames, family.BASE_SIZE, family.BASE_SIZE, 4.0),
+                                   SamplingOptions(seed=args.seed + i, steps=args.steps, cfg=args.cfg),
+                                   windows=WindowOptions(args.window, args.overlap) if windowed else None)
         seconds = time.perf_counter() - t0
         v = ((video[0].clamp(-1, 1) + 1) * 127.5).permute(1, 0, 2, 3).numpy()   # [F, C, H, W] in 0..255
         diff = np.abs(np.diff(v, axis=0)).mean(axis=(1, 2, 3))                    # per transition

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..mav_core.diffusion import SAMPLERS as CORE_SAMPLERS
+from ..mav_core.errors import InputError
+from ..mav_core.inference import video_to_frames
+from ..mav_core.inference.options import MAX_SEED
 from . import host
 
 CATEGORY = "MakeAVideo"
-SAMPLERS = ["ddim", "ddpm", "euler_ancestral", "dpmpp_2m"]
-SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True})
-MAX_SEED = 2 ** 63 - 1
+SAMPLERS = list(CORE_SAMPLERS)
+SEED = ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True})
 
 TEXT, PRIOR, DECODER, INTERPOLATOR, UPSCALER = "MAV_TEXT", "MAV_PRIOR", "MAV_DECODER", "MAV_INTERPOLATOR", "MAV_UPSCALER"
 IMAGE_EMBED_KEY = "mav_image_embed"
@@ -49,9 +53,16 @@ def require_model(model, input_name: str, stages: tuple[str, ...]):
     return model
 
 
-def core_seed(seed: int) -> int:
-    """The host allows seeds up to 2**64-1; the core's generators take int64."""
-    return int(seed) % MAX_SEED
+@contextmanager
+def inputs_named(**names: str):
+    """Re-raise the core's InputError under the node's input name: inputs_named(sampler="sampler_name")
+    turns "sampler must be one of ..." into "sampler_name: must be one of ..."; a core parameter that is
+    part of a node input (height -> images) keeps its own name in the message."""
+    try:
+        yield
+    except InputError as e:
+        name = names.get(e.param, e.param)
+        raise ValueError(f"{name}: {e.message}" if name == e.param else f"{name}: {e}") from None
 
 
 def require_frames(images, input_name: str) -> torch.Tensor:
@@ -141,5 +152,4 @@ class StepProgress:
 
 def frames_out(video: torch.Tensor) -> torch.Tensor:
     """Core video [B, 3, F, H, W] -> IMAGE [B*F, H, W, 3] on the host's intermediate device."""
-    from ..mav_core.inference.stages import video_to_frames
     return video_to_frames(video).to(host.intermediate_device())

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..mav_core.models.control import HINT_KINDS, Control, make_hint
-from ..mav_core.inference.stages import frames_to_video
+from ..mav_core.inference import frames_to_video
 from .common import CATEGORY, require_frames, require_model
 from .loaders import _StageLoader
 

@@ -1,12 +1,14 @@
 """MakeAVideo Frame Interpolator (up-F): more frames between (interpolate) or after (extrapolate) the input."""
 from __future__ import annotations
 
-from ..mav_core.inference.stages import frames_to_video, interpolate_video, is_regression
+from ..mav_core.inference import (InterpolationOptions, SamplingOptions, frames_to_video, interpolate_video,
+                                  is_regression)
 from . import host
-from .common import (CATEGORY, INTERPOLATOR, SAMPLERS, SEED, StepProgress, conditioning_dict, core_seed,
-                     frames_out, require_frames, require_model)
+from .common import (CATEGORY, INTERPOLATOR, SAMPLERS, SEED, StepProgress, conditioning_dict, frames_out, inputs_named,
+                     require_frames, require_model)
 
 MODES = ["interpolate", "extrapolate"]
+ERRORS = {"sampler": "sampler_name", "video": "images", "height": "images", "width": "images"}
 
 
 class FrameInterpolator:
@@ -41,25 +43,15 @@ class FrameInterpolator:
             sampler_name="ddim"):
         model = require_model(interpolator, "interpolator", ("interpolator",))
         frames = require_frames(images, "images")
-        if mode not in MODES:
-            raise ValueError(f"mode: {mode!r} is not one of {MODES}")
-        if mode == "extrapolate" and is_regression(model):
-            raise ValueError(f"mode: 'extrapolate' needs the diffusion ↑F; {model.path} is a regression ↑F "
-                             "(one-pass interpolation only) - load interpolator.safetensors to animate")
         if mode == "interpolate" and frames.shape[0] < 2:
             raise ValueError(f"images: interpolation needs at least 2 frames, got {frames.shape[0]} "
                              "(use mode 'extrapolate' to animate a single image)")
-        down = 2 ** (len(model.config.block_out_channels) - 1)
-        h, w = frames.shape[1:3]
-        if h % down or w % down:
-            raise ValueError(f"images: size {w}x{h} must be a multiple of {down} for {model.path} "
-                             "(resize with Upscale Image first)")
         cond = conditioning_dict(positive, "positive", model) if positive is not None else {}
         progress = StepProgress(1 if is_regression(model) else steps)   # regression ↑F: one pass per window
-        with host.models_on_device(model):
-            video = interpolate_video(model, frames_to_video(frames), cond, None, multiplier=multiplier, mode=mode,
-                                      extra_frames=extra_frames or None, fps=fps, seed=core_seed(seed),
-                                      steps=steps, sampler=sampler_name, callback=progress)
+        how = InterpolationOptions(multiplier, mode, extra_frames or None)
+        options = SamplingOptions(seed=seed, steps=steps, sampler=sampler_name)
+        with inputs_named(**ERRORS), host.models_on_device(model):
+            video = interpolate_video(model, frames_to_video(frames), cond, None, fps, how, options, progress)
         out_fps = fps * multiplier if mode == "interpolate" else fps
         return (frames_out(video), float(out_fps))
 

@@ -1,9 +1,9 @@
 """MakeAVideo Prior: adds an image embedding sampled from the text encoding to each CONDITIONING entry."""
 from __future__ import annotations
 
-from ..mav_core.inference.stages import run_prior
+from ..mav_core.inference import SamplingOptions, run_prior
 from . import host
-from .common import CATEGORY, IMAGE_EMBED_KEY, PRIOR, SEED, StepProgress, core_seed, require_model
+from .common import CATEGORY, IMAGE_EMBED_KEY, PRIOR, SEED, StepProgress, inputs_named, require_model
 
 
 class Prior:
@@ -25,6 +25,9 @@ class Prior:
         if not conditioning:
             raise ValueError("conditioning: empty CONDITIONING")
         progress = StepProgress(steps * len(conditioning), preview=False)
+        options = SamplingOptions(seed=seed, steps=steps, cfg=cfg)
+        with inputs_named():
+            options.validate()
         out = []
         with host.models_on_device(model):
             for tokens, extras in conditioning:
@@ -37,8 +40,7 @@ class Prior:
                 if pooled.shape[-1] != pc.embed_dim:
                     raise ValueError(f"conditioning: pooled_output width {pooled.shape[-1]}, "
                                      f"the prior expects {pc.embed_dim}")
-                embed = run_prior(model, tokens, pooled, seed=core_seed(seed), steps=steps, cfg=cfg,
-                                  callback=progress)
+                embed = run_prior(model, tokens, pooled, options, callback=progress)
                 out.append([tokens, {**extras, IMAGE_EMBED_KEY: embed.to(host.intermediate_device()).float()}])
         return (out,)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 from einops import rearrange
 
 from ..mav_core.inference.memory import activation_bytes
-from ..mav_core.inference.stages import frames_to_video, generate_video
+from ..mav_core.errors import InputError
+from ..mav_core.inference import Guides, SamplingOptions, VideoShape, WindowOptions, frames_to_video, generate_video
 from . import host
 from .control import control_models, core_controls
 from .prompt_schedule import scheduled_conditioning
-from .common import (CATEGORY, DECODER, SAMPLERS, SEED, StepProgress, conditioning_dict, core_seed, frames_out,
+from .common import (CATEGORY, DECODER, SAMPLERS, SEED, StepProgress, conditioning_dict, frames_out, inputs_named,
                      require_frames, require_model, widget_problem)
 
 LATENT_SCALE = 8   # latent families (UNet3D / ModelScope): pixel size / 8, as the host's Empty Latent Image
@@ -66,13 +67,6 @@ class Sampler:
     def sample(self, decoder, positive, negative, seed, steps, cfg, sampler_name, frames, fps, width, height,
                denoise, init_frames=None, context_window=0, context_overlap=4):
         model = require_model(decoder, "decoder", ("decoder",))
-        if context_window and context_window < 2:
-            raise ValueError(f"context_window: {context_window} is too short; use 0 (off) or at least 2 frames")
-        if context_window and not 0 <= context_overlap < context_window:
-            raise ValueError(f"context_overlap: {context_overlap} must be at least 0 and less than "
-                             f"context_window ({context_window})")
-        if sampler_name not in SAMPLERS:
-            raise ValueError(f"sampler_name: {sampler_name!r} is not one of {SAMPLERS}")
         latent = model.config.in_channels == 4
         cond = conditioning_dict(positive, "positive", model)
         uncond = conditioning_dict(negative, "negative", model, negative_of=cond)
@@ -83,32 +77,29 @@ class Sampler:
                                  f"{model.path} samples latents")
             init = frames_to_video(require_frames(init_frames, "init_frames"))
             frames, height, width = init.shape[2:]
-            down = 2 ** (len(model.config.block_out_channels) - 1)
-            if height % down or width % down:
-                raise ValueError(f"init_frames: size {width}x{height} must be a multiple of {down} for {model.path} "
-                                 "(resize with Upscale Image first)")
-        elif denoise < 1.0:
-            raise ValueError(f"denoise: {denoise} < 1 needs init_frames to start from")
         if latent:
             for name, v in (("width", width), ("height", height)):
                 if v % LATENT_SCALE:
                     raise ValueError(f"{name}: {v} must be a multiple of {LATENT_SCALE} for a latent decoder")
             height, width = height // LATENT_SCALE, width // LATENT_SCALE
+        shape = VideoShape(frames, height, width, fps)
+        options = SamplingOptions(seed=seed, steps=steps, cfg=cfg, sampler=sampler_name, denoise=denoise)
+        windows = WindowOptions(context_window, context_overlap) if context_window else None
+        names = {"sampler": "sampler_name", **({"height": "init_frames", "width": "init_frames"} if init is not None else {})}
+        with inputs_named(**names):
+            shape.validate(model.config.size_multiple)
+            options.validate()
+            if windows is not None:
+                windows.validate()
+            if denoise < 1.0 and init is None:
+                raise InputError("denoise", f"{denoise} < 1 needs init_frames to start from")
         cond, uncond = scheduled_conditioning(positive, model, frames, cond, uncond)
-        controls = core_controls(positive, model, frames, height, width)
-        if context_window and controls:
-            raise ValueError("context_window: sliding windows cannot be combined with ControlNet-style controls "
-                             "(their hint videos are not windowed); set context_window to 0")
+        guides = Guides(init=init, controls=tuple(core_controls(positive, model, frames, height, width)))
         progress = StepProgress(steps)
-        guided = 2 if cfg != 1.0 else 1
-        need = activation_bytes(model.config, guided, min(frames, context_window or frames), height, width,
-                                next(model.module.parameters()).element_size())
-        with host.models_on_device(model, *control_models(positive), memory_required=need):
-            video = generate_video(model, cond, uncond, frames=frames, height=height, width=width, fps=fps,
-                                   seed=core_seed(seed), steps=steps, cfg=cfg, sampler=sampler_name,
-                                   init=init, denoise=denoise, controls=controls or None, callback=progress,
-                                   context_window=context_window or None,
-                                   context_overlap=context_overlap if context_window else None)
+        need = activation_bytes(model.config, 2 if cfg != 1.0 else 1, min(frames, context_window or frames), height,
+                                width, next(model.module.parameters()).element_size())
+        with inputs_named(**names), host.models_on_device(model, *control_models(positive), memory_required=need):
+            video = generate_video(model, cond, uncond, shape, options, guides, windows, progress)
         if latent:
             samples = rearrange(video, "b c f h w -> (b f) c h w").to(host.intermediate_device()).float()
             return (None, float(fps), {"samples": samples / SD_VAE_SCALING})

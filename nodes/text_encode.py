@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..mav_core.inference.stages import encode_prompt
+from ..mav_core.inference import encode_prompt
 from . import host
 from .common import CATEGORY, TEXT, require_model
 

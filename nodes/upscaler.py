@@ -2,10 +2,9 @@
 with the same noise for every frame. The checkpoint's stage picks the mode."""
 from __future__ import annotations
 
-from ..mav_core.inference.stages import frames_to_video, upscale_video
+from ..mav_core.inference import SamplingOptions, UpscaleOptions, frames_to_video, upscale_video
 from . import host
-from .common import (CATEGORY, SAMPLERS, SEED, UPSCALER, StepProgress, core_seed, frames_out, require_frames,
-                     require_model)
+from .common import CATEGORY, SAMPLERS, SEED, UPSCALER, StepProgress, frames_out, inputs_named, require_frames, require_model
 
 
 MIN_CHUNK = 3   # sr_video chunks overlap by 2 frames, so a chunk must hold more than 2
@@ -34,7 +33,7 @@ class Upscaler:
     def run(self, upscaler, images, seed, steps, frame_chunk, sampler_name="ddim"):
         model = require_model(upscaler, "upscaler", ("sr_video", "sr_frame"))
         frames = require_frames(images, "images")
-        down = 2 ** (len(model.config.block_out_channels) - 1)
+        down = model.config.size_multiple
         h, w = frames.shape[1:3]
         if (2 * h) % down or (2 * w) % down:
             raise ValueError(f"images: size {w}x{h} does not fit {model.path} (2x size must be a multiple of {down})")
@@ -42,10 +41,10 @@ class Upscaler:
             raise ValueError(f"frame_chunk: must be an integer >= {MIN_CHUNK}, got {frame_chunk!r}")
         temporal = model.stage == "sr_video"
         progress = StepProgress(steps)
-        with host.models_on_device(model):
-            video = upscale_video(model, frames_to_video(frames), seed=core_seed(seed), steps=steps,
-                                  sampler=sampler_name, temporal=temporal, shared_noise=not temporal,
-                                  frame_chunk=frame_chunk, callback=progress)
+        options = SamplingOptions(seed=seed, steps=steps, sampler=sampler_name, noise_share=0.0 if temporal else 1.0)
+        with inputs_named(sampler="sampler_name", video="images"), host.models_on_device(model):
+            video = upscale_video(model, frames_to_video(frames), options, UpscaleOptions(temporal, frame_chunk),
+                                  callback=progress)
         return (frames_out(video),)
 
 

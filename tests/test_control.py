@@ -4,7 +4,7 @@ import torch
 from mav_core.io.checkpoints import LoadedModel
 from mav_core.models.control import Control, ControlAdapter, ControlConfig, canny_hint, mask_hint
 from mav_core.diffusion import NoiseSchedule
-from mav_core.inference.stages import generate_video
+from mav_core.inference import Guides, SamplingOptions, UpscaleOptions, VideoShape, generate_video
 from mav_core.models.unet import SpaceTimeUNet
 
 
@@ -18,8 +18,8 @@ def _run(dec, controls=None, seed=0):
     cond = {"context": torch.randn(1, 3, dec.config.context_dim, generator=torch.Generator().manual_seed(1)),
             "image_embed": torch.ones(1, dec.config.image_embed_dim)}
     uncond = {"context": torch.zeros_like(cond["context"]), "image_embed": torch.zeros_like(cond["image_embed"])}
-    return generate_video(dec, cond, uncond, frames=3, height=16, width=16, steps=3, cfg=2.0, seed=seed,
-                          controls=controls)
+    return generate_video(dec, cond, uncond, VideoShape(3, 16, 16), SamplingOptions(seed=seed, steps=3, cfg=2.0),
+                          Guides(controls=tuple(controls or ())))
 
 
 def _trained_adapter(cfg):
@@ -64,7 +64,7 @@ def test_hints():
 
 def test_upscale_small_frame_chunks_terminate_and_cover_all_frames():
     """Temporal SR in chunks of 1 or 2 frames must advance (overlap < chunk) and return every frame."""
-    from mav_core.inference.stages import upscale_video
+    from mav_core.inference import upscale_video
     from mav_core.models import family
     torch.manual_seed(0)
     cfg = family.sr_config(True)
@@ -72,7 +72,7 @@ def test_upscale_small_frame_chunks_terminate_and_cover_all_frames():
     sr = LoadedModel("sr", "sr_video", "mav", SpaceTimeUNet(cfg).eval(), NoiseSchedule("cosine"), "v")
     video = torch.rand(1, 3, 5, 8, 8) * 2 - 1
     for chunk in (1, 2, 3):
-        out = upscale_video(sr, video, steps=1, frame_chunk=chunk)
+        out = upscale_video(sr, video, SamplingOptions(steps=1), UpscaleOptions(frame_chunk=chunk))
         assert out.shape == (1, 3, 5, 16, 16)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mav_core.inference import accel, memory
+from mav_core.inference import memory, precision as accel
 from mav_core.models import family, layers
 from mav_core.inference.pipeline import MakeAVideo
 
@@ -37,21 +37,21 @@ def test_free_memory_can_come_from_the_host(decoder_config):
         memory.set_free_memory_provider(lambda device: need - 1)
         assert memory.available_bytes("cpu") == need - 1
         with pytest.raises(MemoryError, match=r"available \(as the host reports\)"):
-            memory.check_fits("d", decoder_config, 1, 4, 32, 32, "cpu")
+            memory.check_fits("d", decoder_config, (1, 4, 32, 32), "cpu")
         memory.set_free_memory_provider(lambda device: need)
-        assert memory.check_fits("d", decoder_config, 1, 4, 32, 32, "cpu") == need
+        assert memory.check_fits("d", decoder_config, (1, 4, 32, 32), "cpu") == need
     finally:
         memory.set_free_memory_provider(None)
 
 
 def test_mps_estimate_counts_the_attention_score_matrix(decoder_config):
     """On MPS scaled_dot_product_attention builds the L x L scores: a request that fits on CUDA/CPU may not."""
-    cpu = memory.check_fits("d", decoder_config, 2, 16, 32, 32, "cpu", available=10**12)
+    cpu = memory.check_fits("d", decoder_config, (2, 16, 32, 32), "cpu", available=10**12)
     scores = memory.attention_score_bytes(decoder_config, 2, 16, 32, 32)
     assert scores > 0
-    assert memory.check_fits("d", decoder_config, 2, 16, 32, 32, "mps", available=10**12) == cpu + scores
+    assert memory.check_fits("d", decoder_config, (2, 16, 32, 32), "mps", available=10**12) == cpu + scores
     with pytest.raises(MemoryError):
-        memory.check_fits("d", decoder_config, 2, 16, 32, 32, "mps", available=cpu)
+        memory.check_fits("d", decoder_config, (2, 16, 32, 32), "mps", available=cpu)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ from mav_core.inference import memory
 from mav_core.io.checkpoints import LoadedModel
 from mav_core.diffusion import NoiseSchedule
 from mav_core.inference.pipeline import ChainSettings, MakeAVideo
-from mav_core.inference.stages import MAX_FRAMES, generate_video, interpolate_video, sample_unet, upscale_video
+from mav_core.inference import (InterpolationOptions, SamplingOptions, UpscaleOptions, VideoShape, generate_video,
+                                interpolate_video, sample_unet, upscale_video)
+from mav_core.inference.options import MAX_FRAMES
 from mav_core.models.unet import SpaceTimeUNet, UNetConfig
 
 
@@ -48,6 +50,14 @@ def _cond():
 
 
 GOOD = dict(frames=2, height=8, width=8, fps=8.0, steps=1, cfg=1.0, seed=0)
+SHAPE_FIELDS = ("frames", "height", "width", "fps")
+
+
+def _generate(decoder, callback=None, **kw):
+    """generate_video with the keyword settings split into its VideoShape and SamplingOptions."""
+    shape = VideoShape(**{k: v for k, v in kw.items() if k in SHAPE_FIELDS})
+    options = SamplingOptions(**{k: v for k, v in kw.items() if k not in SHAPE_FIELDS})
+    return generate_video(decoder, _cond(), None, shape, options, callback=callback)
 BAD_GENERATE = [
     ("frames", 0), ("frames", -3), ("frames", 2.5), ("frames", True), ("frames", "8"), ("frames", MAX_FRAMES + 1),
     ("height", 0), ("height", 9), ("height", 8.0), ("width", "8"), ("width", 10_000),
@@ -64,14 +74,14 @@ BAD_GENERATE = [
 def test_generate_video_names_the_bad_input(decoder, name, value):
     calls = []
     with pytest.raises(ValueError, match=re.escape(name)) as info:
-        generate_video(decoder, _cond(), None, **{**GOOD, name: value}, callback=calls.append)
+        _generate(decoder, callback=calls.append, **{**GOOD, name: value})
     assert calls == [], "sampling started before the input was checked"
     if name != "sampler":
         assert repr(value) in str(info.value) or str(value) in str(info.value)
 
 
 def test_good_inputs_still_generate(decoder):
-    out = generate_video(decoder, _cond(), None, **GOOD)
+    out = _generate(decoder, **GOOD)
     assert out.shape == (1, 3, 2, 8, 8) and torch.isfinite(out).all()
 
 
@@ -84,7 +94,10 @@ def test_interpolate_video_names_the_bad_input(interpolator, name, value):
     video = torch.zeros(1, 3, 3, 8, 8)
     mode = "extrapolate" if name == "extra_frames" else "interpolate"
     with pytest.raises(ValueError, match=re.escape(name)):
-        interpolate_video(interpolator, video, _cond(), mode=mode, steps=1, **{name: value})
+        fps = value if name == "fps" else 8.0
+        how = {name: value} if name not in ("fps",) else {}
+        interpolate_video(interpolator, video, _cond(), None, fps, InterpolationOptions(mode=mode, **how),
+                          SamplingOptions(steps=1))
 
 
 def test_interpolate_and_upscale_refuse_malformed_videos(interpolator, sr):
@@ -95,7 +108,7 @@ def test_interpolate_and_upscale_refuse_malformed_videos(interpolator, sr):
     with pytest.raises(ValueError, match=r"video has 4 channels; tiny-sr.safetensors upscales 3-channel videos"):
         upscale_video(sr, torch.zeros(1, 4, 2, 8, 8))
     with pytest.raises(ValueError, match="frame_chunk"):
-        upscale_video(sr, torch.zeros(1, 3, 2, 8, 8), frame_chunk=0)
+        upscale_video(sr, torch.zeros(1, 3, 2, 8, 8), upscale=UpscaleOptions(frame_chunk=0))
 
 
 BAD_SETTINGS = [("frames", 0), ("fps", math.nan), ("seed", -2), ("steps", 0), ("prior_steps", 5000),
@@ -143,11 +156,11 @@ def test_available_memory_is_read_on_this_machine():
 def test_check_fits_refuses_what_cannot_fit(decoder, monkeypatch):
     monkeypatch.delenv("MAV_SKIP_MEMORY_CHECK", raising=False)
     need = memory.activation_bytes(decoder.config, 1, 4, 16, 16)
-    assert memory.check_fits("d", decoder.config, 1, 4, 16, 16, "cpu", available=need) == need
+    assert memory.check_fits("d", decoder.config, (1, 4, 16, 16), "cpu", available=need) == need
     with pytest.raises(MemoryError, match=r"d: 1 x 4 frames at 16x16 needs at least .* GiB .* only .* GiB"):
-        memory.check_fits("d", decoder.config, 1, 4, 16, 16, "cpu", available=need - 1)
+        memory.check_fits("d", decoder.config, (1, 4, 16, 16), "cpu", available=need - 1)
     monkeypatch.setenv("MAV_SKIP_MEMORY_CHECK", "1")
-    assert memory.check_fits("d", decoder.config, 1, 4, 16, 16, "cpu", available=0) == need
+    assert memory.check_fits("d", decoder.config, (1, 4, 16, 16), "cpu", available=0) == need
 
 
 @pytest.mark.skipif(memory.available_bytes("cpu") is None, reason="no /proc/meminfo: free memory unknown")
@@ -156,12 +169,12 @@ def test_generate_video_refuses_an_impossible_request_before_sampling(decoder, s
     calls = []
     with pytest.raises(MemoryError, match=r"tiny-decoder.safetensors: 2 x 1024 frames at 4096x4096"):
         generate_video(decoder, _cond(), {"context": torch.zeros(1, 3, 8), "image_embed": torch.zeros(1, 4)},
-                       **{**GOOD, "frames": 1024, "height": 4096, "width": 4096, "cfg": 5.0}, callback=calls.append)
+                       VideoShape(1024, 4096, 4096), SamplingOptions(steps=1, cfg=5.0), callback=calls.append)
     assert calls == []
     # upscale: the check sees one chunk of frames at the doubled size; the low-res input is a view (no memory)
     huge = torch.zeros(1, 3, 1, 1, 1).expand(1, 3, 64, 4096, 4096)
     with pytest.raises(MemoryError, match=r"tiny-sr.safetensors: 1 x 32 frames at 8192x8192"):
-        upscale_video(sr, huge, steps=1)
+        upscale_video(sr, huge, SamplingOptions(steps=1))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -187,8 +200,8 @@ def test_nan_in_the_model_output_stops_sampling_naming_the_step(decoder, every, 
     steps = []
     try:
         with pytest.raises(FloatingPointError) as info:
-            sample_unet(decoder, (1, 3, 2, 8, 8), {**_cond(), "fps": torch.tensor([8.0])}, steps=6,
-                        nan_check_every=every, callback=lambda i: steps.append(i["i"]))
+            sample_unet(decoder, (1, 3, 2, 8, 8), {**_cond(), "fps": torch.tensor([8.0])}, None,
+                        SamplingOptions(steps=6, nan_check_every=every), callback=lambda i: steps.append(i["i"]))
     finally:
         handle.remove()
     msg = str(info.value)

@@ -138,10 +138,10 @@ def test_cfg_denoiser_takes_the_shared_latent_path_with_the_same_result():
 
 
 def test_bf16_precision_option_tracks_fp32_and_validates():
-    from mav_core.inference.accel import fast_bf16_supported, resolve_precision
+    from mav_core.inference.precision import fast_bf16_supported, resolve_precision
     from mav_core.io.checkpoints import LoadedModel
     from mav_core.diffusion.schedule import NoiseSchedule
-    from mav_core.inference.stages import generate_video
+    from mav_core.inference import SamplingOptions, VideoShape, generate_video
     cfg = UNetConfig(block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, True), context_dim=8,
                      norm_num_groups=8, attention_head_dim=16, image_embed_dim=0)
     model = SpaceTimeUNet(cfg).eval()
@@ -149,8 +149,8 @@ def test_bf16_precision_option_tracks_fp32_and_validates():
     decoder = LoadedModel("tiny", "decoder", "mav", model, NoiseSchedule("cosine"), "v")
     cond = {"context": torch.randn(1, 3, 8, generator=torch.Generator().manual_seed(7))}
     with torch.no_grad():
-        fp32 = generate_video(decoder, cond, None, frames=6, height=16, width=16, steps=3, cfg=1.0)
-        bf16 = generate_video(decoder, cond, None, frames=6, height=16, width=16, steps=3, cfg=1.0, precision="bf16")
+        fp32 = generate_video(decoder, cond, None, VideoShape(6, 16, 16), SamplingOptions(steps=3, cfg=1.0))
+        bf16 = generate_video(decoder, cond, None, VideoShape(6, 16, 16), SamplingOptions(steps=3, cfg=1.0, precision="bf16"))
     assert bf16.dtype == torch.float32 and 0 < _rel(bf16, fp32) < 5e-2     # really ran in bf16, and close
     assert resolve_precision("auto", "cpu") == ("bf16" if fast_bf16_supported("cpu") else "fp32")
     with pytest.raises(ValueError, match="precision"):

@@ -15,7 +15,8 @@ from mav_core.io.checkpoints import LoadedModel
 from mav_core.io.loader import load_model
 from mav_core.diffusion.schedule import NoiseSchedule
 from mav_core.inference.pipeline import MakeAVideo
-from mav_core.inference.stages import generate_video, interpolate_video, sample_unet, upscale_video
+from mav_core.inference import (InterpolationOptions, SamplingOptions, VideoShape, generate_video, interpolate_video,
+                                sample_unet, upscale_video)
 from mav_core.models.unet import SpaceTimeUNet, UNetConfig
 
 BOUNDS = {torch.float16: (0.02, 0.002), torch.bfloat16: (0.15, 0.015)}   # (max, mean) |half - fp32|
@@ -33,9 +34,9 @@ def _stages(dtype, cond, uncond):
     sr = load_model(family.WEIGHTS_DIR / "sr_video.safetensors", dtype=dtype)
     assert next(dec.module.parameters()).dtype == dtype
     with torch.no_grad():
-        video = generate_video(dec, cond, uncond, frames=4, height=32, width=32, fps=4, seed=0, steps=4, cfg=4.0)
-        inter = interpolate_video(itp, video, cond, None, multiplier=2, fps=4, seed=0, steps=3)
-        up = upscale_video(sr, video[:, :, :2], seed=0, steps=3)
+        video = generate_video(dec, cond, uncond, VideoShape(4, 32, 32, 4), SamplingOptions(steps=4, cfg=4.0))
+        inter = interpolate_video(itp, video, cond, None, 4, InterpolationOptions(2), SamplingOptions(steps=3))
+        up = upscale_video(sr, video[:, :, :2], SamplingOptions(steps=3))
     return {"D^t": video, "↑F": inter, "SR": up}
 
 
@@ -63,7 +64,7 @@ def test_float32_sampling_state_keeps_the_first_sigma_finite(conditioning):
     assert float(decoder.schedule.sigmas().max()) * 4 > torch.finfo(torch.float16).max
     cond, _ = conditioning
     seen = []
-    out = sample_unet(decoder, (1, 3, 2, 32, 32), {**cond, "fps": torch.tensor([4.0])}, steps=3,
+    out = sample_unet(decoder, (1, 3, 2, 32, 32), {**cond, "fps": torch.tensor([4.0])}, None, SamplingOptions(steps=3),
                       callback=lambda info: seen.append((info["x"].dtype, bool(torch.isfinite(info["x"]).all()))))
     assert torch.isfinite(out).all() and out.dtype == torch.float32
     assert seen == [(torch.float32, True)] * 3
@@ -86,7 +87,7 @@ def test_unet3d_layout_samples_in_half_precision(dtype):
         model = LoadedModel("unet3d", "decoder", "unet3d-modelscope",
                             SpaceTimeUNet(cfg).eval().to(dt), NoiseSchedule("linear"), "eps")
         model.module.load_state_dict(module.state_dict())
-        outs[dt] = sample_unet(model, (1, 4, 3, 8, 8), cond, uncond, steps=4, cfg=9.0, seed=1)
+        outs[dt] = sample_unet(model, (1, 4, 3, 8, 8), cond, uncond, SamplingOptions(seed=1, steps=4, cfg=9.0))
     assert torch.isfinite(outs[dtype]).all()
     scale = outs[torch.float32].abs().max()
     assert ((outs[dtype] - outs[torch.float32]).abs().max() / scale) < (0.02 if dtype == torch.float16 else 0.1)

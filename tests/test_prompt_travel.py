@@ -7,7 +7,8 @@ import torch
 from mav_core.io.checkpoints import LoadedModel
 from mav_core.diffusion import NoiseSchedule
 from mav_core.inference.prompt_travel import align_per_frame, frame_conditioning, keyframe_weights
-from mav_core.inference.stages import generate_video, sample_unet
+from mav_core.inference import SamplingOptions, VideoShape, generate_video, sample_unet
+from mav_core.inference.sampling import image_mode
 from mav_core.models.unet import SpaceTimeUNet
 
 FRAMES = 10
@@ -38,9 +39,10 @@ def test_one_keyframe_schedule_equals_no_schedule_exactly(tiny_unet_config):
     dec = _decoder(tiny_unet_config)
     a = _prompt(tiny_unet_config, 1)
     uncond = {k: torch.zeros_like(v) for k, v in a.items()}
-    plain = generate_video(dec, a, uncond, frames=4, height=16, width=16, steps=2, cfg=2.0, seed=3)
+    plain = generate_video(dec, a, uncond, VideoShape(4, 16, 16), SamplingOptions(seed=3, steps=2, cfg=2.0))
     cond, unc = align_per_frame(frame_conditioning([(0, a)], 4, blend=2), uncond, 4)
-    assert torch.equal(generate_video(dec, cond, unc, frames=4, height=16, width=16, steps=2, cfg=2.0, seed=3), plain)
+    assert torch.equal(generate_video(dec, cond, unc, VideoShape(4, 16, 16), SamplingOptions(seed=3, steps=2, cfg=2.0)),
+                       plain)
 
 
 def test_per_frame_context_of_one_prompt_matches_shared_context(tiny_unet_config):
@@ -66,7 +68,7 @@ def test_two_keyframes_first_frame_is_prompt_a_last_is_prompt_b(tiny_unet_config
     shape = (1, 3, FRAMES, 16, 16)
 
     def run(cond, uncond):
-        return sample_unet(dec, shape, cond, uncond, seed=4, steps=3, cfg=2.0, temporal=False)
+        return sample_unet(image_mode(dec), shape, cond, uncond, SamplingOptions(seed=4, steps=3, cfg=2.0))
 
     video_a, video_b = run(a, neg), run(b, neg)
     travel = run(*align_per_frame(frame_conditioning([(0, a), (8, b)], FRAMES, blend=4), neg, FRAMES))

@@ -7,7 +7,8 @@ import torch
 from mav_core.models import family
 from mav_core.io.checkpoints import LoadedModel
 from mav_core.diffusion import NoiseSchedule
-from mav_core.inference.stages import interpolate_video, linear_blend_frames
+from mav_core.inference import (InterpolationOptions, SamplingOptions, VideoShape, generate_video, interpolate_video,
+                                linear_blend_frames)
 from mav_core.models.unet import SpaceTimeUNet
 
 
@@ -25,7 +26,8 @@ def test_interpolate_keeps_known_frames_and_counts():
     model = LoadedModel("interp", "interpolator", "mav", SpaceTimeUNet(cfg).eval(), NoiseSchedule("cosine"), "v")
     video = torch.rand(1, 3, 4, 8, 8) * 2 - 1
     for blend in (1.0, 0.3):
-        out = interpolate_video(model, video, {}, multiplier=3, steps=2, window=7, blend_init=blend)
+        out = interpolate_video(model, video, {}, None, 8.0, InterpolationOptions(3, window=7, blend_init=blend),
+                                SamplingOptions(steps=2))
         assert out.shape == (1, 3, 10, 8, 8)               # (4 - 1) * 3 + 1
         assert torch.equal(out[:, :, ::3], video)
 
@@ -61,7 +63,8 @@ def test_residual_interpolator_starts_from_the_guess():
     for scale in (4.0, None):
         meta = {"mav_interp_residual_scale": str(scale)} if scale else {}
         model = LoadedModel("interp", "interpolator", "mav", net, NoiseSchedule("cosine"), "x0", meta)
-        outs[scale] = interpolate_video(model, video, {}, multiplier=2, steps=4, blend_init=0.3)
+        outs[scale] = interpolate_video(model, video, {}, None, 8.0, InterpolationOptions(2, blend_init=0.3),
+                                        SamplingOptions(steps=4))
         assert torch.equal(outs[scale][:, :, ::2], video)
     assert (outs[4.0] - blend).abs().max() < 1e-5
     assert outs[None][:, :, 1::2].abs().max() < 1e-5 and blend[:, :, 1::2].abs().max() > 0.2
@@ -82,23 +85,23 @@ def _regression_interpolator(zero_output: bool = True) -> LoadedModel:
 def test_regression_interpolator_is_one_deterministic_pass_per_window():
     """A regression ↑F (metadata mav_interp_estimate) fills the gaps with one network call per window,
     whatever the seed and step count; a zero correction gives exactly the blend of the known frames."""
-    from mav_core.inference.stages import generate_video
     model = _regression_interpolator()
     calls = []
     model.module.register_forward_hook(lambda *a: calls.append(1))
     video = torch.rand(1, 3, 5, 8, 8) * 2 - 1
-    out = interpolate_video(model, video, {}, multiplier=2, seed=0, steps=20, window=5)   # 2 windows of 5
+    out = interpolate_video(model, video, {}, None, 8.0, InterpolationOptions(2, window=5),
+                            SamplingOptions(seed=0, steps=20))   # 2 windows of 5
     assert len(calls) == 2
-    again = interpolate_video(model, video, {}, multiplier=2, seed=7, steps=3, window=5)
+    again = interpolate_video(model, video, {}, None, 8.0, InterpolationOptions(2, window=5), SamplingOptions(seed=7, steps=3))
     assert torch.equal(out, again)
     grid = torch.zeros(1, 3, 9, 8, 8)
     grid[:, :, ::2] = video
     assert torch.equal(out[:, :, ::2], video)
     assert (out - linear_blend_frames(grid, 2)).abs().max() < 1e-6
     with pytest.raises(ValueError, match="regression"):
-        interpolate_video(model, video, {}, mode="extrapolate", extra_frames=4)
+        interpolate_video(model, video, {}, None, 8.0, InterpolationOptions(mode="extrapolate", extra_frames=4))
     with pytest.raises(ValueError, match="regression"):
-        generate_video(model, {}, None, frames=4, height=8, width=8, steps=2)
+        generate_video(model, {}, None, VideoShape(4, 8, 8), SamplingOptions(steps=2))
 
 
 def test_regression_interpolator_output_is_blend_plus_its_correction():
@@ -106,7 +109,7 @@ def test_regression_interpolator_output_is_blend_plus_its_correction():
     correction changes the in-between frames and only them."""
     model = _regression_interpolator(zero_output=False)
     video = torch.rand(1, 3, 3, 8, 8) * 2 - 1
-    out = interpolate_video(model, video, {}, multiplier=2)
+    out = interpolate_video(model, video, {})
     grid = torch.zeros(1, 3, 5, 8, 8)
     grid[:, :, ::2] = video
     correction = (out - linear_blend_frames(grid, 2))[:, :, 1::2]
@@ -124,7 +127,7 @@ def test_shipped_regression_interpolator_beats_optical_flow_on_held_out_clips():
     from mav_core.io.loader import load_model
     from mav_core.eval.evaluate import eval_interpolation
     from mav_core.inference.pipeline import MakeAVideo
-    from mav_core.inference.stages import is_regression
+    from mav_core.inference import is_regression
     mav = MakeAVideo.load()
     mav.interpolator = load_model(family.WEIGHTS_DIR / family.REGRESSION_INTERPOLATOR_FILE, expect_stage="interpolator")
     assert is_regression(mav.interpolator)

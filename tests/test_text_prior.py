@@ -9,7 +9,9 @@ import torch
 from mav_core.io.checkpoints import save_model
 from mav_core.io.loader import load_model
 from mav_core.diffusion import Denoiser
-from mav_core.models.prior import DiffusionPrior, PriorConfig, sample_image_embed
+from mav_core.inference import SamplingOptions
+from mav_core.inference.text import sample_image_embed
+from mav_core.models.prior import DiffusionPrior, PriorConfig
 from mav_core.models.text import BOS, EOS, PAD, UNK, TextImageConfig, TextImageEncoder, Tokenizer
 from mav_core.train import prior as prior_stage
 from mav_core.train import text as text_stage
@@ -113,9 +115,9 @@ def test_prior_forward_through_denoiser_and_sampling_gives_unit_embeddings():
     assert out.shape == (2, 16)
     with torch.no_grad():
         prior.set_null_conditioning(*enc.encode_text([""]))
-    a = sample_image_embed(prior, schedule, tokens, pooled, steps=4, cfg=3.0, seed=7)
-    b = sample_image_embed(prior, schedule, tokens, pooled, steps=4, cfg=3.0, seed=7)
-    c = sample_image_embed(prior, schedule, tokens, pooled, steps=4, cfg=1.0, seed=7)
+    a = sample_image_embed(prior, schedule, tokens, pooled, SamplingOptions(seed=7, steps=4, cfg=3.0))
+    b = sample_image_embed(prior, schedule, tokens, pooled, SamplingOptions(seed=7, steps=4, cfg=3.0))
+    c = sample_image_embed(prior, schedule, tokens, pooled, SamplingOptions(seed=7, steps=4, cfg=1.0))
     assert a.shape == (2, 16) and torch.allclose(a.norm(dim=-1), torch.ones(2), atol=1e-5)
     assert torch.equal(a, b) and not torch.allclose(a, c)
     with pytest.raises(ValueError, match="text_tokens must be"):
@@ -133,8 +135,9 @@ def test_prior_save_load_round_trip_keeps_null_conditioning(tmp_path):
     assert loaded.schedule == schedule and loaded.prediction == "x0"
     assert torch.equal(loaded.module.null_text_embed, prior.null_text_embed)
     tokens, pooled = enc.encode_text(["a red circle"])
-    assert torch.equal(sample_image_embed(loaded.module, loaded.schedule, tokens, pooled, steps=3, cfg=2.0, seed=1),
-                       sample_image_embed(prior, schedule, tokens, pooled, steps=3, cfg=2.0, seed=1))
+    options = SamplingOptions(seed=1, steps=3, cfg=2.0)
+    assert torch.equal(sample_image_embed(loaded.module, loaded.schedule, tokens, pooled, options),
+                       sample_image_embed(prior, schedule, tokens, pooled, options))
 
 
 # --------------------------------------------------------------------------- training recipes
@@ -194,7 +197,7 @@ def test_text_and_prior_stages_train_and_losses_fall(tmp_path):
     first, last = _falls(_history(out, "prior"))
     assert last < first * 0.9, f"prior loss did not fall: first 5 {first:.3f}, last 5 {last:.3f}"
     tokens, pooled = encoder.encode_text(["a small red circle on a gray background"])
-    assert sample_image_embed(loaded.module, loaded.schedule, tokens, pooled, steps=3).shape == (1, 16)
+    assert sample_image_embed(loaded.module, loaded.schedule, tokens, pooled, SamplingOptions(steps=3)).shape == (1, 16)
 
 
 def _history(out, stage):

@@ -1,4 +1,4 @@
-"""Sliding temporal windows for long videos (stages.generate_video(context_window=...)).
+"""Sliding temporal windows for long videos (generate_video(..., windows=WindowOptions(...))).
 
 Mechanics on a tiny random-weight model (no trained weights needed): blending is exact for frame-local
 networks, conditioning slices with the window, every boundary moves between steps, and the windowed
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from mav_core.inference.accel import FrameWindows
+from mav_core.inference.windows import FrameWindows
 from mav_core.io.checkpoints import LoadedModel
 from mav_core.diffusion.schedule import NoiseSchedule
-from mav_core.inference.stages import generate_video
+from mav_core.inference import Guides, SamplingOptions, VideoShape, WindowOptions, generate_video
 from mav_core.models.unet import SpaceTimeUNet, UNetConfig
 
 
@@ -99,8 +99,8 @@ def test_no_seams_at_window_boundaries():
                         torch.sin(2 * math.pi * (xx + yy + 0.01 * tt))], dim=0)[None] * 0.8
     cond = {"context": torch.randn(1, 3, 8, generator=torch.Generator().manual_seed(3))}
     with torch.no_grad():
-        video = generate_video(decoder, cond, None, frames=frames, height=16, width=16, steps=4, cfg=1.0,
-                               init=init, denoise=0.7, seed=5, context_window=window, context_overlap=overlap)
+        video = generate_video(decoder, cond, None, VideoShape(frames, 16, 16), SamplingOptions(seed=5, steps=4, denoise=0.7),
+                               Guides(init=init), WindowOptions(window, overlap))
     assert video.shape == (1, 3, frames, 16, 16) and torch.isfinite(video).all()
     d = _frame_diffs(video)
     seams = FrameWindows(torch.nn.Identity(), window, overlap).edge_transitions(frames)   # t -> t+1 at any edge

@@ -6,11 +6,15 @@ import sys
 import time
 from dataclasses import fields
 
+import torch
 from tqdm import tqdm
+
+from ..inference.pipeline import INTERPOLATORS, ChainSettings, MakeAVideo
+from ..inference.precision import resolve_dtype
+from ..io.video import write_video
 
 
 def add_generate_arguments(p):
-    from ..inference.pipeline import INTERPOLATORS, ChainSettings
     p.add_argument("prompt")
     p.add_argument("-o", "--output", default="out.mp4", help="mp4, webm, gif, webp, or a folder for PNG frames")
     p.add_argument("--weights", default=None, help="folder of stage checkpoints (default: the shipped MAV-Tiny)")
@@ -30,12 +34,8 @@ def add_generate_arguments(p):
 
 
 def main_generate(args):
-    from ..inference.pipeline import ChainSettings, MakeAVideo
-    from ..io.video import write_video
     if args.threads:
-        import torch
         torch.set_num_threads(args.threads)
-    from ..inference.accel import resolve_dtype
     mav = MakeAVideo.load(args.weights, device=args.device, dtype=resolve_dtype(args.dtype, args.device),
                           interpolator=args.interpolator)
     for path in mav.untrained():

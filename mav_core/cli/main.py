@@ -2,23 +2,38 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-TRAIN_STAGES = {  # stage -> (module, how its add_arguments/run are called)
-    "text": ("text", None), "prior": ("prior", None),
-    "decoder": ("decoder", "decoder"), "decoder_video": ("decoder", "decoder_video"),
-    "interpolator": ("decoder", "interpolator"),
-    "sr_video": ("sr", "sr_video"), "sr_frame": ("sr", "sr_frame"),
-    "control": ("control", None), "temporal": ("temporal", None),
+import torch
+
+from ..io.checkpoints import save_model
+from ..io.loader import load_model
+from ..models import family
+from ..models.prior import DiffusionPrior, PriorConfig
+from ..models.text import TextImageConfig, TextImageEncoder
+from ..models.unet import SpaceTimeUNet
+from ..train import control as train_control
+from ..train import decoder as train_decoder
+from ..train import prior as train_prior
+from ..train import sr as train_sr
+from ..train import temporal as train_temporal
+from ..train import text as train_text
+from .eval import add_eval_arguments, main_eval
+from .generate import add_generate_arguments, main_generate
+
+TRAIN_STAGES = {  # stage -> (recipe module, the stage argument its add_arguments/run take, if any)
+    "text": (train_text, None), "prior": (train_prior, None),
+    "decoder": (train_decoder, "decoder"), "decoder_video": (train_decoder, "decoder_video"),
+    "interpolator": (train_decoder, "interpolator"),
+    "sr_video": (train_sr, "sr_video"), "sr_frame": (train_sr, "sr_frame"),
+    "control": (train_control, None), "temporal": (train_temporal, None),
 }
 
 
 def cmd_info(args):
-    from ..io.loader import load_model
     loaded = load_model(args.checkpoint)
     print(f"file:       {loaded.path}")
     print(f"family:     {loaded.family}")
@@ -37,10 +52,6 @@ def cmd_info(args):
 
 def cmd_init(args):
     """Write randomly initialised (untrained) checkpoints of the MAV-Tiny layout: for tests and demos."""
-    import torch
-    from ..models import family
-    from ..io.checkpoints import save_model
-    from ..models.unet import SpaceTimeUNet
     torch.manual_seed(args.seed)
     out = Path(args.out)
     extra = {"mav_untrained": "1"}
@@ -48,10 +59,7 @@ def cmd_init(args):
             "sr_video": family.sr_config(True), "sr_frame": family.sr_config(False)}
     for stage, cfg in cfgs.items():
         save_model(out / family.STAGE_FILES[stage], SpaceTimeUNet(cfg), stage, family.SCHEDULE, family.PREDICTION, extra)
-    from ..models.prior import DiffusionPrior, PriorConfig
-    from ..models.text import TextImageConfig, TextImageEncoder
-    from ..train.text import world_vocab
-    save_model(out / family.STAGE_FILES["text"], TextImageEncoder(TextImageConfig(vocab=world_vocab())), "text", extra=extra)
+    save_model(out / family.STAGE_FILES["text"], TextImageEncoder(TextImageConfig(vocab=train_text.world_vocab())), "text", extra=extra)
     prior = DiffusionPrior(PriorConfig())
     save_model(out / family.STAGE_FILES["prior"], prior, "prior", prior.config.noise_schedule(),
                prior.config.prediction, extra=extra)
@@ -60,8 +68,7 @@ def cmd_init(args):
 
 
 def cmd_train(args):
-    module_name, stage_arg = TRAIN_STAGES[args.stage]
-    mod = importlib.import_module(f"..train.{module_name}", __package__)
+    mod, stage_arg = TRAIN_STAGES[args.stage]
     p = argparse.ArgumentParser(prog=f"python -m mav_core train {args.stage}")
     if stage_arg:
         mod.add_arguments(p, stage_arg)
@@ -80,8 +87,7 @@ def cmd_generate(args):
 
 def cmd_eval(args):
     if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
+            torch.set_num_threads(args.threads)
     from ..eval.evaluate import main_eval
     return main_eval(args)
 
@@ -100,23 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("stage", choices=sorted(TRAIN_STAGES))
     s.add_argument("rest", nargs=argparse.REMAINDER)
     s.set_defaults(fn=cmd_train)
-    from .generate import add_generate_arguments
     s = sub.add_parser("generate", help="text -> video file through the whole chain")
     add_generate_arguments(s)
-    s.set_defaults(fn=cmd_generate)
+    s.set_defaults(fn=main_generate)
     s = sub.add_parser("eval", help="measure text alignment, consistency and motion on held-out prompts")
-    s.add_argument("--weights", default=None, help="folder of stage checkpoints (default: the shipped MAV-Tiny)")
-    s.add_argument("--videos", type=int, default=30)
-    s.add_argument("--steps", type=int, default=20)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--clips", default="data/clips", help="real clips folder for the ↑F comparison ('' to skip)")
-    s.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    s.add_argument("--apps", action="store_true", help="also measure animation, two-image interpolation, "
-                   "variations and control")
-    s.add_argument("--skip-interp", action="store_true", help="skip the ↑F comparison on real clips")
-    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    s.add_argument("--cfg", type=float, default=4.0, help="decoder guidance scale")
-    s.set_defaults(fn=cmd_eval)
+    add_eval_arguments(s)
+    s.set_defaults(fn=main_eval)
     return p
 
 

@@ -2,13 +2,13 @@
 training loss and samplers (plain functions of (model, x, sigmas, callback))."""
 
 from .schedule import NoiseSchedule
-from .noise import seeded_noise, NoiseSampler
+from .noise import NoiseSampler, derive_seed, seeded_noise
 from .denoiser import Denoiser
 from .guidance import CFGDenoiser
 from .loss import diffusion_loss
-from .samplers import SAMPLERS, sample, sampling_sigmas
+from .samplers import SAMPLERS, SIGMA_SCHEDULES, sample, sampling_sigmas
 
 __all__ = [
-    "NoiseSchedule", "seeded_noise", "NoiseSampler", "Denoiser", "CFGDenoiser", "diffusion_loss",
-    "SAMPLERS", "sample", "sampling_sigmas",
+    "NoiseSchedule", "seeded_noise", "NoiseSampler", "derive_seed", "Denoiser", "CFGDenoiser", "diffusion_loss",
+    "SAMPLERS", "SIGMA_SCHEDULES", "sample", "sampling_sigmas",
 ]

@@ -8,6 +8,15 @@ from __future__ import annotations
 import torch
 
 
+SEED_RANGE = 2 ** 64   # seeds are unsigned 64-bit, as the host's seed widget
+
+
+def derive_seed(seed: int, offset: int) -> int:
+    """The seed `offset` places after `seed`, wrapping within the 64-bit seed range (a window's or a
+    step's own noise stays a function of the user's seed, for every seed)."""
+    return (int(seed) + int(offset)) % SEED_RANGE
+
+
 def seeded_noise(shape, seed: int | torch.Generator, *, device=None, dtype=torch.float32,
                  shared_frames: bool | float = False, frame_dim: int = 2) -> torch.Tensor:
     """Standard normal noise of `shape`. With shared_frames (True = 1.0), one draw is repeated along
@@ -35,7 +44,7 @@ class NoiseSampler:
     """Draws the per-step noise of ancestral samplers from one CPU generator."""
 
     def __init__(self, seed: int, shared_frames: bool | float = False, frame_dim: int = 2):
-        self.gen = torch.Generator("cpu").manual_seed(int(seed) + 1)
+        self.gen = torch.Generator("cpu").manual_seed(derive_seed(seed, 1))
         self.shared_frames = shared_frames
         self.frame_dim = frame_dim
 

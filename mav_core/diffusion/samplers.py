@@ -14,20 +14,34 @@ import torch
 from .schedule import NoiseSchedule
 
 
-def sampling_sigmas(schedule: NoiseSchedule, steps: int, denoise: float = 1.0) -> torch.Tensor:
-    """`steps` sigmas of the training table, evenly spaced in timestep ("trailing"), plus a final 0.
+SIGMA_SCHEDULES = ("trailing", "karras")
 
+
+def sampling_sigmas(schedule: NoiseSchedule, steps: int, denoise: float = 1.0, spacing: str = "trailing") -> torch.Tensor:
+    """`steps` sigmas from the largest down, plus a final 0, on the CPU (samplers read them without
+    waiting for a device).
+
+    spacing "trailing": entries of the training table evenly spaced in timestep (the default);
+    "karras": Karras et al. (2022) rho=7 spacing between the table's smallest and largest sigma.
     denoise < 1 keeps the last `steps` entries of a schedule of round(steps / denoise) steps, so
     sampling starts from a partly noised input (img2img / vid2vid strength)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not 0.0 < denoise <= 1.0:
         raise ValueError(f"denoise must be in (0, 1], got {denoise}")
+    if spacing not in SIGMA_SCHEDULES:
+        raise ValueError(f"spacing must be one of {SIGMA_SCHEDULES}, got {spacing!r}")
     total = max(steps, int(round(steps / denoise)))
     table = schedule.sigmas()
-    T = schedule.num_train_steps
-    ts = torch.linspace(T - 1, 0, total, dtype=torch.float64).round().long()
-    sigmas = torch.cat([table[ts], table.new_zeros(1)])[-(steps + 1):]
+    if spacing == "karras":
+        rho = 7.0
+        lo, hi = float(table.min()) ** (1 / rho), float(table.max()) ** (1 / rho)
+        ramp = torch.linspace(0, 1, total, dtype=torch.float64)
+        picked = (hi + ramp * (lo - hi)) ** rho
+    else:
+        T = schedule.num_train_steps
+        picked = table[torch.linspace(T - 1, 0, total, dtype=torch.float64).round().long()]
+    sigmas = torch.cat([picked.to(table.dtype), table.new_zeros(1)])[-(steps + 1):]
     return sigmas.float()
 
 

@@ -17,14 +17,18 @@ import dataclasses
 import numpy as np
 import torch
 
-from ..models import family
-from .evaluate import _to_uint8, psnr
+from ..data.detect import detect
+from ..data.world import caption, motion_scenes, random_scene, render_scenes, sample_motion
+from ..inference import (Guides, InterpolationOptions, SamplingOptions, VideoShape, frames_to_video, generate_video,
+                         interpolate_video, video_to_frames)
 from ..inference.pipeline import MakeAVideo
-from ..inference.stages import frames_to_video, generate_video, interpolate_video, video_to_frames
+from ..io.loader import load_model
+from ..models import family
+from ..models.control import Control, make_hint
+from .metrics import psnr, to_uint8
 
 
 def _render(scenes):
-    from ..data.world import render_scenes
     return render_scenes(scenes, family.BASE_SIZE)
 
 
@@ -33,12 +37,10 @@ def _video(frames_u8: np.ndarray) -> torch.Tensor:
 
 
 def _centroid(frame):
-    from ..data.detect import detect
     return detect(frame).centroid
 
 
 def _mask(frame):
-    from ..data.detect import detect
     return detect(frame).mask
 
 
@@ -49,16 +51,16 @@ def _null_cond(mav, b=1):
 
 @torch.no_grad()
 def eval_animation(mav: MakeAVideo, n: int = 8, seed: int = 0, frames: int = 16) -> dict:
-    from ..data.world import heldout_prompts, parse_caption, random_scene
     rng = np.random.default_rng(seed + 500)
     firsts, moves = [], []
     for i in range(n):
         img = _render([random_scene(rng)])
         cond, _ = mav.conditioning("", "", seed + i, 1, 1.0)
         cond = {"context": cond["context"], "image_embed": mav.text.module.encode_image(_video(img)[:, :, 0])}
-        out = interpolate_video(mav.interpolator, _video(img), cond, None, mode="extrapolate",
-                                extra_frames=frames - 1, fps=8.0, seed=seed + i, steps=15)
-        u8 = _to_uint8(video_to_frames(out))
+        out = interpolate_video(mav.interpolator, _video(img), cond, None, 8.0,
+                                InterpolationOptions(mode="extrapolate", extra_frames=frames - 1),
+                                SamplingOptions(seed=seed + i, steps=15))
+        u8 = to_uint8(video_to_frames(out))
         firsts.append(psnr(u8[0], img[0]))
         c0 = _centroid(u8[0])
         later = [_centroid(f) for f in u8[1:]]
@@ -70,16 +72,15 @@ def eval_animation(mav: MakeAVideo, n: int = 8, seed: int = 0, frames: int = 16)
 
 @torch.no_grad()
 def eval_two_image(mav: MakeAVideo, n: int = 8, seed: int = 0, frames: int = 16) -> dict:
-    from ..data.world import random_scene
     rng = np.random.default_rng(seed + 900)
     end_psnr, off_path, monotone = [], [], []
     for i in range(n):
         s = random_scene(rng)
         a, b = s, dataclasses.replace(s, x=1 - s.x, y=1 - s.y)
         img = _render([a, b])
-        out = interpolate_video(mav.interpolator, _video(img), _null_cond(mav), None, multiplier=frames - 1,
-                                fps=8.0, seed=seed + i, steps=15)
-        u8 = _to_uint8(video_to_frames(out))
+        out = interpolate_video(mav.interpolator, _video(img), _null_cond(mav), None, 8.0,
+                                InterpolationOptions(multiplier=frames - 1), SamplingOptions(seed=seed + i, steps=15))
+        u8 = to_uint8(video_to_frames(out))
         end_psnr += [psnr(u8[0], img[0]), psnr(u8[-1], img[1])]
         p0, p1 = np.array(_centroid(img[0])), np.array(_centroid(img[1]))
         seg = p1 - p0
@@ -101,7 +102,6 @@ def eval_two_image(mav: MakeAVideo, n: int = 8, seed: int = 0, frames: int = 16)
 
 @torch.no_grad()
 def eval_variations(mav: MakeAVideo, n: int = 6, seed: int = 0, frames: int = 16) -> dict:
-    from ..data.world import caption, motion_scenes, sample_motion
     rng = np.random.default_rng(seed + 1300)
     res = {0.3: [], 0.8: []}
     for i in range(n):
@@ -109,19 +109,16 @@ def eval_variations(mav: MakeAVideo, n: int = 6, seed: int = 0, frames: int = 16
         clip = _render(motion_scenes(m, frames, 8.0))
         cond, uncond = mav.conditioning(caption(m.start), "", seed + i, 20, 1.0)
         for strength in res:
-            out = generate_video(mav.decoder, cond, uncond, frames=frames, height=family.BASE_SIZE,
-                                 width=family.BASE_SIZE, fps=8.0, seed=seed + i, steps=20, cfg=4.0,
-                                 init=_video(clip), denoise=strength)
-            u8 = _to_uint8(video_to_frames(out))
+            out = generate_video(mav.decoder, cond, uncond, VideoShape(frames, family.BASE_SIZE, family.BASE_SIZE, 8.0),
+                                 SamplingOptions(seed=seed + i, steps=20, cfg=4.0, denoise=strength),
+                                 Guides(init=_video(clip)))
+            u8 = to_uint8(video_to_frames(out))
             res[strength].append(np.mean([psnr(a, b) for a, b in zip(u8, clip)]))
     return {f"psnr_db_strength_{k}": float(np.mean(v)) for k, v in res.items()}
 
 
 @torch.no_grad()
 def eval_control(mav: MakeAVideo, adapter_path, n: int = 10, seed: int = 0, frames: int = 8) -> dict | None:
-    from ..io.loader import load_model
-    from ..models.control import Control, make_hint
-    from ..data.world import caption, motion_scenes, sample_motion
     adapter = load_model(adapter_path, expect_stage="control").module
     rng = np.random.default_rng(seed + 1700)   # held out: the adapter trained on stills, never these clips
     ious = {"with_control": [], "without_control": []}
@@ -132,14 +129,16 @@ def eval_control(mav: MakeAVideo, adapter_path, n: int = 10, seed: int = 0, fram
         truth = [_mask(f) for f in clip]
         hint = make_hint(_video(clip), adapter.config.kind)
         cond, uncond = mav.conditioning(caption(m.start), "", seed + i, 20, 1.0)
-        kw = dict(frames=frames, height=family.BASE_SIZE, width=family.BASE_SIZE, fps=8.0, seed=seed + i, steps=20, cfg=4.0)
-        plain = generate_video(mav.decoder, cond, uncond, **kw)
-        controlled = generate_video(mav.decoder, cond, uncond, controls=[Control(adapter, hint)], **kw)
+        shape = VideoShape(frames, family.BASE_SIZE, family.BASE_SIZE, 8.0)
+        options = SamplingOptions(seed=seed + i, steps=20, cfg=4.0)
+        plain = generate_video(mav.decoder, cond, uncond, shape, options)
+        controlled = generate_video(mav.decoder, cond, uncond, shape, options, Guides(controls=(Control(adapter, hint),)))
         if i == 0:
-            zero = generate_video(mav.decoder, cond, uncond, controls=[Control(adapter, hint, strength=0.0)], **kw)
+            zero = generate_video(mav.decoder, cond, uncond, shape, options,
+                                  Guides(controls=(Control(adapter, hint, strength=0.0),)))
             zero_equal = bool(torch.equal(zero, plain))
         for name, out in (("without_control", plain), ("with_control", controlled)):
-            u8 = _to_uint8(video_to_frames(out))
+            u8 = to_uint8(video_to_frames(out))
             vals = []
             for f, t in zip(u8, truth):
                 g = _mask(f)

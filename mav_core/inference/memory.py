@@ -97,10 +97,11 @@ def available_bytes(device) -> int | None:
     return None
 
 
-def check_fits(what: str, config, batch: int, frames: int, height: int, width: int, device,
-               dtype: torch.dtype = torch.float32, available: int | None = None) -> int:
-    """Raise MemoryError when sampling `what` at this size cannot fit on `device`; returns the estimate.
-    MAV_SKIP_MEMORY_CHECK=1 turns the check off (the estimate is still returned)."""
+def check_fits(what: str, config, size: tuple[int, int, int, int], device, dtype: torch.dtype = torch.float32,
+               available: int | None = None) -> int:
+    """Raise MemoryError when sampling `what` at size (batch, frames, height, width) cannot fit on `device`;
+    returns the estimate. MAV_SKIP_MEMORY_CHECK=1 turns the check off (the estimate is still returned)."""
+    batch, frames, height, width = size
     element = torch.empty((), dtype=dtype).element_size()
     need = activation_bytes(config, batch, frames, height, width, element)
     if torch.device(device).type in SCORE_MATRIX_DEVICES:

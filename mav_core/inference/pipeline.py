@@ -12,11 +12,19 @@ from pathlib import Path
 
 import torch
 
-from ..models import family
+from ..diffusion import SAMPLERS
+from ..errors import InputError, check_choice, check_int, check_number
 from ..io.checkpoints import LoadedModel
 from ..io.loader import load_model
-from .stages import (encode_prompt, generate_video, interpolate_video, is_regression, run_prior, upscale_video,
-                     video_to_frames)
+from ..models import family
+from .frames import video_to_frames
+from .generate import generate_video
+from .interpolate import interpolate_video
+from .options import (MAX_CFG, MAX_FPS, MAX_FRAMES, MAX_MULTIPLIER, MAX_SEED, MAX_STEPS, InterpolationOptions,
+                      SamplingOptions, UpscaleOptions, VideoShape)
+from .sampling import is_regression
+from .text import encode_prompt, run_prior
+from .upscale import upscale_video
 
 
 INTERPOLATORS = ("diffusion", "regression")
@@ -39,24 +47,22 @@ class ChainSettings:
     upscale: int = 2             # 0: none, 1: SR^t_l only, 2: SR^t_l and SR_h
 
     def validate(self) -> "ChainSettings":
-        """Raise a ValueError naming the first setting out of range (before any model runs)."""
-        from ..diffusion.samplers import SAMPLERS
-        from .stages import MAX_CFG, MAX_FRAMES, MAX_SEED, check_number, check_positive_int
-        check_positive_int("frames", self.frames, 1, MAX_FRAMES)
-        check_number("fps", self.fps, 0.0, 240.0, lo_open=True)
-        check_positive_int("seed", self.seed, 0, MAX_SEED)
+        """Raise an InputError naming the first setting out of range (before any model runs)."""
+        check_int("frames", self.frames, 1, MAX_FRAMES)
+        check_number("fps", self.fps, 0.0, MAX_FPS, lo_open=True)
+        check_int("seed", self.seed, 0, MAX_SEED)
         if not isinstance(self.negative, str):
-            raise ValueError(f"negative must be a string, got {type(self.negative).__name__}")
+            raise InputError("negative", f"must be a string, got {type(self.negative).__name__}")
         for name in ("prior_steps", "steps", "interp_steps", "sr_steps"):
-            check_positive_int(name, getattr(self, name), 1, 1000)
+            check_int(name, getattr(self, name), 1, MAX_STEPS)
         check_number("prior_cfg", self.prior_cfg, 0.0, MAX_CFG)
         check_number("cfg", self.cfg, 0.0, MAX_CFG)
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
-        check_positive_int("multiplier", self.multiplier, 1, 16)
-        check_positive_int("upscale", self.upscale, 0, 2)
-        if self.fps * self.multiplier > 240:
-            raise ValueError(f"fps {self.fps} x multiplier {self.multiplier} exceeds 240 frames per second")
+        check_choice("sampler", self.sampler, SAMPLERS)
+        check_int("multiplier", self.multiplier, 1, MAX_MULTIPLIER)
+        check_int("upscale", self.upscale, 0, 2)
+        if self.fps * self.multiplier > MAX_FPS:
+            raise InputError("multiplier", f"{self.multiplier} at fps {self.fps} exceeds {MAX_FPS:g} frames per "
+                                           f"second (fps {self.fps} x multiplier {self.multiplier})")
         return self
 
 
@@ -110,7 +116,7 @@ class MakeAVideo:
 
     def conditioning(self, prompt: str, negative: str, seed: int, steps: int, cfg: float, callback=None):
         tokens, pooled = encode_prompt(self.text, [prompt])
-        embed = run_prior(self.prior, tokens, pooled, seed=seed, steps=steps, cfg=cfg, callback=callback)
+        embed = run_prior(self.prior, tokens, pooled, SamplingOptions(seed=seed, steps=steps, cfg=cfg), callback=callback)
         neg_tokens, _ = encode_prompt(self.text, [negative])
         cond = {"context": tokens, "image_embed": embed}
         uncond = {"context": neg_tokens, "image_embed": torch.zeros_like(embed)}
@@ -137,25 +143,26 @@ class MakeAVideo:
         timings["text+prior"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         size = family.BASE_SIZE
-        video = generate_video(self.decoder, cond, uncond, frames=s.frames, height=size, width=size, fps=s.fps,
-                               seed=s.seed, steps=s.steps, cfg=s.cfg, sampler=s.sampler, callback=cb("decoder", s.steps))
+        video = generate_video(self.decoder, cond, uncond, VideoShape(s.frames, size, size, s.fps),
+                               SamplingOptions(seed=s.seed, steps=s.steps, cfg=s.cfg, sampler=s.sampler),
+                               callback=cb("decoder", s.steps))
         timings["decoder"] = time.perf_counter() - t0
         fps = s.fps
         if self.interpolator is not None and s.multiplier > 1:
             t0 = time.perf_counter()
-            video = interpolate_video(self.interpolator, video, cond, None, multiplier=s.multiplier, fps=s.fps,
-                                      seed=s.seed, steps=s.interp_steps,
+            video = interpolate_video(self.interpolator, video, cond, None, s.fps, InterpolationOptions(s.multiplier),
+                                      SamplingOptions(seed=s.seed, steps=s.interp_steps),
                                       callback=cb("interpolator", 1 if is_regression(self.interpolator) else s.interp_steps))
             fps = s.fps * s.multiplier
             timings["interpolator"] = time.perf_counter() - t0
         if self.sr_video is not None and s.upscale >= 1:
             t0 = time.perf_counter()
-            video = upscale_video(self.sr_video, video, seed=s.seed, steps=s.sr_steps, temporal=True,
-                                  callback=cb("sr_video", s.sr_steps))
+            video = upscale_video(self.sr_video, video, SamplingOptions(seed=s.seed, steps=s.sr_steps),
+                                  UpscaleOptions(temporal=True), callback=cb("sr_video", s.sr_steps))
             timings["sr_video"] = time.perf_counter() - t0
         if self.sr_frame is not None and s.upscale >= 2:
             t0 = time.perf_counter()
-            video = upscale_video(self.sr_frame, video, seed=s.seed, steps=s.sr_steps, temporal=False,
-                                  shared_noise=True, frame_chunk=16, callback=cb("sr_frame", s.sr_steps))
+            video = upscale_video(self.sr_frame, video, SamplingOptions(seed=s.seed, steps=s.sr_steps, noise_share=1.0),
+                                  UpscaleOptions(temporal=False, frame_chunk=16), callback=cb("sr_frame", s.sr_steps))
             timings["sr_frame"] = time.perf_counter() - t0
         return ChainResult(video_to_frames(video), fps, timings)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diffusion import CFGDenoiser, Denoiser, NoiseSampler, NoiseSchedule, sample, sampling_sigmas, seeded_noise
+from ..diffusion.schedule import NoiseSchedule
 from .text import Block
 
 
@@ -114,27 +114,3 @@ class DiffusionPrior(nn.Module):
         return self.out(self.out_norm(seq[:, -1]))
 
 
-@torch.no_grad()
-def sample_image_embed(prior: DiffusionPrior, schedule: NoiseSchedule | None, text_tokens: torch.Tensor,
-                       text_embed: torch.Tensor, steps: int = 25, cfg: float = 1.0, seed: int = 0,
-                       sampler: str = "ddim", callback=None, uncond: dict | None = None) -> torch.Tensor:
-    """Sample unit image embeddings [B, E] for the given text encodings.
-
-    cfg > 1 guides away from the unconditional prompt (default: the prior's stored empty-prompt encoding,
-    or pass uncond={"text_tokens", "text_embed"})."""
-    schedule = schedule or prior.config.noise_schedule()
-    param = next(prior.parameters())
-    b = text_embed.shape[0]
-    cond = {"text_tokens": text_tokens.to(param.device, param.dtype), "text_embed": text_embed.to(param.device, param.dtype)}
-    if uncond is None:
-        uncond = prior.null_conditioning(b)
-    uncond = {k: v.to(param.device, param.dtype).expand_as(cond[k]) for k, v in uncond.items()}
-    model = CFGDenoiser(Denoiser(prior, schedule, prior.config.prediction, dtype=param.dtype).to(param.device),
-                        cond, uncond, cfg)
-    sigmas = sampling_sigmas(schedule, steps)   # on the CPU: the sampler reads them without a device sync
-    x = seeded_noise((b, prior.config.embed_dim), seed, device=param.device, dtype=torch.float32) * float(sigmas[0])
-    was_training = prior.training
-    prior.eval()
-    out = sample(sampler, model, x, sigmas, callback=callback, noise_sampler=NoiseSampler(seed))
-    prior.train(was_training)
-    return F.normalize(out.float(), dim=-1).to(param.dtype)

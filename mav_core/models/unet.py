@@ -62,6 +62,11 @@ class UNetConfig:
             if c % self.norm_num_groups:
                 raise ValueError(f"block_out_channels {c} is not divisible by norm_num_groups {self.norm_num_groups}")
 
+    @property
+    def size_multiple(self) -> int:
+        """Frame height and width must be multiples of this (one halving per level below the first)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
     def heads(self, channels: int) -> tuple[int, int]:
         if self.num_attention_heads:
             return self.num_attention_heads, channels // self.num_attention_heads

@@ -1,0 +1,23 @@
+"""Frames between the host's layout and the model's: IMAGE batches [F, H, W, 3] in 0..1 (ComfyUI, the video
+writer) and videos [B, C, F, H, W] in -1..1 (model space)."""
+from __future__ import annotations
+
+import torch
+
+
+def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
+    """[F, H, W, 3] 0..1 -> [1, 3, F, H, W] -1..1."""
+    if frames.dim() != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [F, H, W, 3], got {tuple(frames.shape)}")
+    return frames.permute(3, 0, 1, 2)[None].float() * 2 - 1
+
+
+def video_to_frames(video: torch.Tensor) -> torch.Tensor:
+    """[B, 3, F, H, W] -1..1 -> [B*F, H, W, 3] 0..1 on the CPU (float32)."""
+    return ((video.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).flatten(0, 1).cpu()
+
+
+def check_video(name: str, video) -> None:
+    if not isinstance(video, torch.Tensor) or video.dim() != 5 or 0 in video.shape:
+        shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+        raise ValueError(f"{name} must be a non-empty [B, C, F, H, W] tensor, got {shape}")

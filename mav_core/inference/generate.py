@@ -1,0 +1,76 @@
+"""D^t: a video from text / image-embedding conditioning (and, for ↑F checkpoints, from known frames)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..errors import InputError
+from ..io.checkpoints import LoadedModel
+from .frame_masks import guess_condition, masked_condition
+from .memory import check_fits
+from .options import Guides, SamplingOptions, VideoShape, WindowOptions
+from .placement import model_device_dtype, to_model
+from .sampling import estimate_unet, is_regression, sample_unet
+
+
+def conditioning_batch(cond: dict) -> int:
+    """Rows of a conditioning dict (the batch of clips it asks for)."""
+    for v in cond.values():
+        if isinstance(v, torch.Tensor):
+            return v.shape[0]
+    return 1
+
+
+def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, shape: VideoShape = VideoShape(),
+                   options: SamplingOptions = SamplingOptions(), guides: Guides = Guides(),
+                   windows: WindowOptions | None = None, callback: Callable | None = None) -> torch.Tensor:
+    """D^t: text/image-embedding-conditioned video [B, 3, F, H, W] (float32, on the model's device).
+
+    guides.init + options.denoise < 1: a variation of the init frames; guides.known + known_mask
+    (interpolator checkpoints): frames to keep, as in ↑F; guides.controls: Control adapters and hints.
+    windows: sliding temporal windows for long videos. Every input is checked before sampling starts."""
+    cfgm = decoder.config
+    shape.validate(cfgm.size_multiple)
+    options.validate()
+    if windows is not None:
+        windows.validate()
+    if options.denoise < 1.0 and guides.init is None:
+        raise InputError("denoise", f"{options.denoise} < 1 needs init frames to start from")
+    b = conditioning_batch(cond)
+    device, dtype = model_device_dtype(decoder.module)
+    guided_batch = 2 * b if uncond is not None and options.cfg != 1.0 else b
+    window_frames = shape.frames if windows is None else min(shape.frames, windows.size)
+    check_fits(f"{decoder.path}", cfgm, (guided_batch, window_frames, shape.height, shape.width), device, dtype)
+    # all inputs on the model's device once, before sampling: conditioning in the model's dtype, frames
+    # (init / known) in float32 like the sampling state; control hints keep the adapter's dtype
+    cond, uncond = to_model(cond, device, dtype), to_model(uncond, device, dtype)
+    init, known, known_mask = (to_model(v, device, torch.float32) for v in (guides.init, guides.known, guides.known_mask))
+    fps_t = torch.full((b,), float(shape.fps), device=device)
+    per_latent = {"fps": fps_t}
+    if guides.controls:
+        per_latent["controls"] = list(to_model(tuple(guides.controls), device))
+    residual_scale = float(decoder.metadata.get("mav_interp_residual_scale", 0) or 0)
+    guess = None
+    if known is not None:
+        if residual_scale:   # residual ↑F: conditioned on the guess, diffusing (frames - guess) * scale
+            extra = guess_condition(known, known_mask)
+            guess = extra[:, :-1]
+            if init is not None:
+                init = (init - guess) * residual_scale
+        else:
+            extra = masked_condition(known, known_mask)
+        per_latent["extra"] = extra
+    cond = {**cond, **per_latent}
+    uncond = None if uncond is None else {**uncond, **per_latent}
+    out_shape = (b, cfgm.out_channels, shape.frames, shape.height, shape.width)
+    if is_regression(decoder):
+        if known is None or not residual_scale:
+            raise ValueError(f"{decoder.path} is a regression ↑F checkpoint: it only fills in frames between "
+                             "known frames (interpolation), it cannot generate a video")
+        # trained without text or image conditioning: the known frames are all it goes by
+        cond = {**cond, "image_embed": torch.zeros_like(cond["image_embed"])} if "image_embed" in cond else cond
+        out = estimate_unet(decoder, out_shape, cond, windows=windows, precision=options.precision, callback=callback)
+        return guess + out / residual_scale
+    out = sample_unet(decoder, out_shape, cond, uncond, options, init=init, windows=windows, callback=callback)
+    return out if guess is None else guess + out / residual_scale

@@ -1,0 +1,94 @@
+"""↑F: masked frame interpolation (more frames between known ones) and extrapolation (frames after them:
+image animation), window by window through generate_video with known frames."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..diffusion import derive_seed
+from ..errors import InputError
+from ..io.checkpoints import LoadedModel
+from .frame_masks import extrapolation_mask, frame_guess, interpolation_mask
+from .frames import check_video
+from .generate import generate_video
+from .options import MAX_FPS, Guides, InterpolationOptions, SamplingOptions, VideoShape
+from .sampling import is_regression
+
+
+def linear_blend_frames(grid: torch.Tensor, multiplier: int) -> torch.Tensor:
+    """Fill the frames between every m-th (known) frame of grid [B, C, T, H, W] by linear blending."""
+    return frame_guess(grid, interpolation_mask(grid.shape[2], multiplier))
+
+
+def interpolate_video(interpolator: LoadedModel, video: torch.Tensor, cond: dict, uncond: dict | None = None,
+                      fps: float = 8.0, frames: InterpolationOptions = InterpolationOptions(),
+                      options: SamplingOptions = SamplingOptions(steps=20),
+                      callback: Callable | None = None) -> torch.Tensor:
+    """↑F on video [B, 3, N, H, W] at `fps`. interpolate: N -> (N-1)·m+1 frames, the input frames kept at
+    every m-th position, in windows of at most `frames.window` frames that share their end frames; with
+    blend_init in (0, 1) each window starts from the linear blend of its known frames noised to that
+    strength (SDEdit-style), so the model refines the blend instead of inventing the in-between frames.
+    extrapolate: `extra_frames` new frames, window by window, each conditioned on the last frames so far.
+    A regression ↑F checkpoint (is_regression) interpolates in one deterministic pass per window (seed,
+    steps, sampler, cfg and blend_init do not apply) and cannot extrapolate. Returns [B, 3, T, H, W]."""
+    frames.validate()
+    options.validate()
+    VideoShape(fps=fps).validate()
+    check_video("video", video)
+    m = frames.multiplier
+    if frames.mode == "interpolate" and fps * m > MAX_FPS:
+        raise InputError("multiplier", f"{m} at {fps} fps gives {fps * m:g} frames per second, above {MAX_FPS:g}")
+    if frames.mode == "interpolate":
+        return _interpolate(interpolator, video, cond, uncond, fps, frames, options, callback)
+    return _extrapolate(interpolator, video, cond, uncond, fps, frames, options, callback)
+
+
+def _interpolate(interpolator, video, cond, uncond, fps, frames, options, callback):
+    b, c, n, h, w = video.shape
+    m = frames.multiplier
+    if n < 2:
+        raise ValueError(f"frame interpolation needs at least 2 input frames, got {n}")
+    if m == 1:
+        return video
+    per_window = max(2, (frames.window - 1) // m + 1)
+    pieces = []
+    start = 0
+    while start < n - 1:
+        known_idx = list(range(start, min(start + per_window, n)))
+        t = (len(known_idx) - 1) * m + 1
+        grid = video.new_zeros(b, c, t, h, w)
+        grid[:, :, ::m] = video[:, :, known_idx]
+        window_options = options.replace(seed=derive_seed(options.seed, start), denoise=1.0)
+        guides = Guides(known=grid, known_mask=interpolation_mask(t, m))
+        if 0 < frames.blend_init < 1 and not is_regression(interpolator):
+            guides = guides.replace(init=linear_blend_frames(grid, m))
+            window_options = window_options.replace(denoise=frames.blend_init)
+        out = generate_video(interpolator, cond, uncond, VideoShape(t, h, w, fps * m), window_options, guides,
+                             callback=callback)
+        out[:, :, ::m] = video[:, :, known_idx].to(out)
+        pieces.append(out if not pieces else out[:, :, 1:])
+        start = known_idx[-1]
+    return torch.cat(pieces, dim=2)
+
+
+def _extrapolate(interpolator, video, cond, uncond, fps, frames, options, callback):
+    b, c, n, h, w = video.shape
+    if is_regression(interpolator):
+        raise InputError("mode", f"'extrapolate' needs the diffusion ↑F: {interpolator.path} is a regression ↑F "
+                                 "checkpoint (one-pass interpolation); use interpolator.safetensors to animate an image")
+    total_new = frames.extra_frames if frames.extra_frames is not None else max(1, (n - 1) * frames.multiplier + 1 - n)
+    result = video
+    made = 0
+    while made < total_new:
+        ctx = min(result.shape[2], max(1, frames.window // 2))
+        new = min(frames.window - ctx, total_new - made)
+        t = ctx + new
+        grid = video.new_zeros(b, c, t, h, w)
+        grid[:, :, :ctx] = result[:, :, -ctx:]
+        out = generate_video(interpolator, cond, uncond, VideoShape(t, h, w, fps),
+                             options.replace(seed=derive_seed(options.seed, made), denoise=1.0),
+                             Guides(known=grid, known_mask=extrapolation_mask(t, ctx)), callback=callback)
+        result = torch.cat([result, out[:, :, ctx:].to(result)], dim=2)
+        made += new
+    return result

@@ -1,0 +1,52 @@
+"""The text side: prompt -> token features + pooled embedding (text encoder), pooled text embedding -> image
+embedding (the diffusion prior P)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..diffusion import CFGDenoiser, Denoiser, NoiseSampler, sample, sampling_sigmas, seeded_noise
+from ..diffusion.schedule import NoiseSchedule
+from ..io.checkpoints import LoadedModel
+from ..models.prior import DiffusionPrior
+from .options import SamplingOptions
+
+
+def encode_prompt(text_model: LoadedModel, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        return text_model.module.encode_text(list(prompts))
+
+
+@torch.no_grad()
+def sample_image_embed(prior: DiffusionPrior, schedule: NoiseSchedule | None, text_tokens: torch.Tensor,
+                       text_embed: torch.Tensor, options: SamplingOptions = SamplingOptions(),
+                       uncond: dict | None = None, callback: Callable | None = None) -> torch.Tensor:
+    """Sample unit image embeddings [B, E] for the given text encodings.
+
+    options.cfg > 1 guides away from the unconditional prompt (default: the prior's stored empty-prompt
+    encoding, or pass uncond={"text_tokens", "text_embed"})."""
+    options.validate()
+    schedule = schedule or prior.config.noise_schedule()
+    param = next(prior.parameters())
+    b = text_embed.shape[0]
+    cond = {"text_tokens": text_tokens.to(param.device, param.dtype), "text_embed": text_embed.to(param.device, param.dtype)}
+    if uncond is None:
+        uncond = prior.null_conditioning(b)
+    uncond = {k: v.to(param.device, param.dtype).expand_as(cond[k]) for k, v in uncond.items()}
+    model = CFGDenoiser(Denoiser(prior, schedule, prior.config.prediction, dtype=param.dtype).to(param.device),
+                        cond, uncond, options.cfg)
+    sigmas = sampling_sigmas(schedule, options.steps, spacing=options.schedule)   # CPU: read without a device sync
+    x = seeded_noise((b, prior.config.embed_dim), options.seed, device=param.device, dtype=torch.float32) * float(sigmas[0])
+    was_training = prior.training
+    prior.eval()
+    out = sample(options.sampler, model, x, sigmas, callback=callback, noise_sampler=NoiseSampler(options.seed))
+    prior.train(was_training)
+    return F.normalize(out.float(), dim=-1).to(param.dtype)
+
+
+def run_prior(prior: LoadedModel, tokens: torch.Tensor, pooled: torch.Tensor,
+              options: SamplingOptions = SamplingOptions(steps=20), uncond: dict | None = None,
+              callback: Callable | None = None) -> torch.Tensor:
+    return sample_image_embed(prior.module, prior.schedule, tokens, pooled, options, uncond, callback)
