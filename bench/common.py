@@ -78,7 +78,7 @@ def model_pair(name: str, seed: int = 1):
     import diffusers
     from safetensors.torch import load_file
 
-    from mav_core.io import convert as C
+    from mav_core.io import convert as C, unet_configs as UC
     from mav_core.models.unet import SpaceTimeUNet
 
     torch.manual_seed(0)
@@ -88,7 +88,7 @@ def model_pair(name: str, seed: int = 1):
         ref.save_pretrained(d, safe_serialization=True)
         config = json.loads((Path(d) / "config.json").read_text())
         sd = load_file(str(Path(d) / "diffusion_pytorch_model.safetensors"))
-    ours = SpaceTimeUNet(C.config_from_diffusers(config)).eval()
+    ours = SpaceTimeUNet(UC.config_from_diffusers(config)).eval()
     ours.load_state_dict(C.diffusers_to_ours(sd), strict=True)
     return ours, ref
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mav_core.io import convert as C
+from mav_core.io import convert as C, unet_configs as UC
 from mav_core.models.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
 
 
@@ -82,7 +82,7 @@ def _ours(cfg: UNetConfig, sd: dict) -> SpaceTimeUNet:
 
 
 def test_diffusers_unet3d_parity(unet3d_case):
-    cfg = C.config_from_diffusers(unet3d_case["config"])
+    cfg = UC.config_from_diffusers(unet3d_case["config"])
     assert C.detect_family(unet3d_case["sd"]) == "unet3d-diffusers"
     model = _ours(cfg, C.diffusers_to_ours(unet3d_case["sd"]))
     with torch.no_grad():
@@ -99,18 +99,18 @@ def test_diffusers_unet3d_parity(unet3d_case):
 
 
 def test_diffusers_config_round_trip(unet3d_case):
-    cfg = C.config_from_diffusers(unet3d_case["config"])
-    back = C.unet3d_config_to_diffusers(cfg)
+    cfg = UC.config_from_diffusers(unet3d_case["config"])
+    back = UC.unet3d_config_to_diffusers(cfg)
     for key, value in back.items():
         if key in unet3d_case["config"]:
             want = unet3d_case["config"][key]
             assert (list(want) if isinstance(want, (list, tuple)) else want) == value, key
-    assert C.config_from_diffusers(back) == cfg
+    assert UC.config_from_diffusers(back) == cfg
     assert C.ours_to_diffusers(C.diffusers_to_ours(unet3d_case["sd"])).keys() == unet3d_case["sd"].keys()
 
 
 def test_modelscope_round_trip_and_parity(unet3d_case):
-    cfg = C.config_from_diffusers(unet3d_case["config"])
+    cfg = UC.config_from_diffusers(unet3d_case["config"])
     ours = C.diffusers_to_ours(unet3d_case["sd"])
     ms = C.ours_to_modelscope(ours)
     assert C.detect_family(ms) == "unet3d-modelscope"
@@ -141,8 +141,8 @@ def test_modelscope_round_trip_and_parity(unet3d_case):
         out = model(unet3d_case["x"], unet3d_case["t"], unet3d_case["context"])
     assert _rel_l2(out, unet3d_case["expected"]) <= 1e-4
     # shapes alone give back the same config, from either layout
-    assert C.infer_unet3d_config(ms) == cfg
-    assert C.infer_unet3d_config(unet3d_case["sd"]) == cfg
+    assert UC.infer_unet3d_config(ms) == cfg
+    assert UC.infer_unet3d_config(unet3d_case["sd"]) == cfg
 
 
 def test_modelscope_layout_rejects_foreign_keys(unet3d_case):
@@ -191,7 +191,7 @@ def test_real_scale_keys_and_parameter_count():
         assert tuple(ms[key].shape) == shape, key
     back = C.modelscope_to_ours(ms)
     assert {k: v.shape for k, v in back.items()} == {k: v.shape for k, v in sd.items()}
-    cfg = C.infer_unet3d_config(ms)
+    cfg = UC.infer_unet3d_config(ms)
     assert cfg == _real_config()
     assert [cfg.heads(c) for c in (320, 640, 1280)] == [(5, 64), (10, 64), (20, 64)]   # ModelScope: head_dim 64
 
@@ -200,7 +200,7 @@ def test_real_scale_matches_diffusers_on_meta():
     diffusers = _diffusers()
     with torch.device("meta"):
         ref = diffusers.UNet3DConditionModel()
-        cfg = C.config_from_diffusers(dict(ref.config))
+        cfg = UC.config_from_diffusers(dict(ref.config))
         ours = SpaceTimeUNet(cfg)
     assert cfg == _real_config()
     ref_shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
@@ -224,7 +224,7 @@ def test_inflation_equals_image_model_per_frame(variant):
     _randomise(ref, seed=4)
     sd = ref.state_dict()
     assert C.detect_family(sd) == "sd-unet2d-diffusers"
-    model, report = C.inflate_sd_unet(sd, dict(ref.config))
+    model, report = UC.inflate_sd_unet(sd, dict(ref.config))
     assert report.unexpected_keys == [] and report.loaded_keys == len(sd)
     assert report.missing_temporal_keys and all(is_temporal_key(k) for k in report.missing_temporal_keys)
     assert model.config.linear_projection == (variant == "sd2")
@@ -247,13 +247,13 @@ def test_inflation_equals_image_model_per_frame(variant):
     assert "model.diffusion_model.input_blocks.3.0.op.weight" in ldm
     assert "model.diffusion_model.output_blocks.2.1.conv.weight" in ldm
     assert "model.diffusion_model.output_blocks.5.2.conv.weight" in ldm
-    from_ldm, ldm_report = C.inflate_sd_unet(ldm, model.config)
+    from_ldm, ldm_report = UC.inflate_sd_unet(ldm, model.config)
     assert ldm_report.source_family == "sd-unet2d-ldm"
     from_ldm_sd = from_ldm.state_dict()
     image_keys = [k for k in model.state_dict() if not is_temporal_key(k)]
     assert len(image_keys) == len(sd)
     assert all(torch.equal(model.state_dict()[k], from_ldm_sd[k]) for k in image_keys)
-    inferred = C.infer_sd_unet_config(ldm)
+    inferred = UC.infer_sd_unet_config(ldm)
     for name in ("block_out_channels", "layers_per_block", "attention_levels", "context_dim", "linear_projection",
                  "in_channels", "out_channels", "pseudo3d_convs", "temporal_attention"):
         assert getattr(inferred, name) == getattr(model.config, name), name
@@ -265,13 +265,13 @@ def test_inflation_rejects_what_does_not_fit():
         ref = diffusers.UNet2DConditionModel(**SMALL_2D, attention_head_dim=8)
     sd = ref.state_dict()
     with pytest.raises(ValueError, match="down_blocks.0.resnets.0.extra"):
-        C.inflate_sd_unet({**sd, "down_blocks.0.resnets.0.extra.weight": torch.zeros(1)}, dict(ref.config))
+        UC.inflate_sd_unet({**sd, "down_blocks.0.resnets.0.extra.weight": torch.zeros(1)}, dict(ref.config))
     with pytest.raises(ValueError, match="class_embedding"):
-        C.inflate_sd_unet({**sd, "class_embedding.linear_1.weight": torch.zeros(1)}, dict(ref.config))
+        UC.inflate_sd_unet({**sd, "class_embedding.linear_1.weight": torch.zeros(1)}, dict(ref.config))
     with pytest.raises(ValueError, match="addition_embed_type"):
-        C.config_from_diffusers({**dict(ref.config), "addition_embed_type": "text_time"})
+        UC.config_from_diffusers({**dict(ref.config), "addition_embed_type": "text_time"})
     with pytest.raises(ValueError, match="not expressible"):
-        C.config_from_diffusers({**dict(ref.config), "attention_head_dim": [2, 2, 4, 8]})
+        UC.config_from_diffusers({**dict(ref.config), "attention_head_dim": [2, 2, 4, 8]})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,16 +296,16 @@ def test_detect_family_on_our_models():
 
 def test_config_mapping_rejects_inexpressible():
     with pytest.raises(ValueError, match="pseudo3d_convs"):
-        C.unet3d_config_to_diffusers(UNetConfig(block_out_channels=(32, 64, 64), attention_levels=(True, True, False)))
+        UC.unet3d_config_to_diffusers(UNetConfig(block_out_channels=(32, 64, 64), attention_levels=(True, True, False)))
     with pytest.raises(ValueError, match="block heads"):
-        C.unet3d_config_to_diffusers(dataclasses.replace(_real_config(), num_attention_heads=64))
-    assert C.config_from_diffusers(C.unet3d_config_to_diffusers(_real_config())) == _real_config()
+        UC.unet3d_config_to_diffusers(dataclasses.replace(_real_config(), num_attention_heads=64))
+    assert UC.config_from_diffusers(UC.unet3d_config_to_diffusers(_real_config())) == _real_config()
     with pytest.raises(ValueError, match="DownBlock3D"):
-        C.config_from_diffusers({"_class_name": "UNet3DConditionModel",
+        UC.config_from_diffusers({"_class_name": "UNet3DConditionModel",
                                  "down_block_types": ["CrossAttnDownBlock3D", "SomethingElse3D"],
                                  "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"], "block_out_channels": [32, 64]})
     with pytest.raises(ValueError, match="UNet2DConditionModel"):
-        C.config_from_diffusers({"_class_name": "UNetSpatioTemporalConditionModel"})
+        UC.config_from_diffusers({"_class_name": "UNetSpatioTemporalConditionModel"})
 
 
 def test_modelscope_round_trip_is_exact_without_diffusers():
@@ -317,5 +317,5 @@ def test_modelscope_round_trip_is_exact_without_diffusers():
     back = C.modelscope_to_ours(ms)
     assert back.keys() == sd.keys()
     assert all(torch.equal(back[k], sd[k]) for k in sd)
-    assert C.infer_unet3d_config(ms) == cfg
+    assert UC.infer_unet3d_config(ms) == cfg
     assert C.to_ours(ms)[0] == "unet3d-modelscope"

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mav_core.io import convert as C
+from mav_core.io import convert as C, unet_configs as UC
 from mav_core.io.checkpoints import CheckpointError, atomic_save_file, save_model
 from mav_core.io.loader import load_model
 from mav_core.diffusion.loss import diffusion_loss
@@ -80,11 +80,11 @@ def unet3d(tmp_path_factory):
         ours = C.diffusers_to_ours(ref.state_dict())
         reference = "diffusers"
     else:
-        cfg = C.config_from_diffusers({"_class_name": "UNet3DConditionModel", **TINY_3D})
+        cfg = UC.config_from_diffusers({"_class_name": "UNet3DConditionModel", **TINY_3D})
         model = SpaceTimeUNet(cfg).eval()
         _randomise(model, seed=1)
         (root / "unet").mkdir()
-        (root / "unet" / "config.json").write_text(json.dumps(C.unet3d_config_to_diffusers(cfg)))
+        (root / "unet" / "config.json").write_text(json.dumps(UC.unet3d_config_to_diffusers(cfg)))
         save_file(C.ours_to_diffusers(model.state_dict()), str(root / "unet" / "diffusion_pytorch_model.safetensors"))
         with torch.no_grad():
             expected = model(x, t, context)

@@ -161,8 +161,8 @@ def test_bf16_precision_option_tracks_fp32_and_validates():
 def test_fused_residual_projections_equal_the_plain_path(monkeypatch, dtype, tol):
     """Inference accumulates attention and feed-forward outputs into the residual in place, the
     feed-forward chunk by chunk: same function as the differentiable path, in fp32 and bf16."""
-    from mav_core.models import layers
-    monkeypatch.setattr(layers, "FF_CHUNK_ELEMENTS", 300 * 128)   # 300 rows a chunk: 2 chunks and a remainder
+    from mav_core.models import fused, layers
+    monkeypatch.setattr(fused, "FF_CHUNK_ELEMENTS", 300 * 128)   # 300 rows a chunk: 2 chunks and a remainder
     block = layers.TransformerBlock(32, 2, 16, 24).eval()
     _randomise(block, 6)
     block = block.to(dtype)

@@ -80,18 +80,6 @@ def cmd_train(args):
     return 0
 
 
-def cmd_generate(args):
-    from .generate import main_generate
-    return main_generate(args)
-
-
-def cmd_eval(args):
-    if args.threads:
-            torch.set_num_threads(args.threads)
-    from ..eval.evaluate import main_eval
-    return main_eval(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mav_core", description="Make-A-Video core: inspect, train, generate")
     sub = p.add_subparsers(dest="command", required=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import convert
+from . import convert, unet_configs
 from .checkpoints import CheckpointError, LoadedModel
 from .inflate import inflate_image_checkpoint
 from .weights import SUPPORTED, _sibling_config, build_loaded, read_weights, resolve_weights
@@ -60,9 +60,9 @@ def load_external(path, device="cpu", dtype: torch.dtype | None = None, state_di
     try:
         _, ours = convert.to_ours(state_dict)
         if diffusers_config is not None:
-            config, config_source = convert.config_from_diffusers(diffusers_config), "config.json"
+            config, config_source = unet_configs.config_from_diffusers(diffusers_config), "config.json"
         else:
-            config, config_source = convert.infer_unet3d_config(ours), "inferred from tensor shapes"
+            config, config_source = unet_configs.infer_unet3d_config(ours), "inferred from tensor shapes"
     except (ValueError, TypeError, ZeroDivisionError) as e:   # a config.json with wrong types or values
         raise CheckpointError(f"{weights}: {e}") from None
     del state_dict

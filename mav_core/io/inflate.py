@@ -9,7 +9,7 @@ from typing import Mapping
 
 import torch
 
-from . import convert
+from . import convert, unet_configs
 from .checkpoints import CheckpointError, LoadedModel, build_skeleton, check_state_dict, parse_schedule
 from .weights import build_loaded, read_weights, resolve_weights
 from ..diffusion.schedule import NoiseSchedule
@@ -60,9 +60,9 @@ def inflate_image_checkpoint(path_or_state_dict, config: UNetConfig | Mapping | 
         if isinstance(config, UNetConfig):
             cfg = config
         elif config is not None:
-            cfg = convert.config_from_diffusers(config, temporal=True)
+            cfg = unet_configs.config_from_diffusers(config, temporal=True)
         else:
-            cfg = convert.infer_sd_unet_config(ours)
+            cfg = unet_configs.infer_sd_unet_config(ours)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
     del sd

@@ -1,5 +1,5 @@
 """ControlNet-style conditioning: a small adapter turns a hint video (edges, a mask, user frames)
-into residuals added to the UNet's skip connections (`down_residuals`, `mid_residual`), the
+into residuals added to the UNet's skip connections and mid block (`residuals=(down, mid)`), the
 mechanism the UNet3D reference exposes as down_block_additional_residuals.
 
 The adapter encodes each hint frame with 2D convs, one stage per UNet level, and projects onto every
@@ -149,7 +149,7 @@ class ControlledUNet(nn.Module):
             m = scale * m
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
-        return self.unet(x, t, down_residuals=down, mid_residual=mid, **cond)
+        return self.unet(x, t, residuals=(down, mid), **cond)
 
 
 def canny_hint(frames: torch.Tensor, low: float = 0.1, high: float = 0.2) -> torch.Tensor:

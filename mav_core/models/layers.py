@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from . import fused
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding [cos | sin] of (possibly fractional) timesteps t: [B] -> [B, dim]."""
@@ -44,51 +46,6 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(x)))
 
 
-def _inference() -> bool:
-    """Whether the eager inference fast paths apply: no autograd graph is being recorded, and the code is
-    not being traced by torch.compile (the compiler fuses the plain path itself; the hand-fused in-place
-    paths compiled to an all-NaN output on the small benchmark config in bf16)."""
-    return not torch.is_grad_enabled() and not _compiling()
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return compiler.is_compiling()
-    return False
-
-
-def _fusable(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor) -> bool:
-    """Whether `residual += x @ weight.T` can run as one in-place GEMM: inference, one dtype for all three
-    (no autocast casting), and a contiguous residual to accumulate into."""
-    return (residual is not None and _inference() and residual.is_contiguous()
-            and x.dtype == residual.dtype == weight.dtype and x.device == residual.device
-            and not _autocast_on(x.device.type))
-
-
-def _autocast_on(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:   # torch < 2.4: no device argument
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
-    except RuntimeError:   # a device type autocast does not know (e.g. meta): it cannot be on there
-        return False
-
-
-def linear_into(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """residual + linear(x), accumulated into `residual` in place when _fusable: the bias is added to
-    the residual and the GEMM accumulates on top (beta = 1), so the projection's output is never
-    allocated, written and re-read. Otherwise the plain residual + linear(x)."""
-    if not _fusable(x, residual, linear.weight) or x.shape[:-1] != residual.shape[:-1]:
-        out = linear(x)
-        return out.add_(residual) if _inference() else residual + out
-    dst = residual.view(-1, residual.shape[-1])
-    if linear.bias is not None:
-        dst.add_(linear.bias)
-    dst.addmm_(x.reshape(-1, x.shape[-1]), linear.weight.t())
-    return residual
-
-
 def temporal_group_norm(norm: nn.GroupNorm, x: torch.Tensor, num_frames: int, silu: bool = False) -> torch.Tensor:
     """GroupNorm whose statistics span all frames of a clip (a GroupNorm on [b, c, f, h, w]); with silu,
     SiLU applied to the result. Statistics are accumulated and the normalisation computed in float32;
@@ -96,25 +53,8 @@ def temporal_group_norm(norm: nn.GroupNorm, x: torch.Tensor, num_frames: int, si
     bf, c, h, w = x.shape
     g = norm.num_groups
     b = bf // num_frames
-    if _inference():
-        # per (frame, group) statistics from the fast GroupNorm kernel over contiguous memory, then combined
-        # over the frames of each clip (equal counts): var = mean of variances + variance of means
-        # (bf16/fp16 input: the kernel accumulates in float32; no float32 copy of the activation)
-        _, mean_f, rstd_f = torch.native_group_norm(x.contiguous(), None, None, bf, c, h * w, g, norm.eps)
-        mean_f, rstd_f = mean_f.float().reshape(b, num_frames, g), rstd_f.float().reshape(b, num_frames, g)
-        var_f = rstd_f.pow(-2) - norm.eps
-        mean = mean_f.mean(dim=1)
-        var = (var_f + (mean_f - mean[:, None]).square()).mean(dim=1)          # [b, g]
-        mean, var = mean.repeat_interleave(c // g, dim=1), var.repeat_interleave(c // g, dim=1)
-        weight = None if not norm.affine else norm.weight.float()
-        bias = None if not norm.affine else norm.bias.float()
-        # the scale-and-shift is an inference batch norm of each clip's [f, c, h*w] with the clip's
-        # statistics as running statistics: one vectorised pass, float32 math, output in x's dtype
-        # (measured 5x faster in bf16 than a mixed-dtype addcmul)
-        xv = x.reshape(b, num_frames, c, h * w)
-        outs = [F.batch_norm(xv[i], mean[i], var[i], weight, bias, False, 0.0, norm.eps) for i in range(b)]
-        out = (outs[0] if b == 1 else torch.stack(outs)).reshape(bf, c, h, w)
-        return F.silu(out, inplace=True) if silu else out
+    if fused.inference():
+        return fused.temporal_group_norm(norm, x, num_frames, silu)
     xs = x.reshape(b, num_frames, g, c // g, h * w)   # differentiable statistics
     var, mean = torch.var_mean(xs.float(), dim=(1, 3, 4), keepdim=True, correction=0)
     scale = torch.rsqrt(var + norm.eps)                      # [b, 1, g, 1, 1]
@@ -137,49 +77,12 @@ def temporal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     bf, c, h, w = x.shape
     k = weight.shape[-1]
     weight = weight.to(x.dtype)
-    if _inference() and h * w >= 256 and k % 2 == 1:
-        b, co, pad = bf // num_frames, weight.shape[0], k // 2
-        taps = weight.permute(2, 0, 1).contiguous()          # [k, c_out, c_in]
-        xs = x.reshape(b, num_frames, c, h * w)
-        out = torch.matmul(taps[pad], xs)                   # centre tap: [b, f, c_out, hw]
-        if bias is not None:
-            out.add_(bias.to(x.dtype)[:, None])
-        for j in range(k):
-            shift = j - pad                                  # out[t] += W_j @ x[t + shift]
-            n = num_frames - abs(shift)
-            if shift == 0 or n <= 0:
-                continue
-            wj = taps[j].expand(n, co, c)
-            for i in range(b):
-                dst = out[i, max(0, -shift):max(0, -shift) + n]
-                dst.baddbmm_(wj, xs[i, max(0, shift):max(0, shift) + n])
-        return out.reshape(bf, co, h, w)
+    if fused.inference() and h * w >= 256 and k % 2 == 1:
+        return fused.temporal_conv(x, weight, bias, num_frames)
     xs = x.reshape(bf // num_frames, num_frames, c, h * w).transpose(1, 2)
     out = F.conv2d(xs, weight[..., None], None if bias is None else bias.to(x.dtype),
                    padding=(weight.shape[-1] // 2, 0))
     return out.transpose(1, 2).reshape(bf, -1, h, w)
-
-
-# From this many pixels per frame, 2D convs run through a channels_last copy (CPU). Off (None) by default:
-# the conv alone is 2x faster at 64 ch 32x32, but the small UNet step at 16 frames 32x32 measured
-# 8.97 s with it vs 8.34 s without (1 thread, alternated, medians of 3): the copies cost more.
-CHANNELS_LAST_MIN_PIXELS: int | None = None
-
-
-def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """conv(x); at high resolution on the CPU (inference), through a channels_last copy: oneDNN convolves
-    NHWC without reordering to its blocked layout (measured 2x at 64 channels, 32x32, 1 thread). The
-    result is contiguous NCHW like the input."""
-    if (CHANNELS_LAST_MIN_PIXELS is not None and x.device.type == "cpu" and _inference()
-            and x.shape[-1] * x.shape[-2] >= CHANNELS_LAST_MIN_PIXELS
-            and x.dim() == 4):
-        if conv.padding_mode != "zeros":
-            return nn.Conv2d._conv_forward(conv, x, conv.weight, conv.bias)
-        out = F.conv2d(x.contiguous(memory_format=torch.channels_last),
-                       conv.weight.contiguous(memory_format=torch.channels_last), conv.bias, conv.stride,
-                       conv.padding, conv.dilation, conv.groups)
-        return out.contiguous()
-    return nn.Conv2d._conv_forward(conv, x, conv.weight, conv.bias)
 
 
 class PseudoConv3d(nn.Conv2d):
@@ -197,7 +100,7 @@ class PseudoConv3d(nn.Conv2d):
             nn.init.zeros_(self.temporal.bias)
 
     def forward(self, x: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
-        x = conv2d(self, x)
+        x = super().forward(x)
         if self.temporal is None or num_frames is None:
             return x
         return temporal_conv(x, self.temporal.weight, self.temporal.bias, num_frames)
@@ -231,7 +134,7 @@ class TemporalConvBlock(nn.Module):
             if len(stage) == 4:
                 h = stage[2](h)
             h = temporal_conv(h, conv.weight[:, :, :, 0, 0], conv.bias, num_frames)
-        return h.add_(x) if _inference() else x + h
+        return h.add_(x) if fused.inference() else x + h
 
 
 class ResBlock(nn.Module):
@@ -250,7 +153,7 @@ class ResBlock(nn.Module):
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x, emb, num_frames=None):
-        inplace = _inference()
+        inplace = fused.inference()
         h = self.conv1(F.silu(self.norm1(x), inplace=inplace), num_frames)
         proj = self.time_emb_proj(F.silu(emb))[:, :, None, None]
         h = h.add_(proj) if inplace else h + proj
@@ -306,7 +209,7 @@ class Attention(nn.Module):
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         q, k, v = (rearrange(t, "b l (h d) -> b h l d", h=self.heads) for t in (q, k, v))
         out = rearrange(attention(q, k, v), "b h l d -> b l (h d)").reshape(*shape[:-1], -1)
-        return self.to_out[0](out) if residual is None else linear_into(residual, out, self.to_out[0])
+        return self.to_out[0](out) if residual is None else fused.linear_into(residual, out, self.to_out[0])
 
     def _over_frames(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         b, f, n, _ = x.shape
@@ -317,7 +220,7 @@ class Attention(nn.Module):
             qi, ki, vi = (t[i].view(f, n, self.heads, inner // self.heads).permute(1, 2, 0, 3) for t in (q, k, v))
             outs.append(attention(qi, ki, vi).permute(2, 0, 1, 3))  # [f, n, heads, d]; batch n = pixels
         out = torch.stack(outs).reshape(b, f, n, inner)
-        return self.to_out[0](out) if residual is None else linear_into(residual, out, self.to_out[0])
+        return self.to_out[0](out) if residual is None else fused.linear_into(residual, out, self.to_out[0])
 
 
 class GEGLU(nn.Module):
@@ -326,47 +229,10 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out * 2)
 
     def forward(self, x):
-        if _inference():
-            # two GEMMs on the weight's halves (contiguous row slices, no copy): contiguous h and gate make
-            # GELU vectorise (2.5x in bf16 vs the strided half) and the next Linear read h without a copy
-            w, b = self.proj.weight, self.proj.bias
-            n = w.shape[0] // 2
-            return F.linear(x, w[:n], b[:n]).mul_(F.gelu(F.linear(x, w[n:], b[n:])))
+        if fused.inference():
+            return fused.geglu(x, self.proj)
         h, gate = self.proj(x).chunk(2, dim=-1)
         return h * F.gelu(gate)
-
-
-def channels_to_tokens(x: torch.Tensor, proj: nn.Module) -> torch.Tensor:
-    """[N, C, H, W] -> [N, H*W, D]: a per-pixel projection (Linear [D, C] or 1x1 conv) of the channels,
-    computed as one batched GEMM that reads the channel-major input in place and writes the token-major
-    output contiguously (no layout copy; bias written with the GEMM). Inference fast path."""
-    n, c, h, w = x.shape
-    weight = proj.weight.reshape(proj.weight.shape[0], c)
-    tokens = x.reshape(n, c, h * w).transpose(1, 2)
-    if proj.bias is None:
-        return torch.bmm(tokens, weight.t().expand(n, -1, -1))
-    return torch.baddbmm(proj.bias, tokens, weight.t().expand(n, -1, -1))
-
-
-def tokens_into_channels(x: torch.Tensor, tokens: torch.Tensor, proj: nn.Module) -> torch.Tensor:
-    """x [N, C, H, W] + proj(tokens [N, H*W, D]) (Linear [C, D] or 1x1 conv): x plus the bias written once,
-    then the projection accumulated on top as one batched GEMM (beta = 1) reading the token-major input in
-    place; the result is contiguous NCHW (x is not modified). Inference fast path."""
-    n, c, h, w = x.shape
-    flat = x.reshape(n, c, h * w)
-    out = flat + proj.bias[:, None] if proj.bias is not None else flat.clone()
-    out.baddbmm_(proj.weight.reshape(c, -1).expand(n, -1, -1), tokens.reshape(n, h * w, -1).transpose(1, 2))
-    return out.view(n, c, h, w)
-
-
-def _token_fast_path(x: torch.Tensor, proj: nn.Module) -> bool:
-    return _fusable(x, x, proj.weight) and x.dim() == 4
-
-
-# Rows of a fused feed-forward chunk: about this many elements of its GEGLU hidden state, so the hidden
-# state of one chunk stays in the CPU's L2 between the GEMMs (measured 1.7-2x for the whole feed-forward
-# in bf16 at 64 and 512 channels, 1 thread); below 256 rows the per-call overhead dominates.
-FF_CHUNK_ELEMENTS = 1 << 20
 
 
 class FeedForward(nn.Module):
@@ -379,14 +245,10 @@ class FeedForward(nn.Module):
         (GEGLU hidden state of one chunk at a time, second GEMM added in place: linear_into)."""
         shape = x.shape
         out_proj = self.net[2]
-        if _fusable(x, residual, out_proj.weight) and residual.shape == shape:
-            rows, dst = x.reshape(-1, shape[-1]), residual.view(-1, shape[-1])
-            chunk = max(256, FF_CHUNK_ELEMENTS // out_proj.weight.shape[1])
-            for s in range(0, rows.shape[0], chunk):
-                linear_into(dst[s:s + chunk], self.net[0](rows[s:s + chunk]), out_proj)
-            return residual
+        if fused.fusable(x, residual, out_proj.weight) and residual.shape == shape:
+            return fused.feed_forward_into(residual, x, self.net[0], out_proj)
         h = self.net[0](x.reshape(-1, shape[-1])).reshape(*shape[:-1], -1)
-        return out_proj(h) if residual is None else linear_into(residual, h, out_proj)
+        return out_proj(h) if residual is None else fused.linear_into(residual, h, out_proj)
 
 
 class TransformerBlock(nn.Module):
@@ -436,21 +298,21 @@ class SpatialTransformer(nn.Module):
         cross-attention runs once on them, then they are repeated for `fork` contexts."""
         bf, c, h, w = x.shape
         hs = self.norm(x)
-        fast = _token_fast_path(x, self.proj_in)
+        fast = fused.token_fast_path(x, self.proj_in)
         if fast and h * w >= 256:     # below 256 tokens the conv / linear kernels are faster than the GEMMs
-            hs = channels_to_tokens(hs, self.proj_in)
+            hs = fused.channels_to_tokens(hs, self.proj_in)
         elif self.linear_projection:
             hs = self.proj_in(rearrange(hs, "b c h w -> b (h w) c"))
         else:
             hs = rearrange(self.proj_in(hs), "b c h w -> b (h w) c")
-            if _inference():
+            if fused.inference():
                 hs = hs.contiguous()   # token-major: the blocks accumulate their residuals in place
         for i, block in enumerate(self.transformer_blocks):
             hs = block(hs, context, fork=fork if i == 0 else 1)
         if fast:
             if fork > 1:
                 x = x.repeat(fork, 1, 1, 1)
-            return tokens_into_channels(x, hs, self.proj_out)
+            return fused.tokens_into_channels(x, hs, self.proj_out)
         if self.linear_projection:
             hs = self.proj_out(hs)
         hs = rearrange(hs, "b (h w) c -> b c h w", h=h, w=w)
@@ -458,7 +320,7 @@ class SpatialTransformer(nn.Module):
             hs = self.proj_out(hs)
         if fork > 1:
             x = x.repeat(fork, 1, 1, 1)
-        return hs.add_(x) if _inference() else x + hs
+        return hs.add_(x) if fused.inference() else x + hs
 
 
 def frame_position_embedding(num_frames: int, dim: int, device, dtype) -> torch.Tensor:
@@ -487,18 +349,18 @@ class TemporalTransformer(nn.Module):
             return x
         bf, c, h, w = x.shape
         hs = temporal_group_norm(self.norm, x, num_frames)
-        fast = _token_fast_path(x, self.proj_in)
+        fast = fused.token_fast_path(x, self.proj_in)
         if fast:
-            hs = channels_to_tokens(hs, self.proj_in).reshape(bf // num_frames, num_frames, h * w, -1)
+            hs = fused.channels_to_tokens(hs, self.proj_in).reshape(bf // num_frames, num_frames, h * w, -1)
         else:
             hs = self.proj_in(rearrange(hs, "(b f) c h w -> b f (h w) c", f=num_frames))  # tokens in frame order
         if self.position_embedding:
             pos = frame_position_embedding(num_frames, hs.shape[-1], hs.device, hs.dtype)[:, None]
-            hs = hs.add_(pos) if _inference() else hs + pos
+            hs = hs.add_(pos) if fused.inference() else hs + pos
         for block in self.transformer_blocks:
             hs = block(hs, over_frames=True)
         if fast:
-            return tokens_into_channels(x, hs.reshape(bf, h * w, -1), self.proj_out)
+            return fused.tokens_into_channels(x, hs.reshape(bf, h * w, -1), self.proj_out)
         hs = self.proj_out(hs)
         hs = rearrange(hs, "b f (h w) c -> (b f) c h w", h=h, w=w)
         return x + hs
@@ -510,7 +372,7 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x):
-        return conv2d(self.conv, x)
+        return self.conv(x)
 
 
 class Upsample(nn.Module):
@@ -520,4 +382,4 @@ class Upsample(nn.Module):
 
     def forward(self, x, size=None):
         x = F.interpolate(x, size=size, mode="nearest") if size else F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return conv2d(self.conv, x)
+        return self.conv(x)

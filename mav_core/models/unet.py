@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import (Downsample, conv2d, PseudoConv3d, ResBlock, SpatialTransformer, TemporalConvBlock,
+from .layers import (Downsample, PseudoConv3d, ResBlock, SpatialTransformer, TemporalConvBlock,
                      TemporalTransformer, TimestepEmbedding, Upsample, timestep_embedding)
 
 
@@ -216,12 +217,12 @@ class SpaceTimeUNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
                 image_embed: torch.Tensor | None = None, fps: torch.Tensor | None = None,
                 extra: torch.Tensor | None = None, temporal: bool = True,
-                down_residuals: list | None = None, mid_residual: torch.Tensor | None = None) -> torch.Tensor:
+                residuals: tuple[list, torch.Tensor] | None = None) -> torch.Tensor:
         """x: [B, C, F, H, W] (video) or [B, C, H, W] (image). t: [B] timesteps. context: [B, L, D], or
         [B, F, L, D] per frame (prompt travel). image_embed: [B, E], or [B, F, E] per frame. fps: [B].
         extra: conditioning channels shaped like x.
         temporal=False runs the image model on every frame independently.
-        down_residuals / mid_residual: control residuals added to the skips (ControlNet-style).
+        residuals: (down residuals, mid residual) added to the skips and the mid block (ControlNet-style).
 
         Shared latent (a CFG pair): when context / image_embed hold k·B rows for B latents, each latent is
         evaluated under k conditionings and the output has k·B rows (latent i pairs with rows i, B+i, ...).
@@ -240,11 +241,48 @@ class SpaceTimeUNet(nn.Module):
         if x.shape[1] != cfg.in_channels + cfg.extra_in_channels:
             raise ValueError(f"input has {x.shape[1]} channels; this model expects "
                              f"{cfg.in_channels} + {cfg.extra_in_channels} extra")
-        num_frames = f if (video and temporal) else None
+        rows = _Rows(b, bc, f, f if (video and temporal) else None, video)
         h = rearrange(x, "b c f h w -> (b f) c h w") if video else x
+        cond = self._conditioning(h, t, context, image_embed, fps, rows)
 
+        h = self.conv_in(h, rows.num_frames)
+        if self.transformer_in is not None:
+            h = self.transformer_in(h, rows.num_frames)
+        # shared latents: the prefix above ran once per latent; from here on (or from the first
+        # cross-attention of the first block, when the embedding is per latent too) per conditioning
+        fork = bc // b if cond.emb_latent is not None else 1
+        skips = [h.repeat(bc // b, 1, 1, 1) if bc != b else h]
+        if bc != b and cond.emb_latent is None:
+            h = skips[0]
+        for i, block in enumerate(self.down_blocks):
+            h, s = block(h, cond.emb, cond.context, rows.num_frames, fork, cond.emb_latent) if i == 0 and fork > 1 \
+                else block(h, cond.emb, cond.context, rows.num_frames)
+            skips += s
+        down_residuals, mid_residual = residuals if residuals is not None else (None, None)
+        if down_residuals is not None:
+            if len(down_residuals) != len(skips):
+                raise ValueError(f"got {len(down_residuals)} control residuals, the model has {len(skips)} skips")
+            skips = [s + r.to(s.dtype) for s, r in zip(skips, down_residuals)]
+        h = self.mid_block(h, cond.emb, cond.context, rows.num_frames)
+        if mid_residual is not None:
+            h = h + mid_residual.to(h.dtype)
+        for block in self.up_blocks:
+            n = len(block.resnets)
+            block_skips = skips[-n:]
+            skips = skips[:-n]
+            up_size = skips[-1].shape[-2:] if skips else None
+            h = block(h, block_skips, cond.emb, cond.context, rows.num_frames, up_size)
+        h = self.conv_out(F.silu(self.conv_norm_out(h)))
+        return rearrange(h, "(b f) c h w -> b c f h w", b=bc) if video else h
+
+    def _conditioning(self, h: torch.Tensor, t: torch.Tensor, context, image_embed, fps, rows: "_Rows") -> "_Conditioning":
+        """The ResBlocks' embedding (timestep + fps + image embedding) and the cross-attention context (text
+        tokens + tokens made from the image embedding), one row per conditioning and frame; per latent
+        (emb_latent) when the embedding does not depend on the conditioning (see forward's shared latent)."""
+        cfg = self.config
+        b, bc, f = rows.latents, rows.conditionings, rows.frames
         ch0 = cfg.block_out_channels[0]
-        use_fps = self.fps_embedding is not None and fps is not None and num_frames is not None
+        use_fps = self.fps_embedding is not None and fps is not None and rows.num_frames is not None
         if use_fps:
             fps = torch.as_tensor(fps, device=h.device, dtype=torch.float32).reshape(-1)
         # shared latents whose embedding is per latent too (t, fps per latent; no image embedding): the
@@ -252,17 +290,16 @@ class SpaceTimeUNet(nn.Module):
         emb_per_latent = (bc != b and (image_embed is None or not cfg.image_embed_dim) and t.numel() in (1, b)
                           and (not use_fps or fps.numel() in (1, b))
                           and not (context is not None and context.dim() == 4))
-        rows = b if emb_per_latent else bc
-        t = per_condition(t, b, rows, "t")
-        emb = self.time_embedding(timestep_embedding(t, ch0).to(h.dtype))
+        n = b if emb_per_latent else bc
+        emb = self.time_embedding(timestep_embedding(per_condition(t, b, n, "t"), ch0).to(h.dtype))
         if use_fps:
-            emb = emb + self.fps_embedding(timestep_embedding(per_condition(fps, b, rows, "fps"), ch0).to(h.dtype))
+            emb = emb + self.fps_embedding(timestep_embedding(per_condition(fps, b, n, "fps"), ch0).to(h.dtype))
         if context is not None and context.shape[-1] != cfg.context_dim:
             raise ValueError(f"context width {context.shape[-1]} does not match the model's context_dim {cfg.context_dim}")
         per_frame = (context is not None and context.dim() == 4) or (image_embed is not None and image_embed.dim() == 3)
         if per_frame:
             # prompt travel: one context / embedding per frame, folded like the frames: [(b f), ...]
-            if not video:
+            if not rows.video:
                 raise ValueError("per-frame context / image_embed need a video input [B, C, F, H, W]")
             context = _fold_frames(context, bc, f, 3, "context")
             image_embed = _fold_frames(image_embed, bc, f, 2, "image_embed")
@@ -278,40 +315,25 @@ class SpaceTimeUNet(nn.Module):
         if f > 1 and not per_frame:
             emb = emb.repeat_interleave(f, dim=0)
             # the context stays [b, L, D]: cross-attention folds the frames into the query length
-        emb_latent = None
         if emb_per_latent:
-            emb_latent, emb = emb, emb.repeat(bc // b, 1)
+            return _Conditioning(emb.repeat(bc // b, 1), emb, context)
+        return _Conditioning(emb, None, context)
 
-        size = h.shape[-2:]
-        h = self.conv_in(h, num_frames)
-        if self.transformer_in is not None:
-            h = self.transformer_in(h, num_frames)
-        # shared latents: the prefix above ran once per latent; from here on (or from the first
-        # cross-attention of the first block, when the embedding is per latent too) per conditioning
-        fork = bc // b if emb_per_latent else 1
-        skips = [h.repeat(bc // b, 1, 1, 1) if bc != b else h]
-        if bc != b and not emb_per_latent:
-            h = skips[0]
-        for i, block in enumerate(self.down_blocks):
-            h, s = block(h, emb, context, num_frames, fork, emb_latent) if i == 0 and fork > 1 else \
-                block(h, emb, context, num_frames)
-            skips += s
-        if down_residuals is not None:
-            if len(down_residuals) != len(skips):
-                raise ValueError(f"got {len(down_residuals)} control residuals, the model has {len(skips)} skips")
-            skips = [s + r.to(s.dtype) for s, r in zip(skips, down_residuals)]
-        h = self.mid_block(h, emb, context, num_frames)
-        if mid_residual is not None:
-            h = h + mid_residual.to(h.dtype)
-        sizes = [s.shape[-2:] for s in skips]
-        for i, block in enumerate(self.up_blocks):
-            n = len(block.resnets)
-            block_skips = skips[-n:]
-            skips = skips[:-n]
-            up_size = skips[-1].shape[-2:] if skips else None
-            h = block(h, block_skips, emb, context, num_frames, up_size)
-        h = conv2d(self.conv_out, F.silu(self.conv_norm_out(h)))
-        return rearrange(h, "(b f) c h w -> b c f h w", b=bc) if video else h
+
+@dataclass(frozen=True)
+class _Rows:
+    """How a forward pass's batch is laid out."""
+    latents: int              # B: latents in x
+    conditionings: int        # k·B rows of context / image_embed (k conditionings per latent)
+    frames: int               # F (1 for an image input)
+    num_frames: int | None    # frames the temporal layers see (None: image mode)
+    video: bool
+
+
+class _Conditioning(NamedTuple):
+    emb: torch.Tensor                 # [(k·B·F), E]: the ResBlocks' embedding per conditioning and frame
+    emb_latent: torch.Tensor | None   # [(B·F), E] when the embedding is per latent (shared-latent prefix)
+    context: torch.Tensor             # cross-attention tokens
 
 
 def conditioning_batch(b: int, context: torch.Tensor | None, image_embed: torch.Tensor | None) -> int:

@@ -121,9 +121,9 @@ def _randomise(module, seed: int, only=None) -> None:
 def tiny_unet3d(context_dim: int, seed: int):
     """(UNetConfig, our-layout state dict) of a random tiny UNet3D (ModelScope / Zeroscope structure)."""
     import torch
-    from mav_core.io import convert as C
+    from mav_core.io import convert as C, unet_configs as UC
     from mav_core.models.unet import SpaceTimeUNet
-    cfg = C.config_from_diffusers({"_class_name": "UNet3DConditionModel", **TINY_UNET3D,
+    cfg = UC.config_from_diffusers({"_class_name": "UNet3DConditionModel", **TINY_UNET3D,
                                    "cross_attention_dim": context_dim})
     torch.manual_seed(seed)
     model = SpaceTimeUNet(cfg)
@@ -134,7 +134,7 @@ def tiny_unet3d(context_dim: int, seed: int):
 def write_models(root) -> None:
     """Every file the workflows here load, under root/models/{text_encoders,vae,makeavideo}."""
     import torch
-    from mav_core.io import convert as C
+    from mav_core.io import convert as C, unet_configs as UC
     from mav_core.io.checkpoints import atomic_save_file
     from mav_core.io.loader import load_model
     from mav_core.io.motion import save_motion
@@ -151,7 +151,7 @@ def write_models(root) -> None:
         atomic_save_file(modelscope, ours / name)
     cfg, sd = tiny_unet3d(CLIP_L_WIDTH, 3)
     atomic_save_file(C.ours_to_diffusers(sd), ours / ZEROSCOPE_FILE)
-    (ours / ZEROSCOPE_FILE).with_name("config.json").write_text(json.dumps(C.unet3d_config_to_diffusers(cfg)))
+    (ours / ZEROSCOPE_FILE).with_name("config.json").write_text(json.dumps(UC.unet3d_config_to_diffusers(cfg)))
     image_cfg = UNetConfig(in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
                            attention_levels=(True, False), context_dim=CLIP_L_WIDTH, norm_num_groups=32,
                            num_attention_heads=8, attention_head_dim=4, pseudo3d_convs=False,

@@ -325,14 +325,14 @@ def build(out: str | os.PathLike) -> list[Case]:
     (folder / "config.json").write_text("{not json")
     cases.append(Case("diffusers_bad_json", out / "diffusers_bad_json", r"not a readable JSON config",
                       "config.json is not JSON"))
-    from mav_core.io import convert
-    cfg3d = convert.config_from_diffusers({"_class_name": "UNet3DConditionModel", "block_out_channels": [32, 64],
+    from mav_core.io import convert, unet_configs
+    cfg3d = unet_configs.config_from_diffusers({"_class_name": "UNet3DConditionModel", "block_out_channels": [32, 64],
                                            "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
                                            "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"],
                                            "layers_per_block": 1, "norm_num_groups": 8, "cross_attention_dim": 16,
                                            "attention_head_dim": 8})
     sd3d = convert.ours_to_diffusers(SpaceTimeUNet(cfg3d).state_dict())
-    diff_cfg = convert.unet3d_config_to_diffusers(cfg3d)
+    diff_cfg = unet_configs.unet3d_config_to_diffusers(cfg3d)
     for name, change, expect in (
             ("diffusers_channels_int", {"block_out_channels": 5}, r"block_out_channels=5 must be a list"),
             ("diffusers_channels_str", {"in_channels": "four"}, r"in_channels='four' must be a positive integer"),
