@@ -1,30 +1,31 @@
 """Queue a ComfyUI API-format workflow, follow its progress and download its outputs.
 
-    python -m mav_core.client workflows/text_to_video_api.json --server 127.0.0.1:8188 \
+    python scripts/comfy_client.py workflows/text_to_video_api.json --server 127.0.0.1:8188 \
         --set prompt="a red circle on a black background" --seed 3 --frames 16 -o outdir
 
 Overrides find nodes by class or title: `prompt` / `negative` set the text of MakeAVideo Text Encode
 nodes (a title containing "negative" marks the negative one), `--seed` sets the seed of every node
 with one, `--frames` the frames of every Sampler; `--set NODE.input=value` sets any input of the nodes
-whose id, class_type or title is NODE. Standard library only; never imports ComfyUI.
+whose id, class_type or title is NODE. Progress comes over the server's /ws WebSocket (comfy_ws.py,
+beside this file); completion is read from /history, outputs are fetched via /view. Exit codes: 0 with
+the downloaded paths on stdout, 2 with "error: ..." on stderr (refused or failed workflow, bad override,
+unreachable server). Standard library only; never imports ComfyUI or the pack.
 """
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
-import socket
-import struct
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
+
+from comfy_ws import WebSocket
 
 TEXT_ENCODE = "MakeAVideoTextEncode"
 SAMPLER = "MakeAVideoSampler"
@@ -132,7 +133,7 @@ class Client:
         sock = None
         try:
             sock = EventSocket(self.server, self.client_id, on_event)
-        except OSError:
+        except (OSError, ValueError):
             pass
         try:
             deadline = time.monotonic() + timeout
@@ -182,58 +183,20 @@ def describe_rejection(body) -> str:
 
 
 class EventSocket:
-    """Minimal stdlib WebSocket reader for /ws: hands JSON events to on_event, ignores binary previews."""
+    """The server's /ws events for one client id, handed to on_event as dicts on a reader thread;
+    binary messages (sampling previews) are ignored."""
 
     def __init__(self, server: str, client_id: str, on_event=None):
-        url = urllib.parse.urlparse(server)
         self.on_event = on_event
-        self._sock = socket.create_connection((url.hostname, url.port or 80), timeout=10)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self._sock.sendall((f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-        header = b""
-        while b"\r\n\r\n" not in header:
-            chunk = self._sock.recv(1)
-            if not chunk:
-                raise ConnectionError("websocket handshake closed")
-            header += chunk
-        if b" 101 " not in header.split(b"\r\n", 1)[0]:
-            raise ConnectionError(f"websocket refused: {header[:200]!r}")
-        self._sock.settimeout(None)
-        threading.Thread(target=self._loop, daemon=True).start()
+        self._ws = WebSocket(f"{server}/ws?{urllib.parse.urlencode({'clientId': client_id})}")
+        self._ws.listen(self._on_message, name="comfy-client-events")
 
-    def _exact(self, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = self._sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("websocket closed")
-            data += chunk
-        return data
+    def _on_message(self, message) -> None:
+        if not message.binary and self.on_event:
+            self.on_event(message.json())
 
-    def _loop(self):
-        try:
-            while True:
-                first, second = self._exact(2)
-                opcode, length = first & 0x0F, second & 0x7F
-                if length == 126:
-                    length = struct.unpack(">H", self._exact(2))[0]
-                elif length == 127:
-                    length = struct.unpack(">Q", self._exact(8))[0]
-                payload = self._exact(length)
-                if opcode == 0x8:
-                    return
-                if opcode == 0x1 and self.on_event:
-                    self.on_event(json.loads(payload))
-        except (OSError, ConnectionError, ValueError):
-            return
-
-    def close(self):
-        try:
-            self._sock.close()
-        except OSError:
-            pass
+    def close(self) -> None:
+        self._ws.close()
 
 
 def print_event(event: dict):
@@ -248,7 +211,7 @@ def print_event(event: dict):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mav_core.client", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python scripts/comfy_client.py", description=__doc__.split("\n\n")[0])
     p.add_argument("workflow", help="API-format workflow JSON (File > Export (API) in ComfyUI)")
     p.add_argument("--server", default="127.0.0.1:8188")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

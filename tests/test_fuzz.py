@@ -5,7 +5,7 @@ Targets: checkpoints.read_header / load_state_dict / load_model on byte mutation
 safetensors file and on random headers; convert.detect_family / to_ours / load_external on random key
 sets and shapes; video.read_video and video.read_metadata on mutated webp/gif/mp4/png files (in a child
 process with a per-example hang guard, so a crash in a decoder library cannot take pytest down);
-client.describe_rejection / apply_overrides on random server answers and workflows.
+scripts/comfy_client.py's describe_rejection / apply_overrides on random server answers and workflows.
 
 Budgets are fixed and small by default (whole module well under 60 s at one thread, derandomised so
 CI runs are repeatable). A longer, random run:
@@ -183,7 +183,9 @@ def test_load_external_on_random_state_dicts(sd):
 # client (answers from a server, workflows from users)
 # ---------------------------------------------------------------------------------------------------
 
-client = pytest.importorskip("mav_core.client")
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
+client = pytest.importorskip("comfy_client")   # scripts/comfy_client.py
 
 
 @settings(max_examples=budget(150))

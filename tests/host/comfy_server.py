@@ -2,11 +2,11 @@
 
 Only the standard library is used, so the tests run from the pack's own dev venv while ComfyUI runs
 in its own venv (``$COMFYUI_ROOT/.venv``). See scripts/setup_comfyui_host.sh for making that host.
+The WebSocket protocol is scripts/comfy_ws.py (scripts/ is put on sys.path here).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -14,6 +14,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -24,6 +25,11 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+from comfy_ws import Message, WebSocket  # noqa: E402
+
 PACK_DIR_NAME = "ComfyUI-MakeAVideo"
 PACK_MODEL_FOLDER = "makeavideo"
 """Folder name under which the test host's temp models dir is announced (extra_model_paths YAML)."""
@@ -354,7 +360,7 @@ def history_events(history: dict) -> dict[str, dict]:
 
 
 class EventSocket:
-    """A minimal WebSocket client for /ws: collects JSON events and binary messages (previews).
+    """One client id's /ws stream, read on a thread: collects JSON events and binary messages (previews).
 
     Binary messages are kept as (event_type, payload); ComfyUI's event 1 is PREVIEW_IMAGE whose
     payload starts with a 4-byte image type (1 JPEG, 2 PNG) followed by the encoded image.
@@ -365,53 +371,15 @@ class EventSocket:
         self.events: list[dict] = []
         self.binary: list[tuple[int, bytes]] = []
         self._lock = threading.Lock()
-        self._sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self._sock.sendall(
-            (f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
-        )
-        header = b""
-        while b"\r\n\r\n" not in header:
-            chunk = self._sock.recv(1)
-            if not chunk:
-                raise ConnectionError("WebSocket handshake closed")
-            header += chunk
-        if b" 101 " not in header.split(b"\r\n", 1)[0]:
-            raise ConnectionError(f"WebSocket handshake refused: {header[:200]!r}")
-        self._sock.settimeout(None)
-        self._thread = threading.Thread(target=self._read_loop, daemon=True)
-        self._thread.start()
+        self._ws = WebSocket(f"ws://127.0.0.1:{port}/ws?clientId={client_id}")
+        self._thread = self._ws.listen(self._on_message, name=f"comfy-events-{client_id[:8]}")
 
-    def _recv_exact(self, size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = self._sock.recv(size - len(data))
-            if not chunk:
-                raise ConnectionError("WebSocket closed")
-            data += chunk
-        return data
-
-    def _read_loop(self) -> None:
-        try:
-            while True:
-                first, second = self._recv_exact(2)
-                opcode, length = first & 0x0F, second & 0x7F
-                if length == 126:
-                    length = struct.unpack(">H", self._recv_exact(2))[0]
-                elif length == 127:
-                    length = struct.unpack(">Q", self._recv_exact(8))[0]
-                payload = self._recv_exact(length)
-                if opcode == 0x8:
-                    return
-                with self._lock:
-                    if opcode == 0x1:
-                        self.events.append(json.loads(payload))
-                    elif opcode == 0x2 and len(payload) >= 4:
-                        self.binary.append((struct.unpack(">I", payload[:4])[0], payload[4:]))
-        except (OSError, ConnectionError, ValueError):
-            return
+    def _on_message(self, message: Message) -> None:
+        with self._lock:
+            if not message.binary:
+                self.events.append(message.json())
+            elif len(message.data) >= 4:
+                self.binary.append((struct.unpack(">I", message.data[:4])[0], message.data[4:]))
 
     def events_of(self, event_type: str) -> list[dict]:
         with self._lock:
@@ -434,10 +402,7 @@ class EventSocket:
                     for event, payload in self.binary if event == 1 and len(payload) >= 4]
 
     def close(self) -> None:
-        try:
-            self._sock.close()
-        except OSError:
-            pass
+        self._ws.close()
 
     def __enter__(self) -> "EventSocket":
         return self

@@ -19,13 +19,10 @@ import json
 import math
 import os
 import shutil
-import socket
-import struct
 import subprocess
 import tempfile
 import threading
 import time
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -33,7 +30,8 @@ import numpy as np
 import pytest
 import torch
 
-from comfy_server import REPO_ROOT, history_events, history_status
+from comfy_server import REPO_ROOT, history_events, history_status  # also puts scripts/ on sys.path
+from comfy_ws import WebSocket
 from pack_import import import_pack
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -60,62 +58,15 @@ class DevTools:
     """One page target of a headless Chromium: call(method, params), evaluate(js), screenshot(path)."""
 
     def __init__(self, ws_url: str):
-        parsed = urllib.parse.urlparse(ws_url)
-        self._sock = socket.create_connection((parsed.hostname, parsed.port), timeout=120)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self._sock.sendall((f"GET {parsed.path} HTTP/1.1\r\nHost: {parsed.hostname}:{parsed.port}\r\n"
-                            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-        header = b""
-        while b"\r\n\r\n" not in header:
-            chunk = self._sock.recv(1)
-            if not chunk:
-                raise ConnectionError("DevTools websocket handshake closed")
-            header += chunk
-        if b" 101 " not in header.split(b"\r\n", 1)[0]:
-            raise ConnectionError(f"DevTools websocket refused: {header[:200]!r}")
+        self._ws = WebSocket(ws_url, timeout=120, read_timeout=120)
         self._next_id = 0
         self.console: list[str] = []
 
     def _send(self, text: str) -> None:
-        payload = text.encode()
-        head = bytearray([0x81])
-        if len(payload) < 126:
-            head.append(0x80 | len(payload))
-        elif len(payload) < 65536:
-            head += bytes([0x80 | 126]) + struct.pack(">H", len(payload))
-        else:
-            head += bytes([0x80 | 127]) + struct.pack(">Q", len(payload))
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self._sock.sendall(bytes(head) + mask + masked)
-
-    def _exact(self, size: int) -> bytes:
-        data = bytearray()
-        while len(data) < size:
-            chunk = self._sock.recv(size - len(data))
-            if not chunk:
-                raise ConnectionError("DevTools websocket closed")
-            data += chunk
-        return bytes(data)
+        self._ws.send_text(text)
 
     def _receive(self) -> dict:
-        message = bytearray()
-        while True:
-            first, second = self._exact(2)
-            opcode, length = first & 0x0F, second & 0x7F
-            if length == 126:
-                length = struct.unpack(">H", self._exact(2))[0]
-            elif length == 127:
-                length = struct.unpack(">Q", self._exact(8))[0]
-            payload = self._exact(length)
-            if opcode == 0x8:
-                raise ConnectionError("DevTools websocket closed by the browser")
-            if opcode in (0x9, 0xA):
-                continue
-            message += payload
-            if first & 0x80:
-                return json.loads(message)
+        return self._ws.receive().json()
 
     def call(self, method: str, params: dict | None = None) -> dict:
         self._next_id += 1
@@ -167,10 +118,7 @@ class DevTools:
         return path
 
     def close(self) -> None:
-        try:
-            self._sock.close()
-        except OSError:
-            pass
+        self._ws.close()
 
 
 class Browser:

@@ -256,8 +256,9 @@ def test_client_queues_with_overrides_and_downloads(host, tmp_path):
     workflow = tmp_path / "wf.json"
     workflow.write_text(json.dumps(api))
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    run = subprocess.run([sys.executable, "-m", "mav_core.client", str(workflow), "--server", f"127.0.0.1:{host.port}",
+    client = str(REPO_ROOT / "scripts" / "comfy_client.py")
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}   # stdlib only: no pack
+    run = subprocess.run([sys.executable, client, str(workflow), "--server", f"127.0.0.1:{host.port}",
                           "--set", "prompt=a blue square on a gray background", "--seed", "3", "--frames", "3",
                           "--set", "Upscaler SR_h (frames).frame_chunk=4", "-o", str(out)],
                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
@@ -268,7 +269,7 @@ def test_client_queues_with_overrides_and_downloads(host, tmp_path):
     frames, _ = read_video(files[0])
     assert frames.shape[0] == 5                      # 3 frames -> interpolated x2 -> 5
     assert "step 1/1" in run.stderr                  # progress followed over the websocket
-    rejected = subprocess.run([sys.executable, "-m", "mav_core.client", str(workflow), "--server",
+    rejected = subprocess.run([sys.executable, client, str(workflow), "--server",
                                f"127.0.0.1:{host.port}", "--frames", "0", "-o", str(out)],
                               capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert rejected.returncode == 2 and "frames" in rejected.stderr and "400" in rejected.stderr
