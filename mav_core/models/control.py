@@ -8,20 +8,20 @@ output exactly unchanged. Several controls stack: their residuals add up.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .unet import SpaceTimeUNet, UNetConfig, conditioning_batch, per_condition
+from .unet import UNetConfig, conditioning_batch, per_condition
+from .config import ConfigDict
 
 HINT_KINDS = ("canny", "mask", "frames")
 
 
 @dataclass
-class ControlConfig:
+class ControlConfig(ConfigDict):
     hint_channels: int = 1
     block_out_channels: tuple = (32, 64, 96)   # the UNet's, one adapter stage per level
     layers_per_block: int = 1                  # the UNet's: fixes the number of skips per level
@@ -37,12 +37,6 @@ class ControlConfig:
     def for_unet(cls, cfg: UNetConfig, **kw) -> "ControlConfig":
         return cls(block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block, **kw)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ControlConfig":
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown ControlConfig keys {sorted(set(d) - known)}")
-        return cls(**d)
 
 
 def _zero(conv: nn.Conv2d) -> nn.Conv2d:

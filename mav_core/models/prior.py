@@ -11,18 +11,18 @@ buffers `null_text_tokens` / `null_text_embed`, so classifier-free guidance need
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..diffusion.schedule import NoiseSchedule
 from .text import Block
+from .config import ConfigDict
 
 
 @dataclass
-class PriorConfig:
+class PriorConfig(ConfigDict):
     embed_dim: int = 64
     text_width: int = 128
     width: int = 128
@@ -47,16 +47,6 @@ class PriorConfig:
     def noise_schedule(self) -> NoiseSchedule:
         return NoiseSchedule.from_dict(self.schedule)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "PriorConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown PriorConfig keys {sorted(unknown)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

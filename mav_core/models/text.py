@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from .config import ConfigDict
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
@@ -28,7 +29,7 @@ def split_words(text: str) -> list[str]:
 
 
 @dataclass
-class TextImageConfig:
+class TextImageConfig(ConfigDict):
     vocab: list[str] = field(default_factory=list)  # words; ids start after the special tokens
     max_tokens: int = 16                  # sequence length including BOS and EOS
     width: int = 128                      # text transformer width (token feature size)
@@ -53,16 +54,6 @@ class TextImageConfig:
         if not self.image_channels:
             raise ValueError("TextImageConfig.image_channels must name at least one CNN width")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TextImageConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown TextImageConfig keys {sorted(unknown)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Tokenizer:

@@ -13,8 +13,7 @@ exactly the image model. Video mode starts equal to it (identity-initialised tem
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -24,10 +23,11 @@ from torch import nn
 
 from .layers import (Downsample, PseudoConv3d, ResBlock, SpatialTransformer, TemporalConvBlock,
                      TemporalTransformer, TimestepEmbedding, Upsample, timestep_embedding)
+from .config import ConfigDict
 
 
 @dataclass
-class UNetConfig:
+class UNetConfig(ConfigDict):
     in_channels: int = 3                 # channels of x: 3 for pixel families, 4 for latent ones
     out_channels: int = 3
     extra_in_channels: int = 0           # conditioning concatenated to x (↑F: 3 + 1, SR: 3)
@@ -73,16 +73,6 @@ class UNetConfig:
             return self.num_attention_heads, channels // self.num_attention_heads
         return max(1, channels // self.attention_head_dim), min(channels, self.attention_head_dim)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown UNet config keys {sorted(unknown)}")
-        return cls(**d)
 
 
 class _Stage(nn.Module):

@@ -247,7 +247,7 @@ def build(out: str | os.PathLike) -> list[Case]:
     cfg = json.loads(TINY.to_json())
     _ours_with(out / "config_unknown_keys.safetensors", sd, {"mav_config": json.dumps({**cfg, "wibble": 3})})
     cases.append(Case("config_unknown_keys", out / "config_unknown_keys.safetensors",
-                      r"invalid mav_config.*unknown UNet config keys \['wibble'\]", "config with an unknown key"))
+                      r"invalid mav_config.*unknown UNetConfig keys \['wibble'\]", "config with an unknown key"))
     _ours_with(out / "config_wrong_type.safetensors", sd, {"mav_config": json.dumps({**cfg, "block_out_channels": "ab"})})
     cases.append(Case("config_wrong_type", out / "config_wrong_type.safetensors", r"invalid mav_config",
                       "block_out_channels is a string"))
