@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mav_core.io import convert  # noqa: E402
-from mav_core.io.checkpoints import DTYPE_SIZES, CheckpointError, load_model, load_state_dict, read_header  # noqa: E402
+from mav_core.io import convert, unet_configs  # noqa: E402
+from mav_core.io.checkpoints import DTYPE_SIZES, CheckpointError, load_state_dict, read_header
+from mav_core.io.loader import load_model  # noqa: E402
 
 settings.register_profile("ci", derandomize=True, database=None, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -162,7 +163,7 @@ def test_converters_on_random_key_sets(sd):
     except ValueError:
         return
     assert got == family and all(isinstance(v, torch.Tensor) for v in ours.values())
-    for infer in (convert.infer_unet3d_config, convert.infer_sd_unet_config):
+    for infer in (unet_configs.infer_unet3d_config, unet_configs.infer_sd_unet_config):
         try:
             infer(sd)
         except ValueError:
