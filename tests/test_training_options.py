@@ -28,7 +28,7 @@ def _run(tmp_path, steps, saved, stop_at=None):
     model = torch.nn.Linear(4, 1)
     target = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
 
-    def loss_fn(step, gen):
+    def loss_fn(step, gen, shard):   # one process: the shard is the whole batch
         if step == stop_at:
             raise Interrupted
         x = torch.randn(8, 4, generator=gen)

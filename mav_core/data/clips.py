@@ -149,15 +149,18 @@ class RealClips(_ShardedStream):
             hw = (max(1, round(frames.shape[2] * f)), max(1, round(frames.shape[1] * f)))
             frames = np.stack([cv2.resize(x, hw, interpolation=cv2.INTER_AREA) for x in frames])
         entry = (frames, fps, shots(frames))
-        if self.cache:
-            self._cache[info.path] = entry
+        if not self.cache:  # keep only the latest clip: an item's draw and make both need it
+            self._cache.clear()
+        self._cache[info.path] = entry
         return entry
 
-    def __iter__(self):
+    def draws(self):
+        """(clip, start, stride, crop y0, x0, side) of each item; a clip is decoded (and cached) when first drawn,
+        as its shots and frame size decide the draws."""
         rng = self._rng()
         while True:
             info = self.clips[rng.integers(len(self.clips))]
-            frames, fps, clip_shots = self._frames(info)
+            frames, _, clip_shots = self._frames(info)
             need = lambda stride: (self.num_frames - 1) * stride + 1  # noqa: E731
             fits = [(a, b) for a, b in clip_shots if b - a >= need(1)]
             if not fits:  # every shot too short: fall back to the whole clip
@@ -166,11 +169,16 @@ class RealClips(_ShardedStream):
             strides = [s for s in self.strides if need(s) <= b - a] or [1]
             stride = strides[rng.integers(len(strides))]
             start = a + rng.integers(b - a - need(stride) + 1)
-            window = frames[start: start + (self.num_frames - 1) * stride + 1: stride]
-            h, w = window.shape[1:3]
+            h, w = frames.shape[1:3]
             side = max(1, round(min(h, w) * rng.uniform(*self.crop_scale)))
             y0, x0 = rng.integers(h - side + 1), rng.integers(w - side + 1)
-            crop = window[:, y0:y0 + side, x0:x0 + side]
-            interp = cv2.INTER_AREA if side >= self.size else cv2.INTER_LINEAR
-            out = np.stack([cv2.resize(x, (self.size, self.size), interpolation=interp) for x in crop])
-            yield to_tensor(out), float(fps / stride)
+            yield info, int(start), stride, int(y0), int(x0), side
+
+    def make(self, draw):
+        info, start, stride, y0, x0, side = draw
+        frames, fps, _ = self._frames(info)
+        window = frames[start: start + (self.num_frames - 1) * stride + 1: stride]
+        crop = window[:, y0:y0 + side, x0:x0 + side]
+        interp = cv2.INTER_AREA if side >= self.size else cv2.INTER_LINEAR
+        out = np.stack([cv2.resize(x, (self.size, self.size), interpolation=interp) for x in crop])
+        return to_tensor(out), float(fps / stride)

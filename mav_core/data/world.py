@@ -370,6 +370,11 @@ def stream_seed(seed: int, rank: int = 0, world_size: int = 1) -> np.random.Seed
 
 
 class _ShardedStream(torch.utils.data.IterableDataset):
+    """An endless stream, split in two: draws() makes the random choices of item after item (cheap) and
+    make(draw) renders or decodes one item from its choices (costly, no randomness); iterating yields
+    make(d) for d in draws(). A training rank that takes every W-th item of the one stream makes only its
+    own items (train.common.StreamBatches)."""
+
     def __init__(self, seed: int = 0, rank: int = 0, world_size: int = 1):
         super().__init__()
         if not (0 <= rank < world_size):
@@ -391,6 +396,15 @@ class _ShardedStream(torch.utils.data.IterableDataset):
     def _rng(self) -> np.random.Generator:
         return np.random.default_rng(stream_seed(self.seed, self.rank, self.world_size))
 
+    def __iter__(self):
+        return map(self.make, self.draws())
+
+    def draws(self):
+        raise NotImplementedError
+
+    def make(self, draw):
+        raise NotImplementedError
+
 
 class CaptionedImages(_ShardedStream):
     """Infinite stream of (image float [3,H,W] in -1..1, caption) from training combos only.
@@ -404,12 +418,15 @@ class CaptionedImages(_ShardedStream):
         super().__init__(seed, rank, world_size)
         self.size, self.with_scene, self.max_angle = int(size), with_scene, float(max_angle)
 
-    def __iter__(self):
+    def draws(self):
+        """The scenes of the stream."""
         rng = self._rng()
         while True:
-            scene = train_scene(rng, self.max_angle)
-            item = (to_tensor(render(scene, self.size)), caption(scene))
-            yield (*item, scene) if self.with_scene else item
+            yield train_scene(rng, self.max_angle)
+
+    def make(self, scene: Scene):
+        item = (to_tensor(render(scene, self.size)), caption(scene))
+        return (*item, scene) if self.with_scene else item
 
 
 class WorldClips(_ShardedStream):
@@ -427,12 +444,16 @@ class WorldClips(_ShardedStream):
             raise ValueError(f"fps_choices must be positive frame rates, got {fps_choices}")
         self.num_frames, self.size, self.fps_choices = int(num_frames), int(size), tuple(float(f) for f in fps_choices)
 
-    def __iter__(self):
+    def draws(self):
+        """(fps, motion) of each clip, drawn as render_clip draws them."""
         rng = self._rng()
         while True:
             fps = self.fps_choices[rng.integers(len(self.fps_choices))]
-            frames = render_clip(rng, self.num_frames, self.size, fps)
-            yield to_tensor(frames), fps
+            yield fps, sample_motion(rng)
+
+    def make(self, draw: tuple[float, Motion]):
+        fps, motion = draw
+        return to_tensor(render_scenes(motion_scenes(motion, self.num_frames, fps), self.size)), fps
 
 
 def stable_hash(text: str) -> int:

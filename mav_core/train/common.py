@@ -1,20 +1,23 @@
-"""Shared pieces of the stage recipes: arguments, settings, batching, the frozen text encoder."""
+"""Shared pieces of the stage recipes: arguments, settings, the global batches of example streams cut
+into the ranks' shards, the sharded diffusion loss, the frozen text encoder."""
 from __future__ import annotations
 
 import argparse
-import itertools
+import os
 from pathlib import Path
 
 import torch
 
+from ..data.clips import RealClips
 from ..io.loader import load_model
-from .loop import TrainSettings
+from ..diffusion.loss import min_snr_weight
+from .loop import Shard, TrainSettings
 
 
 def add_common_arguments(p: argparse.ArgumentParser, steps: int, batch_size: int, lr: float):
     p.add_argument("--out", default="runs/mav-tiny", help="folder of stage checkpoints and resume states")
     p.add_argument("--steps", type=int, default=steps, help="optimiser steps (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help="examples per step (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="examples per step over all processes (default %(default)s)")
     p.add_argument("--lr", type=float, default=lr, help="peak learning rate (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=100)
@@ -29,25 +32,95 @@ def add_common_arguments(p: argparse.ArgumentParser, steps: int, batch_size: int
 
 
 def settings_from_args(args, warmup: int = 50) -> TrainSettings:
+    """The loop's settings; refuses (before any model is built) a --batch-size that the torchrun
+    processes (WORLD_SIZE) cannot share equally."""
+    Shard(args.batch_size, 0, int(os.environ.get("WORLD_SIZE", "1")))
     return TrainSettings(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          save_every=args.save_every, bf16=args.bf16, resume=args.resume, threads=args.threads,
                          ema=args.ema, warmup=warmup)
 
 
-def batches(dataset, batch_size: int):
-    """Endless batches from an (infinite) iterable dataset, collated by torch's default collate."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0)
-    while True:
-        yield from loader
+class StreamBatches:
+    """The global batches of an endless example stream (one with draws() and make(): world.CaptionedImages,
+    world.WorldClips, clips.RealClips, temporal.VideoCrops): batch k is items k*B .. k*B + B - 1 of the one
+    stream, however many processes train. Each rank makes only its items of a batch (DistributedSampler
+    style: rank r of W takes items r, r + W, ...), after every item's random draws, which are cheap; so
+    W processes see exactly the batches of one, and a resumed run skips to its step without rendering
+    or decoding the batches before it. Batches are asked for in increasing k."""
+
+    def __init__(self, dataset, batch_size: int, collate=torch.utils.data.default_collate):
+        self.dataset, self.batch_size, self.collate = dataset, batch_size, collate
+        self._draws, self._next = None, 0
+
+    def take(self, k: int, shard: Shard) -> tuple[list, list]:
+        """(the draws of every item of batch k, this rank's items of it, made)."""
+        if shard.batch_size != self.batch_size:
+            raise ValueError(f"a shard of a batch of {shard.batch_size} taken from batches of {self.batch_size}")
+        if k < self._next:
+            raise ValueError(f"batch {k} asked for after batch {self._next - 1}: batches come in increasing order")
+        if self._draws is None:
+            self._draws = iter(self.dataset.draws())
+        for _ in range((k - self._next) * self.batch_size):
+            next(self._draws)
+        draws = [next(self._draws) for _ in range(self.batch_size)]
+        self._next = k + 1
+        return draws, [self.dataset.make(draws[i]) for i in shard.indices()]
+
+    def __call__(self, k: int, shard: Shard):
+        """This rank's items of batch k, collated (torch's default collate unless given)."""
+        return self.collate(self.take(k, shard)[1])
 
 
-def mixed(*streams_and_weights, seed: int = 0):
-    """Interleave endless batch streams with the given probabilities: mixed((a, 0.7), (b, 0.3))."""
-    gen = torch.Generator().manual_seed(seed)
-    streams = [s for s, _ in streams_and_weights]
-    weights = torch.tensor([w for _, w in streams_and_weights], dtype=torch.float)
-    while True:
-        yield next(streams[int(torch.multinomial(weights, 1, generator=gen))])
+class Mixed:
+    """Batches of several StreamBatches with the given probabilities: Mixed((a, 0.7), (b, 0.3), seed=s).
+    The stream of step k is drawn from a generator seeded by `seed` (the same on every rank); each
+    stream serves its own batches in order. Called as (step, shard) like a StreamBatches."""
+
+    def __init__(self, *streams_and_weights, seed: int = 0):
+        self.gen = torch.Generator().manual_seed(seed)
+        self.streams = [s for s, _ in streams_and_weights]
+        self.weights = torch.tensor([w for _, w in streams_and_weights], dtype=torch.float)
+        self.served = [0] * len(self.streams)
+        self._next = 0
+
+    def __call__(self, step: int, shard: Shard):
+        if step < self._next:
+            raise ValueError(f"step {step} asked for after step {self._next - 1}: steps come in increasing order")
+        while True:
+            i = int(torch.multinomial(self.weights, 1, generator=self.gen))
+            k, self.served[i] = self.served[i], self.served[i] + 1
+            current, self._next = self._next, self._next + 1
+            if current == step:
+                return self.streams[i](k, shard)
+
+
+def shard_diffusion_loss(network, x0: torch.Tensor, schedule, prediction: str, gen: torch.Generator, shard: Shard,
+                         loss_mask: torch.Tensor | None = None, min_snr_gamma: float = 0.0, **cond) -> torch.Tensor:
+    """diffusion.diffusion_loss on this rank's rows x0 of the global batch (k rows per example): the
+    timesteps and noise are drawn from `gen` for the whole global batch, as diffusion_loss draws them
+    on it, and cut with shard.take; the result is this rank's part of the global loss (loop.Shard).
+    loss_mask is given for the global batch (broadcastable to its x0)."""
+    if x0.shape[0] % shard.size:
+        raise ValueError(f"{x0.shape[0]} rows do not split into the shard's {shard.size} examples")
+    rows = shard.batch_size * (x0.shape[0] // shard.size)
+    full = (rows, *x0.shape[1:])
+    ac = schedule.alphas_cumprod().to(x0.device, torch.float32)
+    t = shard.take(torch.randint(0, schedule.num_train_steps, (rows,), generator=gen)).to(x0.device)
+    noise = shard.take(torch.randn(full, generator=gen)).to(x0)
+    a = ac[t].reshape(-1, *([1] * (x0.dim() - 1)))
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    if prediction not in ("eps", "v", "x0"):
+        raise ValueError(f"prediction {prediction!r} is not one of ('eps', 'v', 'x0')")
+    target = {"eps": lambda: noise, "x0": lambda: x0,
+              "v": lambda: a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]()
+    out = network(x_t, t, **cond).float()
+    err = (out - target.float()) ** 2
+    if min_snr_gamma > 0:
+        err = err * min_snr_weight(a.float(), prediction, min_snr_gamma)
+    if loss_mask is not None:
+        mask = loss_mask.expand(full).float()
+        return (err * shard.take(mask)).sum() / mask.sum().clamp(min=1) * shard.world
+    return err.mean()
 
 
 def frozen_text_encoder(out: str | Path, device="cpu"):
@@ -59,11 +132,9 @@ def frozen_text_encoder(out: str | Path, device="cpu"):
     return enc
 
 
-def real_clip_stream(folder: str | Path, num_frames: int, size: int, batch_size: int, seed: int, rank: int, world: int):
-    """Batches of real clips when the fetched clips exist, else None."""
+def real_clip_stream(folder: str | Path, num_frames: int, size: int, batch_size: int, seed: int):
+    """StreamBatches of real clips when the fetched clips exist, else None."""
     folder = Path(folder)
     if not (folder / "manifest.json").exists():
         return None
-    from ..data.clips import RealClips
-    ds = RealClips(folder, num_frames=num_frames, size=size, seed=seed, split="train", rank=rank, world_size=world)
-    return batches(ds, batch_size)
+    return StreamBatches(RealClips(folder, num_frames=num_frames, size=size, seed=seed, split="train"), batch_size)

@@ -4,10 +4,10 @@ image-embedding conditioning dropped now and then so the hint alone carries layo
 
 The image embedding given with each image is that of the same object rendered elsewhere (another
 place, angle and scale): at inference the embedding comes from the prior and says nothing about where
-the hint puts the object, so in training it must not either, or the adapter learns to lean on it."""
+the hint puts the object, so in training it must not either, or the adapter learns to lean on it. The
+new places of a step's objects are drawn from (seed, step), so a resumed run draws them as an
+uninterrupted one does."""
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import torch
@@ -17,9 +17,8 @@ from ..io.checkpoints import save_model
 from ..io.loader import load_model
 from ..models.control import ControlAdapter, ControlConfig, ControlledUNet, Control, make_hint
 from ..data.world import CaptionedImages, relocate, render_scenes, to_tensor
-from ..diffusion.loss import diffusion_loss
-from .common import add_common_arguments, frozen_text_encoder, settings_from_args
-from .loop import maybe_init_distributed, train_loop
+from .common import StreamBatches, add_common_arguments, frozen_text_encoder, settings_from_args, shard_diffusion_loss
+from .loop import train_loop
 
 
 def add_arguments(p):
@@ -29,32 +28,33 @@ def add_arguments(p):
 
 
 def run(args):
-    rank, world = maybe_init_distributed()
     settings = settings_from_args(args)
+    torch.manual_seed(args.seed)   # the initial weights
     enc = frozen_text_encoder(args.out)
     dec = load_model(args.decoder or f"{args.out}/decoder.safetensors", expect_stage="decoder").module
     dec.requires_grad_(False)
     adapter = ControlAdapter(ControlConfig.for_unet(dec.config, kind=args.kind))
     net = ControlledUNet(dec)
-    stream = iter(CaptionedImages(size=family.BASE_SIZE, seed=args.seed * 100 + rank + 11, with_scene=True))
-    elsewhere = np.random.default_rng(args.seed * 100 + rank + 12)
+    stream = StreamBatches(CaptionedImages(size=family.BASE_SIZE, seed=args.seed * 100 + 11), args.batch_size)
     out = f"{args.out}/control_{args.kind}.safetensors"
 
-    def loss_fn(step, gen):
-        images, captions, scenes = zip(*itertools.islice(stream, args.batch_size))
+    def loss_fn(step, gen, shard):
+        scenes, items = stream.take(step, shard)
+        images, captions = zip(*items)
         images, b = torch.stack(images), len(images)
         video = images[:, :, None]   # one-frame clips: the adapter works per frame
         with torch.no_grad():
             tokens, _ = enc.encode_text(list(captions))
-            moved = render_scenes([relocate(sc, elsewhere) for sc in scenes], family.BASE_SIZE)
-            embed = enc.encode_image(to_tensor(moved))
-            drop = torch.rand(b, generator=gen) < 0.3
+            elsewhere = np.random.default_rng([args.seed * 100 + 12, step])   # for the whole batch
+            moved = shard.take([relocate(sc, elsewhere) for sc in scenes])
+            embed = enc.encode_image(to_tensor(render_scenes(moved, family.BASE_SIZE)))
+            drop = shard.take(torch.rand(shard.batch_size, generator=gen) < 0.3)
             tokens = torch.where(drop[:, None, None], enc.encode_text([""] * b)[0], tokens)
             embed = torch.where(drop[:, None], torch.zeros_like(embed), embed)
             hint = make_hint(video, args.kind)
         control = Control(adapter, hint)
-        return diffusion_loss(lambda x, t, **c: net(x, t, controls=[control], temporal=False, **c), video,
-                              family.SCHEDULE, family.PREDICTION, generator=gen, context=tokens, image_embed=embed)
+        return shard_diffusion_loss(lambda x, t, **c: net(x, t, controls=[control], temporal=False, **c), video,
+                                    family.SCHEDULE, family.PREDICTION, gen, shard, context=tokens, image_embed=embed)
 
     def on_save(m):
         save_model(out, m, "control", extra={"mav_control_kind": args.kind})

@@ -14,17 +14,17 @@ from __future__ import annotations
 import torch
 
 from ..models import family
-from ..io.checkpoints import save_model
+from ..io.checkpoints import load_state_dict, save_model
 from ..io.loader import load_model
 from ..data.world import CaptionedImages, WorldClips
 from ..diffusion.denoiser import Denoiser
-from ..diffusion.loss import diffusion_loss, psnr_loss
+from ..diffusion.loss import psnr_loss
 from ..inference.frame_masks import (guess_condition, masked_condition, random_interpolation_mask, random_training_mask)
-from ..inference.stages import is_regression
-from ..models.unet import SpaceTimeUNet
-from .common import (add_common_arguments, batches, frozen_text_encoder, mixed, real_clip_stream,
-                     settings_from_args)
-from .loop import dist_info, maybe_init_distributed, train_loop
+from ..inference import is_regression
+from ..models.unet import SpaceTimeUNet, is_temporal_key
+from .common import (Mixed, StreamBatches, add_common_arguments, frozen_text_encoder, real_clip_stream,
+                     settings_from_args, shard_diffusion_loss)
+from .loop import Shard, train_loop
 
 DROP = 0.1
 
@@ -34,22 +34,27 @@ def _null_text(enc, b):
     return tokens
 
 
-def _drop(gen, b, p=DROP):
-    return torch.rand(b, generator=gen) < p
+def _drop(gen, shard: Shard, p=DROP):
+    """The shard's part of the conditioning dropout of the whole batch."""
+    return shard.take(torch.rand(shard.batch_size, generator=gen) < p)
 
 
-def _regression_loss(model, video, fps, enc, gen, scale: float):
+def _regression_loss(model, video, fps, enc, gen, scale: float, shard: Shard | None = None):
     """Regression ↑F: the unknown frames of a random interpolation mask estimated in one pass (x = 0 at the
     largest noise level, no text or image conditioning) as the known frames' blend plus the network's
-    correction / scale, scored by the per-frame PSNR loss."""
+    correction / scale, scored by the per-frame PSNR loss. With a shard, video holds the shard's
+    examples: the masks are drawn for the whole batch and the loss is the shard's part of its mean."""
+    shard = shard or Shard(video.shape[0])
     b, f = video.shape[0], video.shape[2]
-    mask = torch.stack([random_interpolation_mask(f, gen) for _ in range(b)])
+    unknown = ~torch.stack([random_interpolation_mask(f, gen) for _ in range(shard.batch_size)])
+    mask = ~shard.take(unknown)
     extra = guess_condition(video, mask)
     den = Denoiser(model, family.SCHEDULE, family.PREDICTION)
     cond = dict(context=_null_text(enc, b), image_embed=video.new_zeros(b, enc.config.embed_dim),
                 fps=fps.float(), extra=extra)
     x0 = den.estimate_from_nothing(video, **cond)
-    return psnr_loss(extra[:, :-1] + x0.float() / scale, video, ~mask)
+    weight = shard.weight(int((~mask).sum()), int(unknown.sum()))
+    return psnr_loss(extra[:, :-1] + x0.float() / scale, video, ~mask) * weight
 
 
 def add_arguments(p, stage: str):
@@ -89,38 +94,37 @@ def run(args, stage: str):
     if regression and not args.residual_scale:
         raise ValueError("--objective regression needs --residual-scale (e.g. 4): the one-pass estimate is a "
                          "correction of the known frames' blend")
-    rank, world = maybe_init_distributed()
     settings = settings_from_args(args)
+    torch.manual_seed(args.seed)   # the initial weights
     enc = frozen_text_encoder(args.out)
     text_width, embed_dim = enc.config.width, enc.config.embed_dim
     out = f"{args.out}/{stage}.safetensors"
-    seed = args.seed * 100 + rank
+    seed = args.seed * 100
     continuing = False
 
     if stage == "decoder":
         model = SpaceTimeUNet(family.decoder_config(text_width, embed_dim))
         params = list(model.parameters())
-        data = batches(CaptionedImages(size=family.BASE_SIZE, seed=seed, max_angle=args.max_angle), args.batch_size)
+        data = StreamBatches(CaptionedImages(size=family.BASE_SIZE, seed=seed, max_angle=args.max_angle),
+                             args.batch_size)
 
-        def loss_fn(step, gen):
-            images, captions = next(data)
+        def loss_fn(step, gen, shard):
+            images, captions = data(step, shard)
             b = images.shape[0]
             with torch.no_grad():
                 tokens, _ = enc.encode_text(list(captions))
                 embed = enc.encode_image(images)
-                drop_t, drop_i = _drop(gen, b), _drop(gen, b)
+                drop_t, drop_i = _drop(gen, shard), _drop(gen, shard)
                 tokens = torch.where(drop_t[:, None, None], _null_text(enc, b), tokens)
                 embed = torch.where(drop_i[:, None], torch.zeros_like(embed), embed)
-            return diffusion_loss(model, images, family.SCHEDULE, family.PREDICTION, generator=gen,
-                                  context=tokens, image_embed=embed, min_snr_gamma=args.min_snr)
+            return shard_diffusion_loss(model, images, family.SCHEDULE, family.PREDICTION, gen, shard,
+                                        context=tokens, image_embed=embed, min_snr_gamma=args.min_snr)
     else:
         if stage == "decoder_video":
             src = load_model(f"{args.out}/decoder.safetensors", expect_stage=("decoder", "decoder_image")).module
             model = SpaceTimeUNet(src.config)
             model.load_state_dict(src.state_dict())  # identity temporal layers: starts as D frame by frame
             if args.temporal_from:
-                from ..io.checkpoints import load_state_dict
-                from ..models.unet import is_temporal_key
                 temporal, _ = load_state_dict(args.temporal_from)
                 temporal = {k: v.float() for k, v in temporal.items() if is_temporal_key(k)}
                 missing = [k for k in model.state_dict() if is_temporal_key(k) and k not in temporal]
@@ -149,32 +153,34 @@ def run(args, stage: str):
         if regression and not continuing:   # a zero correction: training starts exactly at the known frames' blend
             torch.nn.init.zeros_(model.conv_out.weight)
             torch.nn.init.zeros_(model.conv_out.bias)
-        world_clips = batches(WorldClips(num_frames=args.frames, size=family.BASE_SIZE, seed=seed), args.batch_size)
-        real = real_clip_stream(args.clips, args.frames, family.BASE_SIZE, args.batch_size, seed, rank, world)
-        data = mixed((world_clips, 1 - args.real_share), (real, args.real_share), seed=seed) if real else world_clips
+        world_clips = StreamBatches(WorldClips(num_frames=args.frames, size=family.BASE_SIZE, seed=seed), args.batch_size)
+        real = real_clip_stream(args.clips, args.frames, family.BASE_SIZE, args.batch_size, seed)
+        data = Mixed((world_clips, 1 - args.real_share), (real, args.real_share), seed=seed) if real else world_clips
 
-        def loss_fn(step, gen):
-            clips, fps = next(data)
+        def loss_fn(step, gen, shard):
+            clips, fps = data(step, shard)
             video = clips.permute(0, 2, 1, 3, 4).float()  # [B, C, F, H, W]
             b, f = video.shape[0], video.shape[2]
             if regression:
-                return _regression_loss(model, video, fps, enc, gen, args.residual_scale)
+                return _regression_loss(model, video, fps, enc, gen, args.residual_scale, shard)
             with torch.no_grad():
                 embed = enc.encode_image(video[:, :, f // 2])
-                embed = torch.where(_drop(gen, b)[:, None], torch.zeros_like(embed), embed)
+                embed = torch.where(_drop(gen, shard)[:, None], torch.zeros_like(embed), embed)
                 tokens = _null_text(enc, b)
             cond = dict(context=tokens, image_embed=embed, fps=fps.float())
             target = video
             if stage == "interpolator":
-                mask = torch.stack([random_training_mask(f, gen) for _ in range(b)])
+                masks = torch.stack([random_training_mask(f, gen) for _ in range(shard.batch_size)])
+                mask = shard.take(masks)
                 if args.residual_scale:
                     cond["extra"] = guess_condition(video, mask)
                     target = (video - cond["extra"][:, :-1]) * args.residual_scale
                 else:
                     cond["extra"] = masked_condition(video, mask)
-                # known frames are copied into the output: the loss is on the generated frames only
-                cond["loss_mask"] = (~mask).float().reshape(b, 1, f, 1, 1)
-            return diffusion_loss(model, target, family.SCHEDULE, family.PREDICTION, generator=gen, **cond)
+                # known frames are copied into the output: the loss is on the generated frames only (the
+                # mask of the whole batch: the loss is normalised by its count)
+                cond["loss_mask"] = (~masks).float().reshape(shard.batch_size, 1, f, 1, 1)
+            return shard_diffusion_loss(model, target, family.SCHEDULE, family.PREDICTION, gen, shard, **cond)
 
     meta = {"mav_recipe_stage": stage}
     if stage == "interpolator" and args.residual_scale:

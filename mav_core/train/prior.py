@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from ..io.checkpoints import save_model
 from ..io.loader import load_model
 from ..data import world
-from ..diffusion import diffusion_loss
-from ..models.prior import DiffusionPrior, PriorConfig, sample_image_embed
+from ..inference import SamplingOptions
+from ..inference.text import sample_image_embed
+from ..models.prior import DiffusionPrior, PriorConfig
 from ..models.text import TextImageEncoder
 from .loop import train_loop
-from .common import add_common_arguments, settings_from_args
+from .common import add_common_arguments, settings_from_args, shard_diffusion_loss
 from .text import all_combo_prompts, heldout_scenes
 
 STAGE = "prior"
@@ -77,17 +78,17 @@ def run(args) -> Path:
     pool = embed_pool(encoder, args.pool, seed=args.seed + 7919)
     path = Path(args.out) / f"{STAGE}.safetensors"
 
-    def loss_fn(step, gen):
-        pick = torch.randint(0, args.pool, (settings.batch_size,), generator=gen)
+    def loss_fn(step, gen, shard):
+        pick = shard.take(torch.randint(0, args.pool, (settings.batch_size,), generator=gen))
         cap = pool["caption_index"][pick]
         tokens, text_embed = pool["text_tokens"][cap], pool["text_embed"][cap]
-        drop = (torch.rand(settings.batch_size, generator=gen) < args.cond_drop).to(tokens.device)
-        null = prior.null_conditioning(settings.batch_size)
+        drop = shard.take(torch.rand(settings.batch_size, generator=gen) < args.cond_drop).to(tokens.device)
+        null = prior.null_conditioning(shard.size)
         tokens = torch.where(drop[:, None, None], null["text_tokens"], tokens)
         text_embed = torch.where(drop[:, None], null["text_embed"], text_embed)
         x0 = pool["image_embed"][pick] * config.scale
-        return diffusion_loss(prior, x0, schedule, config.prediction, generator=gen,
-                              text_tokens=tokens, text_embed=text_embed)
+        return shard_diffusion_loss(prior, x0, schedule, config.prediction, gen, shard,
+                                    text_tokens=tokens, text_embed=text_embed)
 
     def on_save(m):
         save_model(path, m, STAGE, schedule=schedule, prediction=config.prediction,
@@ -126,7 +127,7 @@ def evaluate_prior(prior: DiffusionPrior, encoder: TextImageEncoder, combos=worl
     targets = [p for p in prompts if (world.parse_caption(p)["colour"], world.parse_caption(p)["shape"]) in combos]
     tokens, text_embed = encoder.encode_text(targets)
     rep = lambda t: t.repeat_interleave(per_prompt, 0)
-    samples = sample_image_embed(prior, None, rep(tokens), rep(text_embed), steps=steps, cfg=cfg, seed=seed)
+    samples = sample_image_embed(prior, None, rep(tokens), rep(text_embed), SamplingOptions(seed=seed, steps=steps, cfg=cfg))
     cos, text_cos, self_cos, cs_hits, cap_hits = [], [], [], 0, 0
     for i, p in enumerate(targets):
         got = samples[i * per_prompt:(i + 1) * per_prompt]

@@ -18,10 +18,9 @@ import torch.nn.functional as F
 from ..models import family
 from ..io.checkpoints import save_model
 from ..data.world import WorldClips
-from ..diffusion.loss import diffusion_loss
 from ..models.unet import SpaceTimeUNet
-from .common import add_common_arguments, batches, mixed, real_clip_stream, settings_from_args
-from .loop import maybe_init_distributed, train_loop
+from .common import Mixed, StreamBatches, add_common_arguments, real_clip_stream, settings_from_args, shard_diffusion_loss
+from .loop import Shard, train_loop
 
 
 def add_arguments(p, stage: str):
@@ -32,33 +31,38 @@ def add_arguments(p, stage: str):
     p.add_argument("--crop", type=int, default=32, help="train on random crops of this size (the network is convolutional)")
 
 
-def low_res_condition(hi: torch.Tensor, gen: torch.Generator | None = None, aug: float = 0.0) -> torch.Tensor:
-    """The x2-downsampled, re-upsampled version of hi ([N, C, H, W]), optionally noised."""
+def low_res_condition(hi: torch.Tensor, gen: torch.Generator | None = None, aug: float = 0.0,
+                      shard: Shard | None = None) -> torch.Tensor:
+    """The x2-downsampled, re-upsampled version of hi ([N, C, H, W]), optionally noised. With a shard, hi
+    holds this rank's rows of the global batch and the noise is drawn for the whole batch and cut."""
     lo = F.interpolate(hi, scale_factor=0.5, mode="area")
     if aug > 0:
-        lo = lo + aug * torch.rand((lo.shape[0], 1, 1, 1), generator=gen) * torch.randn(lo.shape, generator=gen)
+        shard = shard or Shard(len(lo))
+        rows = shard.batch_size * (len(lo) // shard.size)
+        scale = shard.take(torch.rand((rows, 1, 1, 1), generator=gen))
+        lo = lo + aug * scale * shard.take(torch.randn((rows, *lo.shape[1:]), generator=gen))
     return F.interpolate(lo, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
 def run(args, stage: str):
-    rank, world = maybe_init_distributed()
     settings = settings_from_args(args)
-    seed = args.seed * 100 + rank + 7
+    torch.manual_seed(args.seed)   # the initial weights
+    seed = args.seed * 100 + 7
     video = stage == "sr_video"
     hi_size = 64 if video else 128
     frames = args.frames if video else 2
     model = SpaceTimeUNet(family.sr_config(video))
-    world_clips = batches(WorldClips(num_frames=frames, size=hi_size, seed=seed), args.batch_size)
-    real = real_clip_stream(args.clips, frames, hi_size, args.batch_size, seed, rank, world)
-    data = mixed((world_clips, 0.5), (real, 0.5), seed=seed) if real else world_clips
+    world_clips = StreamBatches(WorldClips(num_frames=frames, size=hi_size, seed=seed), args.batch_size)
+    real = real_clip_stream(args.clips, frames, hi_size, args.batch_size, seed)
+    data = Mixed((world_clips, 0.5), (real, 0.5), seed=seed) if real else world_clips
     out = f"{args.out}/{stage}.safetensors"
 
-    def loss_fn(step, gen):
-        clips, _ = next(data)
+    def loss_fn(step, gen, shard):
+        clips, _ = data(step, shard)
         clips = clips.float()
         b, f = clips.shape[:2]
         hi = clips.flatten(0, 1)
-        cond = low_res_condition(hi, gen, aug=0.05)
+        cond = low_res_condition(hi, gen, aug=0.05, shard=shard)
         c = min(args.crop, hi_size)
         i, j = (int(v) * 2 for v in torch.randint(0, (hi_size - c) // 2 + 1, (2,), generator=gen))
         hi, cond = hi[..., i:i + c, j:j + c], cond[..., i:i + c, j:j + c]
@@ -69,7 +73,7 @@ def run(args, stage: str):
             x, extra = hi, cond
         if args.residual_scale:
             x = (x - extra) * args.residual_scale   # what the upsampling misses, at about unit scale
-        return diffusion_loss(model, x, family.SCHEDULE, family.PREDICTION, generator=gen, extra=extra)
+        return shard_diffusion_loss(model, x, family.SCHEDULE, family.PREDICTION, gen, shard, extra=extra)
 
     def on_save(m):
         save_model(out, m, stage, family.SCHEDULE, family.PREDICTION,

@@ -21,13 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from ..io.checkpoints import CheckpointError, load_state_dict
-from ..diffusion.loss import diffusion_loss
 from ..io.motion import save_motion
 from ..models.motion import MotionModule
 from ..io.inflate import inflate_image_checkpoint
 from ..io.video import read_video
-from .common import add_common_arguments, settings_from_args
-from .loop import maybe_init_distributed, train_loop
+from .common import StreamBatches, add_common_arguments, settings_from_args, shard_diffusion_loss
+from .loop import train_loop
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".webp")
 
@@ -49,7 +48,9 @@ def add_arguments(p):
 
 class VideoCrops:
     """Random clips of `frames` frames from a folder of videos: random start, random square crop
-    (80-100% of the short side), resized to `size`; values in [-1, 1], shaped [C, F, H, W]; plus fps."""
+    (80-100% of the short side), resized to `size`; values in [-1, 1], shaped [C, F, H, W]; plus fps.
+    draws() yields each clip's random choices (a video is decoded whole on its first visit, to learn its
+    length and size), make(draw) reads and crops it; sample() is one clip."""
 
     def __init__(self, folder, frames: int, size: int, seed: int):
         folder = Path(folder)
@@ -60,32 +61,42 @@ class VideoCrops:
             raise ValueError(f"--videos {folder}: holds no {'/'.join(VIDEO_SUFFIXES)} files")
         self.frames, self.size = frames, size
         self.rng = np.random.default_rng(seed)
-        self.lengths: dict = {}
+        self.shapes: dict = {}      # path -> (frames, height, width)
 
     def sample(self) -> tuple[torch.Tensor, float]:
+        return self.make(self._draw())
+
+    def draws(self):
+        while True:
+            yield self._draw()
+
+    def _draw(self) -> tuple:
+        """(path, first frame, crop side, y0, x0) of one clip."""
         for _ in range(10 * len(self.files)):
             path = self.files[self.rng.integers(len(self.files))]
-            if path not in self.lengths:       # first visit: decode it all once to learn its length
-                video, fps = read_video(path)
-                self.lengths[path] = len(video)
-            if self.lengths[path] < self.frames:
+            if path not in self.shapes:       # first visit: decode it all once to learn its length
+                video, _ = read_video(path)
+                self.shapes[path] = tuple(video.shape[:3])
+            length, h, w = self.shapes[path]
+            if length < self.frames:
                 continue
-            start = int(self.rng.integers(self.lengths[path] - self.frames + 1))
-            video, fps = read_video(path, max_frames=self.frames, skip_first=start)
-            return self._crop(video), float(fps)
+            start = int(self.rng.integers(length - self.frames + 1))
+            side = max(1, round(min(h, w) * self.rng.uniform(0.8, 1.0)))
+            y0, x0 = int(self.rng.integers(h - side + 1)), int(self.rng.integers(w - side + 1))
+            return path, start, side, y0, x0
         raise ValueError(f"no video in {self.files[0].parent} has {self.frames} frames (--frames)")
 
-    def _crop(self, video: torch.Tensor) -> torch.Tensor:
-        f, h, w, _ = video.shape
-        side = max(1, round(min(h, w) * self.rng.uniform(0.8, 1.0)))
-        y0, x0 = int(self.rng.integers(h - side + 1)), int(self.rng.integers(w - side + 1))
+    def make(self, draw: tuple) -> tuple[torch.Tensor, float]:
+        path, start, side, y0, x0 = draw
+        video, fps = read_video(path, max_frames=self.frames, skip_first=start)
         clip = video[:, y0:y0 + side, x0:x0 + side].permute(0, 3, 1, 2)           # [F, 3, s, s]
         clip = F.interpolate(clip, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        return (clip.clamp(0, 1) * 2 - 1).permute(1, 0, 2, 3).contiguous()        # [3, F, H, W]
+        return (clip.clamp(0, 1) * 2 - 1).permute(1, 0, 2, 3).contiguous(), float(fps)   # [3, F, H, W]
 
 
 class LatentCrops:
-    """Random windows of `frames` frames and random `size` x `size` crops of pre-encoded latent clips."""
+    """Random windows of `frames` frames and random `size` x `size` crops of pre-encoded latent clips
+    (draws() / make(draw) as VideoCrops)."""
 
     def __init__(self, folder, frames: int, size: int, seed: int, channels: int):
         folder = Path(folder)
@@ -106,16 +117,32 @@ class LatentCrops:
         self.rng = np.random.default_rng(seed)
 
     def sample(self) -> tuple[torch.Tensor, float]:
-        lat = self.clips[self.rng.integers(len(self.clips))]
-        f, _, h, w = lat.shape
+        return self.make(self._draw())
+
+    def draws(self):
+        while True:
+            yield self._draw()
+
+    def _draw(self) -> tuple:
+        """(clip index, first frame, y0, x0, crop side)."""
+        i = int(self.rng.integers(len(self.clips)))
+        f, _, h, w = self.clips[i].shape
         s = min(self.size, h, w)
         t0, y0, x0 = (int(self.rng.integers(n - k + 1)) for n, k in ((f, self.frames), (h, s), (w, s)))
-        clip = lat[t0:t0 + self.frames, :, y0:y0 + s, x0:x0 + s]
+        return i, t0, y0, x0, s
+
+    def make(self, draw: tuple) -> tuple[torch.Tensor, float]:
+        i, t0, y0, x0, s = draw
+        clip = self.clips[i][t0:t0 + self.frames, :, y0:y0 + s, x0:x0 + s]
         return clip.permute(1, 0, 2, 3).contiguous(), 8.0
 
 
+def _collate(items) -> tuple[torch.Tensor, torch.Tensor]:
+    clips, fps = zip(*items)
+    return torch.stack(clips), torch.tensor(fps)
+
+
 def run(args) -> str:
-    rank, world = maybe_init_distributed()
     settings = settings_from_args(args)
     base = inflate_image_checkpoint(args.base)
     model, cfg = base.module, base.config
@@ -124,24 +151,24 @@ def run(args) -> str:
     params = list(motion.parameters())
     for p_ in params:
         p_.requires_grad_(True)
-    seed = args.seed * 100 + rank
+    seed = args.seed * 100
     if args.latents:
-        data = LatentCrops(args.latents, args.frames, args.size, seed, cfg.in_channels)
+        crops = LatentCrops(args.latents, args.frames, args.size, seed, cfg.in_channels)
     elif cfg.in_channels == 3 and args.videos:
-        data = VideoCrops(args.videos, args.frames, args.size, seed)
+        crops = VideoCrops(args.videos, args.frames, args.size, seed)
     elif args.videos:
         raise ValueError(f"--base {args.base} is a latent model ({cfg.in_channels} input channels): pass its "
                          "clips as --latents (no VAE is available to encode --videos)")
     else:
         raise ValueError("give --videos (pixel bases) or --latents (latent bases)")
+    data = StreamBatches(crops, args.batch_size, collate=_collate)
     context = _context(args.context, cfg.context_dim)
 
-    def loss_fn(step, gen):
-        clips, fps = zip(*(data.sample() for _ in range(args.batch_size)))
-        x = torch.stack(clips)
-        cond = dict(context=context.expand(x.shape[0], -1, -1), fps=torch.tensor(fps))
+    def loss_fn(step, gen, shard):
+        x, fps = data(step, shard)
+        cond = dict(context=context.expand(x.shape[0], -1, -1), fps=fps)
         model.train()
-        return diffusion_loss(model, x, base.schedule, base.prediction, generator=gen, **cond)
+        return shard_diffusion_loss(model, x, base.schedule, base.prediction, gen, shard, **cond)
 
     out = str(Path(args.out) / f"{args.name}.safetensors")
 

@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from ..io.checkpoints import save_model
+from ..io.loader import load_model
 from ..data import world
 from ..models.text import TextImageConfig, TextImageEncoder, split_words
 from .common import add_common_arguments, settings_from_args
-from .loop import train_loop
+from .loop import Shard, train_loop
 
 STAGE = "text"
 UNKNOWN_WORD = "zzunknownzz"  # never in the vocabulary: becomes UNK
@@ -58,11 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser):
 ATTRIBUTES = ("size", "colour", "shape", "background")
 
 
-def captioned_batch(batch_size: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, list]:
-    """batch_size (image, scene) pairs of world.CaptionedImages, its seed drawn from `gen`."""
+def captioned_batch(batch_size: int, size: int, gen: torch.Generator, shard: Shard | None = None) -> tuple[torch.Tensor, list]:
+    """batch_size (image, scene) pairs of world.CaptionedImages, its seed drawn from `gen`: the images of
+    the shard's examples (every image without a shard) and the scenes of the whole batch."""
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-    items = list(itertools.islice(iter(world.CaptionedImages(size=size, seed=seed, with_scene=True)), batch_size))
-    return torch.stack([it[0] for it in items]), [it[2] for it in items]
+    stream = world.CaptionedImages(size=size, seed=seed)
+    scenes = list(itertools.islice(stream.draws(), batch_size))
+    mine = shard.indices() if shard is not None else range(batch_size)
+    return torch.stack([stream.make(scenes[i])[0] for i in mine]), scenes
 
 
 def partial_caption(scene, keep: set[str]) -> str:
@@ -81,17 +85,22 @@ def partial_caption(scene, keep: set[str]) -> str:
 PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 
 
-def recolour(images: torch.Tensor, prob: float, gen: torch.Generator) -> tuple[torch.Tensor, list[bool]]:
+def recolour(images: torch.Tensor, prob: float, gen: torch.Generator,
+             shard: Shard | None = None) -> tuple[torch.Tensor, list[bool]]:
     """Permute the RGB channels of a fraction of the images (a non-identity permutation each): the
     object (and a navy background) change colour, black and gray backgrounds stay. Their captions
-    must then name neither colour nor a navy background."""
+    must then name neither colour nor a navy background. With a shard, `images` are the shard's
+    examples: the draws are made for the whole batch, whose flags are returned."""
+    shard = shard or Shard(images.shape[0])
+    row = {example: j for j, example in enumerate(shard.indices())}
     images = images.clone()
     changed = []
-    for i in range(images.shape[0]):
+    for i in range(shard.batch_size):
         hit = prob > 0 and float(torch.rand((), generator=gen)) < prob
         if hit:
             perm = PERMUTATIONS[int(torch.randint(0, len(PERMUTATIONS), (1,), generator=gen))]
-            images[i] = images[i, list(perm)]
+            if i in row:
+                images[row[i]] = images[row[i], list(perm)]
         changed.append(hit)
     return images, changed
 
@@ -141,13 +150,19 @@ def with_unknown_words(captions: list[str], prob: float, gen: torch.Generator) -
     return out
 
 
-def contrastive_loss(model: TextImageEncoder, images: torch.Tensor, prompts: list[str], positives: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(model: TextImageEncoder, images: torch.Tensor, prompts: list[str], positives: torch.Tensor,
+                     shard: Shard | None = None) -> torch.Tensor:
     """Symmetric InfoNCE with several positives: positives[i, j] says image i fits prompt j; the
-    targets of each row (image) and column (prompt) are uniform over its positives."""
+    targets of each row (image) and column (prompt) are uniform over its positives. With a shard,
+    `images` are the shard's examples (prompts and positives are the whole batch's): each rank
+    encodes its examples, and the loss is that of the whole batch over the gathered embeddings."""
     img = model.encode_image(images)
-    unique = sorted(set(prompts))  # captions repeat a lot: encode each once
+    mine = shard.take(prompts) if shard is not None else prompts
+    unique = sorted(set(mine))  # captions repeat a lot: encode each once
     _, txt_unique = model.encode_text(unique)
-    txt = txt_unique[torch.tensor([unique.index(p) for p in prompts], device=txt_unique.device)]
+    txt = txt_unique[torch.tensor([unique.index(p) for p in mine], device=txt_unique.device)]
+    if shard is not None:
+        img, txt = shard.gather(img), shard.gather(txt)
     logits = model.similarity(img, txt).float()
     same = positives.float().to(logits.device)
     loss_i = -(same / same.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
@@ -168,12 +183,12 @@ def run(args) -> Path:
     model = build_model(args).to(args.device)
     path = Path(args.out) / f"{STAGE}.safetensors"
 
-    def loss_fn(step, gen):
-        images, scenes = captioned_batch(settings.batch_size, model.config.image_size, gen)
-        images, recoloured = recolour(images, args.recolour_prob, gen)
+    def loss_fn(step, gen, shard):
+        images, scenes = captioned_batch(settings.batch_size, model.config.image_size, gen, shard)
+        images, recoloured = recolour(images, args.recolour_prob, gen, shard)
         captions, kept = draw_captions(scenes, args.partial_prob, gen, recoloured)
         prompts = with_unknown_words(captions, args.unk_prob, gen)
-        return contrastive_loss(model, images.to(args.device), prompts, matches(scenes, kept, recoloured))
+        return contrastive_loss(model, images.to(args.device), prompts, matches(scenes, kept, recoloured), shard)
 
     def on_save(m):
         save_model(path, m, STAGE, extra={"mav_steps": settings.steps})
@@ -225,7 +240,6 @@ def main(argv=None):
     t0 = time.time()
     path = run(args)
     print(f"wrote {path} in {time.time() - t0:.0f} s")
-    from ..io.loader import load_model
     model = load_model(path, expect_stage=STAGE).module
     print("held-out zero-shot:", zero_shot_accuracy(model))
     print("train-combo zero-shot:", zero_shot_accuracy(model, combos=world.TRAIN_COMBOS))
