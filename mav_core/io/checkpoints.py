@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..diffusion.schedule import NoiseSchedule
+from ..models.prior import MAX_TRAIN_STEPS
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -158,25 +159,62 @@ class LoadedModel:
         return sum(p.numel() for p in self.module.parameters())
 
 
-MAX_TRAIN_STEPS = 100_000
+MAX_CONFIG_INT = 1 << 16     # any integer a mav_config declares: channels, layers, heads, tokens, widths
+MAX_CONFIG_ITEMS = 1 << 20   # entries of one list in a mav_config (a vocabulary)
+
+
+def schedule_from_dict(d) -> NoiseSchedule:
+    """A NoiseSchedule from its JSON dict with every field bounded (ValueError / TypeError say which)."""
+    if not isinstance(d, dict):
+        raise TypeError(f"expected a JSON object, got {type(d).__name__}")
+    steps = d.get("num_train_steps", 1000)
+    if type(steps) is not int or not 2 <= steps <= MAX_TRAIN_STEPS:
+        raise ValueError(f"num_train_steps must be an integer in [2, {MAX_TRAIN_STEPS}], got {steps!r}")
+    for key in ("beta_start", "beta_end"):
+        beta = d.get(key, 0.01)
+        if type(beta) not in (int, float) or not 0 < beta < 1:
+            raise ValueError(f"{key} must be a number in (0, 1), got {beta!r}")
+    return NoiseSchedule.from_dict(d)
 
 
 def parse_schedule(path, text: str) -> NoiseSchedule:
     """The NoiseSchedule of a mav_schedule metadata string, checked (a CheckpointError names the file)."""
     try:
-        d = json.loads(text)
-        if not isinstance(d, dict):
-            raise TypeError(f"expected a JSON object, got {type(d).__name__}")
-        steps = d.get("num_train_steps", 1000)
-        if type(steps) is not int or not 2 <= steps <= MAX_TRAIN_STEPS:
-            raise ValueError(f"num_train_steps must be an integer in [2, {MAX_TRAIN_STEPS}], got {steps!r}")
-        for key in ("beta_start", "beta_end"):
-            beta = d.get(key, 0.01)
-            if type(beta) not in (int, float) or not 0 < beta < 1:
-                raise ValueError(f"{key} must be a number in (0, 1), got {beta!r}")
-        return NoiseSchedule.from_dict(d)
+        return schedule_from_dict(json.loads(text))
     except (ValueError, TypeError, RecursionError) as e:
         raise CheckpointError(f"{path}: invalid mav_schedule metadata ({e})") from None
+
+
+def check_config_sizes(path, config: dict) -> None:
+    """Bound every size a mav_config dict declares before any module is built from it: every integer
+    (channels, layers, heads, tokens, widths) at most MAX_CONFIG_INT, every list at most MAX_CONFIG_ITEMS
+    entries, and a nested noise schedule ("schedule") as mav_schedule is. A CheckpointError names the file
+    and the key."""
+    def walk(value, key: str):
+        if isinstance(value, bool) or value is None or isinstance(value, (float, str)):
+            return
+        if isinstance(value, int):
+            if abs(value) > MAX_CONFIG_INT:
+                raise ValueError(f"{key} = {value} is beyond the limit of {MAX_CONFIG_INT}")
+        elif isinstance(value, list):
+            if len(value) > MAX_CONFIG_ITEMS:
+                raise ValueError(f"{key} has {len(value)} entries, more than the limit of {MAX_CONFIG_ITEMS}")
+            for i, item in enumerate(value):
+                walk(item, f"{key}[{i}]")
+        elif isinstance(value, dict):
+            for k, item in value.items():
+                if k == "schedule":
+                    try:
+                        schedule_from_dict(item)
+                    except (ValueError, TypeError) as e:
+                        raise ValueError(f"{key}.schedule: {e}") from None
+                else:
+                    walk(item, f"{key}.{k}" if key else str(k))
+
+    try:
+        walk(config, "")
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: invalid mav_config metadata ({str(e).lstrip('.')})") from None
 
 
 def build_skeleton(path, module_cls, config) -> torch.nn.Module:

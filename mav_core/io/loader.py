@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from .checkpoints import (CheckpointError, LoadedModel, build_skeleton, check_state_dict,
-                          load_state_dict, parse_schedule)
+from .checkpoints import (CheckpointError, LoadedModel, build_skeleton, check_config_sizes, check_state_dict,
+                          load_state_dict, parse_schedule, read_header)
 from .external import load_external
 from ..diffusion.denoiser import PREDICTIONS
 from ..models.control import ControlAdapter, ControlConfig
@@ -26,16 +26,20 @@ MODULES = {   # mav_module metadata -> (config class, module class)
 
 
 def load_model(path, device="cpu", dtype: torch.dtype | None = None, expect_stage: str | tuple | None = None) -> LoadedModel:
-    """Load one of our checkpoints (or, through mav_core.io.convert, a UNet3D checkpoint)."""
+    """Load one of our checkpoints (or, through mav_core.io.convert, a UNet3D checkpoint).
+
+    Our files are checked from the header alone (config sizes, schedule, tensor names and shapes on the
+    meta device) before any tensor is read, so a hostile declaration allocates nothing."""
     path = str(path)
     if not path.endswith(".safetensors"):
         loaded = load_external(path, device=device, dtype=dtype)
     else:
-        sd, meta = load_state_dict(path)
+        header, meta = read_header(path)
         if "mav_module" not in meta:
+            sd, meta = load_state_dict(path)
             loaded = load_external(path, device=device, dtype=dtype, state_dict=sd, metadata=meta)
         else:
-            loaded = _load_ours(path, sd, meta, device, dtype)
+            loaded = _load_ours(path, header, meta, device, dtype)
     if expect_stage is not None:
         expected = (expect_stage,) if isinstance(expect_stage, str) else tuple(expect_stage)
         if loaded.stage not in expected:
@@ -43,7 +47,9 @@ def load_model(path, device="cpu", dtype: torch.dtype | None = None, expect_stag
     return loaded
 
 
-def _load_ours(path, sd, meta, device, dtype) -> LoadedModel:
+def declared_config(path, meta: dict):
+    """(config class, module class, config) of one of our files' metadata, every declared size bounded
+    before anything is built (a CheckpointError names the file)."""
     name = meta["mav_module"]
     if name not in MODULES:
         raise CheckpointError(f"{path}: module {name!r} is not one of {sorted(MODULES)}")
@@ -52,16 +58,27 @@ def _load_ours(path, sd, meta, device, dtype) -> LoadedModel:
         config_json = json.loads(meta["mav_config"])
         if not isinstance(config_json, dict):
             raise TypeError(f"expected a JSON object, got {type(config_json).__name__}")
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: invalid mav_config metadata ({e})") from None
+    check_config_sizes(path, config_json)
+    try:
         config = config_cls.from_dict(config_json)
     except (KeyError, ValueError, TypeError, RecursionError) as e:
         raise CheckpointError(f"{path}: invalid mav_config metadata ({e})") from None
+    return config_cls, module_cls, config
+
+
+def _load_ours(path, header, meta, device, dtype) -> LoadedModel:
+    _, module_cls, config = declared_config(path, meta)
     schedule = parse_schedule(path, meta["mav_schedule"]) if "mav_schedule" in meta else None
     if meta.get("mav_prediction", "eps") not in PREDICTIONS:
         raise CheckpointError(f"{path}: invalid mav_prediction {meta['mav_prediction']!r} (expected one of "
                               f"{PREDICTIONS})")
-    # the declared config is checked against the tensors on the meta device first: a hostile config
-    # (huge or invalid sizes) allocates nothing
-    check_state_dict(path, build_skeleton(path, module_cls, config), sd)
+    # the declared config is checked against the header's tensor shapes on the meta device first: a hostile
+    # config (huge or invalid sizes) or a file that does not match it allocates nothing
+    declared = {k: torch.empty(info["shape"], device="meta") for k, info in header.items()}
+    check_state_dict(path, build_skeleton(path, module_cls, config), declared)
+    sd, _ = load_state_dict(path)
     module = module_cls(config)
     module.load_state_dict(sd, strict=True)
     module.to(device=device, dtype=dtype).eval()

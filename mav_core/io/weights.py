@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from .checkpoints import CheckpointError, build_skeleton, check_state_dict, load_state_dict
+from .checkpoints import CheckpointError, build_skeleton, check_state_dict, load_state_dict, read_header
 from ..models.unet import SpaceTimeUNet
 
 
@@ -77,8 +78,56 @@ def _sibling_config(weights: Path) -> dict | None:
 
 
 
+MAX_ZIP_EXPANSION = 32 * 2**20   # bytes a torch.save zip's entries may expand to beyond the file's own size
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTOCOL_BYTE = b"\x80"  # every pickle of protocol 2 and later (legacy torch.save files too) starts so
+
+
+def check_torch_file(path: Path) -> None:
+    """Say what a file given as a torch.save file really is before torch reads it: a safetensors file with
+    the wrong suffix, something that is neither a zip archive nor a pickle, or a zip whose directory
+    declares entries that would expand beyond the file (refused before anything is decompressed)."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head[8:9] == b"{" and _is_safetensors(path):
+        raise CheckpointError(f"{path}: is a safetensors file, not a torch.save file; rename it to "
+                              f"{path.with_suffix('.safetensors').name}")
+    if head.startswith(ZIP_MAGIC):
+        _check_zip_sizes(path)
+    elif not head.startswith(PICKLE_PROTOCOL_BYTE):
+        raise CheckpointError(f"{path}: not a torch.save file (it starts with {head[:8]!r}; expected a zip archive "
+                              "or a pickle)" if head else f"{path}: empty file, not a torch.save file")
+
+
+def _is_safetensors(path: Path) -> bool:
+    try:
+        read_header(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def _check_zip_sizes(path: Path) -> None:
+    """Bound the uncompressed sizes in the zip directory (what torch would allocate to read them)."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt or truncated zip archive: {e})") from None
+    total = sum(e.file_size for e in entries)
+    if total > size + MAX_ZIP_EXPANSION:
+        biggest = max(entries, key=lambda e: e.file_size)
+        raise CheckpointError(
+            f"{path}: refused: its zip entries expand to {total} bytes from a {size}-byte file (entry "
+            f"{biggest.filename!r}: {biggest.compress_size} bytes stored, {biggest.file_size} uncompressed); "
+            f"torch.save stores weights uncompressed, and at most {MAX_ZIP_EXPANSION // 2**20} MiB of expansion "
+            "is accepted")
+
+
 def read_pickled_state_dict(path: str | Path) -> dict:
     """Tensors of a torch.save file, loaded with weights_only=True (no code from the file ever runs)."""
+    check_torch_file(Path(path))
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

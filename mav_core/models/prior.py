@@ -17,8 +17,11 @@ import torch
 from torch import nn
 
 from ..diffusion.schedule import NoiseSchedule
-from .text import Block
+from .text import Block, check_sizes
 from .config import ConfigDict
+
+
+MAX_TRAIN_STEPS = 100_000   # the longest noise schedule a config may declare (its tables are built in float64)
 
 
 @dataclass
@@ -34,6 +37,12 @@ class PriorConfig(ConfigDict):
     prediction: str = "x0"
 
     def __post_init__(self):
+        check_sizes("PriorConfig", {"embed_dim": self.embed_dim, "text_width": self.text_width, "width": self.width,
+                                    "layers": self.layers, "heads": self.heads, "max_tokens": self.max_tokens})
+        if not isinstance(self.schedule, dict):
+            raise ValueError(f"PriorConfig.schedule must be a JSON object, got {type(self.schedule).__name__}")
+        check_sizes("PriorConfig", {"schedule.num_train_steps": self.schedule.get("num_train_steps", 1000)},
+                    MAX_TRAIN_STEPS)
         if self.width % self.heads:
             raise ValueError(f"PriorConfig.width {self.width} is not divisible by heads {self.heads}")
         if self.prediction not in ("eps", "v", "x0"):

@@ -28,6 +28,18 @@ def split_words(text: str) -> list[str]:
     return _WORD_RE.findall(text.lower())
 
 
+MAX_SIZE = 1 << 16          # widths, layers, heads, tokens a config may declare
+MAX_IMAGE_SIZE = 4096       # the text/image encoder resizes every image to this
+MAX_VOCAB = 1 << 20         # words in a vocabulary
+
+
+def check_sizes(owner: str, sizes: dict, high: int = MAX_SIZE) -> None:
+    """ValueError naming the first of `sizes` (name -> value) that is not an integer in 1..high."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise ValueError(f"{owner}.{name} must be an integer in 1..{high}, got {value!r}")
+
+
 @dataclass
 class TextImageConfig(ConfigDict):
     vocab: list[str] = field(default_factory=list)  # words; ids start after the special tokens
@@ -40,6 +52,14 @@ class TextImageConfig(ConfigDict):
     image_channels: tuple[int, ...] = (32, 64, 128)  # CNN widths; each stage halves the resolution
 
     def __post_init__(self):
+        check_sizes("TextImageConfig", {"max_tokens": self.max_tokens, "width": self.width, "layers": self.layers,
+                                        "heads": self.heads, "embed_dim": self.embed_dim})
+        check_sizes("TextImageConfig", {"image_size": self.image_size}, MAX_IMAGE_SIZE)
+        if not isinstance(self.vocab, (list, tuple)) or len(self.vocab) > MAX_VOCAB:
+            raise ValueError(f"TextImageConfig.vocab must be a list of at most {MAX_VOCAB} words")
+        if not isinstance(self.image_channels, (list, tuple)) or len(self.image_channels) > 16:
+            raise ValueError("TextImageConfig.image_channels must be a list of at most 16 widths")
+        check_sizes("TextImageConfig", {f"image_channels[{i}]": c for i, c in enumerate(self.image_channels)})
         self.vocab = [str(w) for w in self.vocab]
         self.image_channels = tuple(int(c) for c in self.image_channels)
         bad = [w for w in self.vocab if split_words(w) != [w]]

@@ -30,6 +30,9 @@ if str(ROOT) not in sys.path:
 from mav_core.io.checkpoints import save_model  # noqa: E402
 from mav_core.diffusion import NoiseSchedule  # noqa: E402
 from mav_core.io.motion import save_motion  # noqa: E402
+from mav_core.models.control import ControlAdapter, ControlConfig  # noqa: E402
+from mav_core.models.prior import DiffusionPrior, PriorConfig  # noqa: E402
+from mav_core.models.text import TextImageConfig, TextImageEncoder  # noqa: E402
 from mav_core.models.unet import SpaceTimeUNet, UNetConfig  # noqa: E402
 
 TINY = UNetConfig(block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, True),
@@ -122,6 +125,96 @@ def _torch_zip_with_pickle(good: bytes, pkl: bytes) -> bytes:
             data = pkl if item.filename.endswith("/data.pkl") else src.read(item.filename)
             dst.writestr(item, data)
     return out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------
+# sizes declared anywhere in a file, and archives that expand
+# ---------------------------------------------------------------------------------------------------
+def _tiny_modules() -> dict:
+    """mav_module -> (module, stage) of small instances of every module class our files hold."""
+    return {"DiffusionPrior": (DiffusionPrior(PriorConfig(embed_dim=4, text_width=4, width=8, layers=1, heads=1,
+                                                          max_tokens=2)), "prior"),
+            "TextImageEncoder": (TextImageEncoder(TextImageConfig(vocab=["cat"], max_tokens=4, width=8, layers=1,
+                                                                  heads=1, embed_dim=4, image_channels=(8,))), "text"),
+            "SpaceTimeUNet": (tiny_model(), "decoder"),
+            "ControlAdapter": (ControlAdapter(ControlConfig.for_unet(TINY, hidden=4)), "control")}
+
+
+def module_file(path: Path, name: str, config_changes: dict, meta_changes: dict | None = None) -> Path:
+    """One of our files holding a small `name` module whose mav_config has `config_changes` (a key of
+    "schedule.<field>" changes the config's own noise schedule); meta_changes with None drop a key."""
+    module, stage = _tiny_modules()[name]
+    config = json.loads(module.config.to_json())
+    for key, value in config_changes.items():
+        if key.startswith("schedule."):
+            config["schedule"] = {**config["schedule"], key.split(".", 1)[1]: value}
+        else:
+            config[key] = value
+    meta = {"mav_module": name, "mav_stage": stage, "mav_config": json.dumps(config),
+            "mav_schedule": json.dumps(NoiseSchedule("cosine").to_dict()), **(meta_changes or {})}
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path),
+              metadata={k: v for k, v in meta.items() if v is not None})
+    return path
+
+
+# (module, config changes, regex of the refusal): sizes a config declares that no tensor bounds
+DECLARED_SIZES = (
+    ("DiffusionPrior", {"schedule.num_train_steps": 10 ** 12}, r"schedule.*num_train_steps"),
+    ("DiffusionPrior", {"layers": 10 ** 9}, r"layers = 1000000000 is beyond"),
+    ("DiffusionPrior", {"heads": 2 ** 40}, r"heads = \d+ is beyond"),
+    ("DiffusionPrior", {"max_tokens": 10 ** 7}, r"max_tokens = \d+ is beyond"),
+    ("TextImageEncoder", {"image_size": 60_000}, r"image_size must be an integer in 1..4096"),
+    ("TextImageEncoder", {"max_tokens": 10 ** 9}, r"max_tokens = \d+ is beyond"),
+    ("TextImageEncoder", {"width": 2 ** 20, "heads": 2 ** 20}, r"width = \d+ is beyond"),
+    ("SpaceTimeUNet", {"layers_per_block": 10 ** 9}, r"layers_per_block = \d+ is beyond"),
+    ("SpaceTimeUNet", {"image_embed_tokens": 10 ** 8}, r"image_embed_tokens = \d+ is beyond"),
+    ("ControlAdapter", {"hidden": 10 ** 9}, r"hidden = \d+ is beyond"),
+)
+
+
+def deflate_bomb(good: bytes, expanded: int) -> bytes:
+    """A torch.save zip whose data/0 entry is `expanded` zero bytes, deflated (about expanded / 1000 bytes)."""
+    src = zipfile.ZipFile(io.BytesIO(good))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            if item.filename.endswith("/data/0"):
+                info = zipfile.ZipInfo(item.filename)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with dst.open(info, "w", force_zip64=True) as entry:
+                    zeros = bytes(1 << 20)
+                    for _ in range(expanded >> 20):
+                        entry.write(zeros)
+            else:
+                dst.writestr(item.filename, src.read(item.filename))
+    return out.getvalue()
+
+
+def bounded_cases(out: Path) -> list[Case]:
+    """Sizes declared in any config or schedule, deflated archives, files that are something else."""
+    cases = []
+    path = module_file(out / "prior_schedule_in_config.safetensors", "DiffusionPrior",
+                       {"schedule.num_train_steps": 400_000_000}, {"mav_schedule": None})
+    cases.append(Case("prior_schedule_in_config", path, r"invalid mav_config.*num_train_steps",
+                      "prior config declaring a 4*10^8-step schedule, no mav_schedule entry", big=True))
+    for i, (name, changes, expect) in enumerate(DECLARED_SIZES):
+        path = module_file(out / f"declared_{i}_{name}.safetensors", name, changes)
+        cases.append(Case(f"declared_{i}_{name}", path, rf"invalid mav_config.*{expect}",
+                          f"{name} config declaring {changes}", big=True))
+    buf = io.BytesIO()
+    torch.save({"conv_in.weight": torch.zeros(2)}, buf)
+    (out / "bomb.pth").write_bytes(deflate_bomb(buf.getvalue(), 512 << 20))
+    cases.append(Case("zip_deflate_bomb", out / "bomb.pth", r"refused: its zip entries expand to",
+                      "torch zip whose data/0 deflates 512 MiB of zeros", big=True))
+    folder = out / "diffusers_bin_bomb" / "unet"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "diffusion_pytorch_model.bin").write_bytes(deflate_bomb(buf.getvalue(), 128 << 20))
+    cases.append(Case("diffusers_bin_bomb", out / "diffusers_bin_bomb", r"refused: its zip entries expand to",
+                      "diffusers folder whose .bin deflates 128 MiB of zeros", big=True))
+    module_file(out / "safetensors_as.pth", "SpaceTimeUNet", {})
+    cases.append(Case("safetensors_as_pth", out / "safetensors_as.pth", r"is a safetensors file, not a torch.save",
+                      "one of our safetensors files renamed .pth"))
+    return cases
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -264,7 +357,7 @@ def build(out: str | os.PathLike) -> list[Case]:
                       "config is not JSON"))
     huge = {**cfg, "block_out_channels": [65536, 131072], "norm_num_groups": 8}
     _ours_with(out / "config_huge.safetensors", sd, {"mav_config": json.dumps(huge)})
-    cases.append(Case("config_huge", out / "config_huge.safetensors", r"(has shape|missing key|unexpected key)",
+    cases.append(Case("config_huge", out / "config_huge.safetensors", r"invalid mav_config.*beyond the limit",
                       "config declaring a ~10^12-parameter model over tiny tensors", big=True))
     _ours_with(out / "schedule_not_json.safetensors", sd, {"mav_schedule": "cosine!"})
     cases.append(Case("schedule_not_json", out / "schedule_not_json.safetensors", r"invalid mav_schedule",
@@ -301,9 +394,9 @@ def build(out: str | os.PathLike) -> list[Case]:
     add("zip_malicious_bin", "pytorch_model.bin", _torch_zip_with_pickle(
         buf.getvalue(), pickle.dumps(_payloads(marker)["exec"], protocol=2)), r"refused",
         ".bin zip whose data.pkl calls exec", marker=marker)
-    add("text_ckpt", "model.ckpt", b"this is just a text file\n" * 20, r"not a readable torch checkpoint|refused",
+    add("text_ckpt", "model.ckpt", b"this is just a text file\n" * 20, r"not a torch.save file \(it starts with b'this",
         "plain text named .ckpt")
-    add("zero_pth", "empty.pth", b"", r"not a readable torch checkpoint|refused", "empty .pth")
+    add("zero_pth", "empty.pth", b"", r"empty file, not a torch.save file", "empty .pth")
     add("truncated_zip", "truncated.pth", buf.getvalue()[: len(buf.getvalue()) // 2],
         r"not a readable torch checkpoint|refused", "torch zip cut in half")
     list_buf = io.BytesIO()
@@ -311,6 +404,8 @@ def build(out: str | os.PathLike) -> list[Case]:
     add("pickle_not_state_dict", "list.pt", list_buf.getvalue(), r"holds no state dict", "a pickled list")
     add("unknown_suffix", "weights.xyz", b"\x00" * 32, r"unsupported checkpoint suffix '.xyz'",
         "a file with an unknown suffix")
+
+    cases += bounded_cases(out)
 
     # --- diffusers folders -----------------------------------------------------------------------
     folder = out / "diffusers_vae" / "unet"
