@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..mav_core.inference.memory import available_bytes
-from ..mav_core.io.video import WRITE_FORMATS, probe_video, read_video, write_video
+from ..mav_core.io.video import WRITE_FORMATS, check_fps_for_format, probe_video, read_video, write_video
 from . import host
 from .common import CATEGORY, require_frames
 
@@ -109,13 +109,35 @@ def check_fps(fps, input_name: str = "fps") -> float:
     return value
 
 
+def check_save_inputs(fps=None, format=None, quality=None, loop_count=None) -> str | bool:
+    """True, or a message naming the first save input that cannot be written (None = not known yet, e.g.
+    a linked input during validation): fps within the format's limits, quality 0..100, loop_count >= 0."""
+    if format is not None and format not in WRITE_FORMATS:
+        return f"format: {format!r} is not one of {list(WRITE_FORMATS)}"
+    if fps is not None:
+        try:
+            check_fps(fps)
+            if format is not None:
+                check_fps_for_format(float(fps), format)
+        except ValueError as e:
+            return str(e) if str(e).startswith("fps:") else f"fps: {e}"
+    for name, value, low, high in (("quality", quality, 0, 100), ("loop_count", loop_count, 0, None)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            bounds = f"in {low}..{high}" if high is not None else f">= {low}"
+            return f"{name}: expected an integer {bounds}, got {value!r}"
+    return True
+
+
 def save_frames(frames, fps, filename_prefix: str, format: str, quality: int = 85, loop_count: int = 0,
                 pingpong: bool = False, kind: str = "output", metadata: dict[str, str] | None = None) -> dict:
     """Write frames as a video file (or PNG frame folder) and return its UI entry (see module docstring)."""
     frames = require_frames(frames, "frames")
-    fps = check_fps(fps)
-    if format not in WRITE_FORMATS:
-        raise ValueError(f"format: {format!r} is not one of {list(WRITE_FORMATS)}")
+    problem = check_save_inputs(fps, format, quality, loop_count)
+    if problem is not True:
+        raise ValueError(problem)
+    fps = float(fps)
     height, width = int(frames.shape[1]), int(frames.shape[2])
     target, subfolder = save_target(filename_prefix, kind, format, width, height)
     try:
@@ -182,6 +204,10 @@ class VideoSave:
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, fps=None, format=None, quality=None, loop_count=None, **_):
+        return check_save_inputs(fps, format, quality, loop_count)
+
     def save(self, frames, fps, filename_prefix, format, quality, loop_count, pingpong, prompt=None,
              extra_pnginfo=None):
         meta = host_metadata(prompt, extra_pnginfo)
@@ -206,6 +232,10 @@ class VideoPreview(VideoSave):
                 "format": (["webp", "mp4", "webm", "gif"], {"default": "webp"}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, fps=None, format=None, **_):
+        return check_save_inputs(fps, format)
 
     def save(self, frames, fps, format):
         entry = save_frames(frames, fps, f"MakeAVideo/preview_{secrets.token_hex(4)}", format, quality=90,
@@ -312,9 +342,9 @@ class LoadVideo:
     @classmethod
     def VALIDATE_INPUTS(cls, video, **_):
         try:
-            input_path(video)
+            probe_video(input_path(video))
         except (OSError, ValueError) as e:
-            return str(e)
+            return str(e) if str(e).startswith("video:") else f"video: {e}"
         return True
 
     def load(self, video, frame_load_cap, skip_first_frames, select_every_nth, force_width, force_height):
@@ -324,22 +354,29 @@ class LoadVideo:
                                      ("force_height", force_height, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-        probe = probe_video(path)
-        size = None
-        if force_width > 0 or force_height > 0:
-            src_h, src_w = probe["height"], probe["width"]
-            if not (src_h and src_w):
-                src_h, src_w = read_video(path, max_frames=1)[0].shape[1:3]
-            size = _scaled_size(src_h, src_w, force_width, force_height)
-        if probe["frames"]:
-            out_h, out_w = size or (probe["height"], probe["width"])
-            check_load_fits(selected_count(probe["frames"], frame_load_cap, skip_first_frames, select_every_nth),
-                            out_h, out_w, available_bytes("cpu"))
+        available = available_bytes("cpu")
         try:
+            probe = probe_video(path)
+            size = None
+            if force_width > 0 or force_height > 0:
+                src_h, src_w = probe["height"], probe["width"]
+                if not (src_h and src_w):
+                    src_h, src_w = read_video(path, max_frames=1)[0].shape[1:3]
+                size = _scaled_size(src_h, src_w, force_width, force_height)
+            if probe["frames"]:
+                out_h, out_w = size or (probe["height"], probe["width"])
+                check_load_fits(selected_count(probe["frames"], frame_load_cap, skip_first_frames, select_every_nth),
+                                out_h, out_w, available)
+            # the header may not declare a frame count (live webm, MediaRecorder): decoding stops at the budget
             frames, fps = read_video(path, max_frames=frame_load_cap or None, skip_first=skip_first_frames,
-                                     every_nth=select_every_nth, size=size)
+                                     every_nth=select_every_nth, size=size, max_bytes=available)
         except ValueError as e:
             raise ValueError(f"video: {e}") from None
+        except MemoryError as e:
+            if str(e).startswith("frame_load_cap:"):
+                raise
+            raise MemoryError(f"frame_load_cap: {e}; lower frame_load_cap, raise select_every_nth or set "
+                              "force_width/force_height") from None
         return (frames.to(host.intermediate_device()), float(fps) / select_every_nth, int(frames.shape[0]))
 
 

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from . import backends
 from .backends import av, cv2  # noqa: F401 - for callers that check which libraries are present
-from .formats import DEFAULT_FOLDER_FPS, FPS_KEY, WRITE_FORMATS  # noqa: F401
+from .formats import DEFAULT_FOLDER_FPS, FPS_KEY, WRITE_FORMATS, check_fps_for_format, fps_limits  # noqa: F401
 from .formats import _BT709, _LIMITED_RANGE  # noqa: F401 - the colour tags, checked by tests/test_video.py
 from .probe import probe_video, read_metadata
 from .read import read_video
 from .write import write_video
 
-__all__ = ["write_video", "read_video", "read_metadata", "probe_video", "WRITE_FORMATS", "DEFAULT_FOLDER_FPS"]
+__all__ = ["write_video", "read_video", "read_metadata", "probe_video", "check_fps_for_format", "fps_limits", "WRITE_FORMATS", "DEFAULT_FOLDER_FPS"]

@@ -87,6 +87,32 @@ def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None
         raise ValueError(f"{name} must be an integer >= {minimum}{' or None' if allow_none else ''}, got {value!r}")
 
 
+FPS_LIMITS = {   # format -> (lowest, highest) frames per second the format can store, and why
+    "gif": (100 / 65535, 100.0, "gif stores each frame's delay as 1..65535 hundredths of a second"),
+    "webp": (0.001, 1000.0, "webp stores each frame's delay as 1..16777215 milliseconds and the rate is kept "
+                            "as a fraction with a denominator of at most 1001"),
+    "mp4": (0.001, 10000.0, "mp4 stores the rate as a fraction with a denominator of at most 1001"),
+    "webm": (0.001, 10000.0, "webm stores the rate as a fraction with a denominator of at most 1001"),
+    "png": (0.001, 10000.0, "a PNG folder stores the rate in the first frame's text, 0.001..10000"),
+}
+
+
+def fps_limits(fmt: str) -> tuple[float, float, str]:
+    """(lowest, highest, why) frames per second that write format `fmt` can store."""
+    return FPS_LIMITS[fmt]
+
+
+def check_fps_for_format(fps, fmt: str) -> Fraction:
+    """fps as the Fraction written to a `fmt` file; ValueError saying the format's limits when outside them."""
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a positive finite number, got {fps!r}")
+    low, high, why = fps_limits(fmt)
+    if not low <= float(fps) <= high:
+        raise ValueError(f"fps {float(fps):g} cannot be stored in {fmt}: {why}, so fps must be in "
+                         f"{low:.4g}..{high:g}")
+    return _fps_fraction(fps)
+
+
 def _fps_fraction(fps) -> Fraction:
     if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
         raise ValueError(f"fps must be a positive finite number, got {fps!r}")

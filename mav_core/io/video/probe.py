@@ -32,9 +32,19 @@ def probe_video(path: str | os.PathLike) -> dict:
         height, width = _read_image(files[0]).shape[:2]
         return {"frames": len(files), "height": height, "width": width, "fps": _folder_fps(files)}
     if path.suffix.lower() == ".webp":
-        return _probe_webp(path)
+        try:
+            return _probe_webp(path)
+        except (struct.error, IndexError, OSError) as error:
+            raise ValueError(f"{str(path)!r}: not a readable WebP file ({type(error).__name__}: {error})") from None
     if backends.av is None:
         return {"frames": None, "height": 0, "width": 0, "fps": DEFAULT_FOLDER_FPS}
+    try:
+        return _probe_with_av(path)
+    except backends.av.FFmpegError as error:   # av.InvalidDataError, av.EOFError: not ValueError/OSError alone
+        raise ValueError(f"{str(path)!r}: not a readable video ({type(error).__name__}: {error})") from None
+
+
+def _probe_with_av(path: Path) -> dict:
     with backends.av.open(str(path)) as container:
         if not container.streams.video:
             raise ValueError(f"{str(path)!r} has no video stream")

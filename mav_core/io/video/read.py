@@ -23,6 +23,7 @@ def read_video(
     skip_first: int = 0,
     every_nth: int = 1,
     size: tuple[int, int] | None = None,
+    max_bytes: int | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Read frames as float32 [F, H, W, 3] in 0..1 and the frame rate.
 
@@ -31,15 +32,19 @@ def read_video(
     resizes every frame. Decoding streams: only the selected frames are kept (as uint8), and the
     float output is allocated once, so peak memory stays near 1.25x the returned tensor.
     ``path`` may be a video file (mp4/webm/mkv/mov/avi/gif/webp) or a folder of numbered PNG/JPG frames.
+    ``max_bytes`` bounds the memory of the result (uint8 frames while decoding + the float32 output): decoding
+    stops with a MemoryError naming the file as soon as the frames kept so far would exceed it, whatever
+    the container's header declares.
     """
     path = Path(path)
     _check_int("max_frames", max_frames, 1, allow_none=True)
     _check_int("skip_first", skip_first, 0)
     _check_int("every_nth", every_nth, 1)
     size = _check_size(size)
+    _check_int("max_bytes", max_bytes, 0, allow_none=True)
     if not path.exists():
         raise FileNotFoundError(f"video path {str(path)!r} does not exist")
-    selector = _Selector(max_frames, skip_first, every_nth)
+    selector = _Selector(max_frames, skip_first, every_nth, _Budget(path, max_bytes))
     suffix = path.suffix.lower()
     if path.is_dir():
         kept, fps, total = _read_image_folder(path, selector, size)
@@ -62,18 +67,50 @@ def read_video(
     return _stack_to_float(kept, path), fps
 
 
+BYTES_PER_KEPT_BYTE = 5  # a kept uint8 frame while decoding + its float32 copy in the output
+
+
+class _Budget:
+    """Memory of the frames kept so far against max_bytes (None = no bound)."""
+
+    def __init__(self, path: Path, max_bytes: int | None):
+        self.path, self.max_bytes, self.used, self.frame_bytes = path, max_bytes, 0, 0
+
+    def frames_per_chunk(self, count: int) -> int:
+        """How many frames a decoder may return at once: one until a frame's size is known, then no more
+        than what is left of the budget (plus one, which the next add refuses)."""
+        if self.max_bytes is None:
+            return count
+        if not self.frame_bytes:
+            return 1
+        return max(1, min(count, (self.max_bytes - self.used) // self.frame_bytes + 1))
+
+    def add(self, frame: np.ndarray, kept: int) -> None:
+        self.frame_bytes = frame.nbytes * BYTES_PER_KEPT_BYTE
+        self.used += self.frame_bytes
+        if self.max_bytes is not None and self.used > self.max_bytes:
+            height, width = frame.shape[:2]
+            raise MemoryError(f"{str(self.path)!r}: {kept} frames of {width}x{height} already need about "
+                              f"{self.used / 2**30:.2f} GiB, more than the {self.max_bytes / 2**30:.2f} GiB "
+                              "allowed; decoding stopped")
+
+
 class _Selector:
     """Which source indices to keep, and when decoding can stop."""
 
-    def __init__(self, max_frames: int | None, skip_first: int, every_nth: int):
+    def __init__(self, max_frames: int | None, skip_first: int, every_nth: int, budget: _Budget):
         self.max_frames, self.skip_first, self.every_nth = max_frames, skip_first, every_nth
+        self.budget = budget
         self.kept = 0
 
     def wants(self, index: int) -> bool:
         return index >= self.skip_first and (index - self.skip_first) % self.every_nth == 0
 
-    def take(self) -> None:
+    def take(self, frame: np.ndarray) -> np.ndarray:
+        """Count a kept frame against the budget; returns it."""
         self.kept += 1
+        self.budget.add(frame, self.kept)
+        return frame
 
     @property
     def done(self) -> bool:
@@ -112,7 +149,7 @@ def _read_with_av(path: Path, selector: _Selector, size) -> tuple[list, float, i
     try:
         return _decode_with_av(path, selector, size)
     except backends.av.FFmpegError as error:   # e.g. av.EOFError on a truncated file: not a ValueError/OSError
-        raise ValueError(f"{str(path)!r}: cannot decode the video ({error})") from None
+        raise ValueError(f"{str(path)!r}: not a readable video ({type(error).__name__}: {error})") from None
 
 
 def _decode_with_av(path: Path, selector: _Selector, size) -> tuple[list, float, int]:
@@ -125,8 +162,7 @@ def _decode_with_av(path: Path, selector: _Selector, size) -> tuple[list, float,
         fps = _stream_fps(stream, container)
         for frame in container.decode(stream):
             if selector.wants(index):
-                kept.append(_resize(frame.to_ndarray(format="rgb24"), size))
-                selector.take()
+                kept.append(selector.take(_resize(frame.to_ndarray(format="rgb24"), size)))
             index += 1
             if selector.done:
                 break
@@ -173,8 +209,7 @@ def _read_with_cv2(path: Path, selector: _Selector, size) -> tuple[list, float, 
                 ok, bgr = capture.read()
                 if not ok:
                     break
-                kept.append(_resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size))
-                selector.take()
+                kept.append(selector.take(_resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)))
             index += 1
     finally:
         capture.release()
@@ -195,14 +230,14 @@ def _read_webp(path: Path, selector: _Selector, size) -> tuple[list, float, int]
     while not selector.done:
         chunk = _WEBP_CHUNK_FRAMES
         count = chunk if selector.last_index is None else min(chunk, selector.last_index - index + 1)
+        count = selector.budget.frames_per_chunk(count)
         ok, animation = cv2.imreadanimation(str(path), index, count)
         if not ok or not animation.frames:
             break
         durations.extend(int(d) for d in animation.durations)
         for bgr in animation.frames:
             if selector.wants(index):
-                kept.append(_resize(cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB if bgr.shape[-1] == 4 else cv2.COLOR_BGR2RGB), size))
-                selector.take()
+                kept.append(selector.take(_resize(cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB if bgr.shape[-1] == 4 else cv2.COLOR_BGR2RGB), size)))
             index += 1
         if len(animation.frames) < count:
             break
@@ -228,6 +263,5 @@ def _read_image_folder(folder: Path, selector: _Selector, size) -> tuple[list, f
         if selector.done:
             break
         if selector.wants(index):
-            kept.append(_resize(_read_image(file), size))
-            selector.take()
+            kept.append(selector.take(_resize(_read_image(file), size)))
     return kept, fps, len(files)

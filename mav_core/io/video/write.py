@@ -21,7 +21,7 @@ from . import backends
 from .atomic import _temp_file_for, _temp_folder_for
 from .containers import _encode_png, _exif_from_metadata, _gif_add_comment, _riff_chunk, _riff_chunks, _webp_add_exif
 from .formats import (_BT709, _GIF_TIME_BASE, _LIMITED_RANGE, FPS_KEY, _av_settings, _check_int, _check_metadata,
-                      _fps_fraction, _resolve_write_format)
+                      check_fps_for_format, _resolve_write_format)
 
 
 def write_video(
@@ -46,7 +46,7 @@ def write_video(
     """
     path = Path(path)
     fmt = _resolve_write_format(path, format)
-    fps_q = _fps_fraction(fps)
+    fps_q = check_fps_for_format(fps, fmt)
     _check_int("quality", quality, 0)
     if quality > 100:
         raise ValueError(f"quality must be in 0..100, got {quality!r}")
