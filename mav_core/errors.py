@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 
 class InputError(ValueError):
     def __init__(self, param: str, message: str):
@@ -36,3 +38,21 @@ def check_choice(param: str, value, choices) -> str:
     if value not in choices:
         raise InputError(param, f"must be one of {sorted(choices)}, got {value!r}")
     return value
+
+
+def check_finite(param: str, value, key: str | None = None) -> None:
+    """Every floating-point tensor in `value` (a tensor, or a dict / list / tuple of them, as conditioning
+    is) holds only finite values: NaN or inf in an input is that input's fault, not the model's."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(param, v, str(k))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            check_finite(param, v, key)
+    elif isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
+        # the sum is finite when every value is (one reduction, nothing input-sized allocated); a sum that
+        # overflowed from finite values is told apart by the exact check
+        if not bool(torch.isfinite(value.sum())) and not bool((finite := value.isfinite()).all()):
+            where = f" {key!r}" if key else ""
+            raise InputError(param, f"must hold only finite values, but{where} has {int((~finite).sum())} NaN/inf "
+                                    f"of {value.numel()} values")

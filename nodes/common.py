@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from ..mav_core.diffusion import SAMPLERS as CORE_SAMPLERS
-from ..mav_core.errors import InputError
+from ..mav_core.errors import InputError, check_finite
 from ..mav_core.inference import video_to_frames
 from ..mav_core.inference.options import MAX_SEED
 from . import host
@@ -53,16 +53,21 @@ def require_model(model, input_name: str, stages: tuple[str, ...]):
     return model
 
 
+WHOLE_INPUTS = ("cond", "uncond", "init", "known")   # core parameters a node input stands for as a whole
+
+
 @contextmanager
 def inputs_named(**names: str):
     """Re-raise the core's InputError under the node's input name: inputs_named(sampler="sampler_name")
     turns "sampler must be one of ..." into "sampler_name: must be one of ..."; a core parameter that is
-    part of a node input (height -> images) keeps its own name in the message."""
+    part of a node input (height -> images) keeps its own name in the message; one that is the whole input
+    (WHOLE_INPUTS: cond -> positive, uncond -> negative, init -> init_frames) does not."""
     try:
         yield
     except InputError as e:
         name = names.get(e.param, e.param)
-        raise ValueError(f"{name}: {e.message}" if name == e.param else f"{name}: {e}") from None
+        whole = name == e.param or e.param in WHOLE_INPUTS
+        raise ValueError(f"{name}: {e.message}" if whole else f"{name}: {e}") from None
 
 
 def require_frames(images, input_name: str) -> torch.Tensor:
@@ -73,7 +78,16 @@ def require_frames(images, input_name: str) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] not in (3, 4):
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{input_name}: expected an IMAGE batch [frames, height, width, 3], got {shape}")
-    return images[..., :3]
+    return require_finite(images[..., :3], input_name)
+
+
+def require_finite(value, input_name: str):
+    """`value` (a tensor or a dict of them) with only finite values, else an error naming the input."""
+    try:
+        check_finite(input_name, value)
+    except InputError as e:
+        raise ValueError(f"{input_name}: {e.message}") from None
+    return value
 
 
 def conditioning_dict(conditioning, input_name: str, model, negative_of: dict | None = None) -> dict:
@@ -92,7 +106,7 @@ def conditioning_dict(conditioning, input_name: str, model, negative_of: dict | 
     if tokens.dim() != 3 or tokens.shape[-1] != cfg.context_dim:
         raise ValueError(f"{input_name}: conditioning tokens have width {tokens.shape[-1]} "
                          f"(shape {tuple(tokens.shape)}), but {model.path} expects context width {cfg.context_dim}")
-    cond = {"context": tokens}
+    cond = {"context": require_finite(tokens, input_name)}
     embed = extras.get(IMAGE_EMBED_KEY)
     if embed is None:
         for unclip in extras.get("unclip_conditioning") or []:
@@ -105,7 +119,7 @@ def conditioning_dict(conditioning, input_name: str, model, negative_of: dict | 
         if embed.shape[-1] != width:
             raise ValueError(f"{input_name}: image embedding has width {embed.shape[-1]}, "
                              f"but {model.path} expects {width}")
-        cond["image_embed"] = embed.reshape(-1, width)
+        cond["image_embed"] = require_finite(embed.reshape(-1, width), input_name)
     elif negative_of is not None and "image_embed" in negative_of:
         cond["image_embed"] = torch.zeros_like(negative_of["image_embed"])
     return cond

@@ -8,7 +8,8 @@ from .common import (CATEGORY, INTERPOLATOR, SAMPLERS, SEED, StepProgress, condi
                      require_frames, require_model)
 
 MODES = ["interpolate", "extrapolate"]
-ERRORS = {"sampler": "sampler_name", "video": "images", "height": "images", "width": "images"}
+ERRORS = {"sampler": "sampler_name", "video": "images", "height": "images", "width": "images", "cond": "positive",
+          "known": "images"}
 
 
 class FrameInterpolator:

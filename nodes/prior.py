@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ..mav_core.inference import SamplingOptions, run_prior
 from . import host
-from .common import CATEGORY, IMAGE_EMBED_KEY, PRIOR, SEED, StepProgress, inputs_named, require_model
+from .common import (CATEGORY, IMAGE_EMBED_KEY, PRIOR, SEED, StepProgress, inputs_named, require_finite,
+                     require_model)
 
 
 class Prior:
@@ -40,6 +41,8 @@ class Prior:
                 if pooled.shape[-1] != pc.embed_dim:
                     raise ValueError(f"conditioning: pooled_output width {pooled.shape[-1]}, "
                                      f"the prior expects {pc.embed_dim}")
+                require_finite(tokens, "conditioning")
+                require_finite(pooled, "conditioning")
                 embed = run_prior(model, tokens, pooled, options, callback=progress)
                 out.append([tokens, {**extras, IMAGE_EMBED_KEY: embed.to(host.intermediate_device()).float()}])
         return (out,)

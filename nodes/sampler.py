@@ -85,7 +85,8 @@ class Sampler:
         shape = VideoShape(frames, height, width, fps)
         options = SamplingOptions(seed=seed, steps=steps, cfg=cfg, sampler=sampler_name, denoise=denoise)
         windows = WindowOptions(context_window, context_overlap) if context_window else None
-        names = {"sampler": "sampler_name", **({"height": "init_frames", "width": "init_frames"} if init is not None else {})}
+        names = {"sampler": "sampler_name", "cond": "positive", "uncond": "negative", "init": "init_frames",
+                 **({"height": "init_frames", "width": "init_frames"} if init is not None else {})}
         with inputs_named(**names):
             shape.validate(model.config.size_multiple)
             options.validate()

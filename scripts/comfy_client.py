@@ -9,7 +9,8 @@ with one, `--frames` the frames of every Sampler; `--set NODE.input=value` sets 
 whose id, class_type or title is NODE. Progress comes over the server's /ws WebSocket (comfy_ws.py,
 beside this file); completion is read from /history, outputs are fetched via /view. Exit codes: 0 with
 the downloaded paths on stdout, 2 with "error: ..." on stderr (refused or failed workflow, bad override,
-unreachable server). Standard library only; never imports ComfyUI or the pack.
+unreachable server). A UI-format workflow (File > Save) is converted with the server's /object_info
+(ui_to_api.py); `--set NODE.input` must name an input the node's class declares there. Standard library only; never imports ComfyUI or the pack.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import uuid
 from pathlib import Path
 
 from comfy_ws import WebSocket
+from ui_to_api import input_definitions, ui_to_api
 
 TEXT_ENCODE = "MakeAVideoTextEncode"
 SAMPLER = "MakeAVideoSampler"
@@ -57,10 +59,69 @@ def _is_negative(node: dict) -> bool:
     return "negative" in _title(node).lower()
 
 
+def is_ui_workflow(workflow) -> bool:
+    """A UI-format workflow (the editor's File > Save: a "nodes" list and "links"), not the API format."""
+    return isinstance(workflow, dict) and isinstance(workflow.get("nodes"), list) and "links" in workflow
+
+
+def api_workflow(workflow, source: str, object_info: dict | None) -> dict:
+    """`workflow` in API format: UI files converted with /object_info (refused when the server cannot be
+    asked); the API form checked to be {id: {"class_type": str, "inputs": dict}} (missing inputs: {})."""
+    if is_ui_workflow(workflow):
+        if object_info is None:
+            raise ValueError(f"{source}: a UI-format workflow; converting it needs the server's /object_info, which "
+                             "could not be read (start the server, or export the API form: File > Export (API))")
+        try:
+            workflow = ui_to_api(workflow, object_info)
+        except (KeyError, TypeError, IndexError, AttributeError) as e:
+            raise ValueError(f"{source}: malformed UI-format workflow ({type(e).__name__}: {e})") from None
+        except ValueError as e:
+            raise ValueError(f"{source}: cannot convert the UI-format workflow: {e}") from None
+    if not isinstance(workflow, dict) or not workflow:
+        raise ValueError(f"{source}: expected an API-format workflow {{node id: {{class_type, inputs}}}}, "
+                         f"got {type(workflow).__name__}")
+    out = {}
+    for nid, node in workflow.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+            raise ValueError(f"{source}: node {nid!r} is not an API-format node (a dict with a class_type)")
+        inputs = node.get("inputs", {})
+        if not isinstance(inputs, dict):
+            raise ValueError(f"{source}: node {nid!r} ({node['class_type']}): inputs must be a dict, "
+                             f"got {type(inputs).__name__}")
+        out[nid] = {**node, "inputs": inputs}
+    return out
+
+
+def declared_inputs(object_info: dict | None, class_type: str) -> set[str] | None:
+    """Input names class_type declares in /object_info; None when unknown (no server answer)."""
+    if object_info is None:
+        return None
+    info = object_info.get(class_type)
+    if not isinstance(info, dict):
+        return set()
+    try:
+        names = {name for name, *_ in input_definitions(info)}
+    except (KeyError, TypeError, IndexError, AttributeError):
+        return None
+    return names | set((info.get("input") or {}).get("hidden") or {})
+
+
+def _check_input(object_info: dict | None, node: dict, nid: str, key: str, input_name: str) -> None:
+    names = declared_inputs(object_info, node["class_type"])
+    if names is None or input_name in names:
+        return
+    if not names:
+        raise ValueError(f"--set {key}: node {nid} is a {node['class_type']}, which the server does not know "
+                         "(is its node pack installed?)")
+    raise ValueError(f"--set {key}: {node['class_type']} (node {nid}) has no input {input_name!r}; "
+                     f"its inputs: {', '.join(sorted(names))}")
+
+
 def apply_overrides(workflow: dict, sets: list[str] = (), seed: int | None = None,
-                    frames: int | None = None) -> dict:
-    """A copy of `workflow` with the overrides applied; unknown targets raise ValueError."""
-    wf = json.loads(json.dumps(workflow))
+                    frames: int | None = None, object_info: dict | None = None) -> dict:
+    """A copy of `workflow` with the overrides applied; unknown targets, and inputs a node's class does not
+    declare in `object_info` (the server's /object_info; None: not checked), raise ValueError."""
+    wf = json.loads(json.dumps(api_workflow(workflow, "workflow", None)))
     for item in sets:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected key=value")
@@ -81,6 +142,8 @@ def apply_overrides(workflow: dict, sets: list[str] = (), seed: int | None = Non
         targets = select_nodes(wf, selector)
         if not targets:
             raise ValueError(f"--set {key}: no node with id, class_type or title {selector!r}")
+        for nid in targets:
+            _check_input(object_info, wf[nid], nid, key, input_name)
         for nid in targets:
             wf[nid]["inputs"][input_name] = value
     if seed is not None:
@@ -113,6 +176,15 @@ class Client:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
+
+    def object_info(self) -> dict | None:
+        """The server's node definitions (/object_info), or None when it cannot be read."""
+        try:
+            status, raw = self._request("GET", "/object_info")
+            info = json.loads(raw) if status == 200 else None
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
 
     def queue(self, workflow: dict) -> str:
         status, raw = self._request("POST", "/prompt", {"prompt": workflow, "client_id": self.client_id})
@@ -223,9 +295,16 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     try:
-        workflow = json.loads(Path(args.workflow).read_text())
-        workflow = apply_overrides(workflow, args.set, args.seed, args.frames)
+        try:
+            workflow = json.loads(Path(args.workflow).read_text())
+        except ValueError as e:
+            raise ValueError(f"{args.workflow}: not JSON ({e})") from None
+        except OSError as e:
+            raise ValueError(f"{args.workflow}: cannot read the workflow ({e.strerror or e})") from None
         client = Client(args.server)
+        info = client.object_info()
+        workflow = api_workflow(workflow, args.workflow, info)
+        workflow = apply_overrides(workflow, args.set, args.seed, args.frames, info)
         prompt_id = client.queue(workflow)
         print(f"queued {prompt_id}", file=sys.stderr)
         history = client.wait(prompt_id, args.timeout, None if args.quiet else print_event)
@@ -238,7 +317,7 @@ def main(argv=None) -> int:
             print(path)
         return 0
     except (ValueError, OSError, ClientError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)   # one line
         return 2
 
 

@@ -13,8 +13,16 @@ def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
 
 
 def video_to_frames(video: torch.Tensor) -> torch.Tensor:
-    """[B, 3, F, H, W] -1..1 -> [B*F, H, W, 3] 0..1 on the CPU (float32)."""
-    return ((video.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).flatten(0, 1).cpu()
+    """[B, 3, F, H, W] -1..1 -> [B*F, H, W, 3] 0..1 on the CPU (float32), written frame by frame into one
+    preallocated output: the conversion holds the output plus one frame, never a full-size temporary."""
+    b, c, f, h, w = video.shape
+    out = torch.empty(b * f, h, w, c, dtype=torch.float32)
+    for i in range(b):
+        for j in range(f):
+            frame = out[i * f + j]
+            frame.copy_(video[i, :, j].detach().permute(1, 2, 0))
+            frame.clamp_(-1, 1).add_(1).div_(2)
+    return out
 
 
 def check_video(name: str, video) -> None:

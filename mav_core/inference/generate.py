@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, check_finite
 from ..io.checkpoints import LoadedModel
 from .frame_masks import guess_condition, masked_condition
 from .memory import check_fits
@@ -20,6 +20,20 @@ def conditioning_batch(cond: dict) -> int:
         if isinstance(v, torch.Tensor):
             return v.shape[0]
     return 1
+
+
+def check_inputs(cond: dict, uncond: dict | None, guides: Guides = Guides()) -> None:
+    """Conditioning and guide frames hold finite values, and cond and uncond ask for the same batch; raises
+    InputError naming `cond`, `uncond`, `init` or `known`."""
+    check_finite("cond", cond)
+    check_finite("uncond", uncond)
+    check_finite("init", guides.init)
+    check_finite("known", guides.known)
+    if uncond is not None and any(isinstance(v, torch.Tensor) for v in uncond.values()):
+        b, ub = conditioning_batch(cond), conditioning_batch(uncond)
+        if ub != b:
+            raise InputError("uncond", f"has batch {ub}, but the positive conditioning has batch {b}; "
+                                       "both must hold the same number of entries")
 
 
 def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, shape: VideoShape = VideoShape(),
@@ -37,6 +51,7 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, shape:
         windows.validate()
     if options.denoise < 1.0 and guides.init is None:
         raise InputError("denoise", f"{options.denoise} < 1 needs init frames to start from")
+    check_inputs(cond, uncond, guides)
     b = conditioning_batch(cond)
     device, dtype = model_device_dtype(decoder.module)
     guided_batch = 2 * b if uncond is not None and options.cfg != 1.0 else b

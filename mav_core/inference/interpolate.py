@@ -7,12 +7,14 @@ from typing import Callable
 import torch
 
 from ..diffusion import derive_seed
-from ..errors import InputError
+from ..errors import InputError, check_finite
 from ..io.checkpoints import LoadedModel
 from .frame_masks import extrapolation_mask, frame_guess, interpolation_mask
 from .frames import check_video
-from .generate import generate_video
+from .generate import check_inputs, conditioning_batch, generate_video
+from .memory import check_fits, tensor_bytes
 from .options import MAX_FPS, Guides, InterpolationOptions, SamplingOptions, VideoShape
+from .placement import model_device_dtype
 from .sampling import is_regression
 
 
@@ -36,12 +38,28 @@ def interpolate_video(interpolator: LoadedModel, video: torch.Tensor, cond: dict
     options.validate()
     VideoShape(fps=fps).validate()
     check_video("video", video)
+    check_finite("video", video)
+    check_inputs(cond, uncond)
     m = frames.multiplier
     if frames.mode == "interpolate" and fps * m > MAX_FPS:
         raise InputError("multiplier", f"{m} at {fps} fps gives {fps * m:g} frames per second, above {MAX_FPS:g}")
     if frames.mode == "interpolate":
         return _interpolate(interpolator, video, cond, uncond, fps, frames, options, callback)
     return _extrapolate(interpolator, video, cond, uncond, fps, frames, options, callback)
+
+
+def _check_request(interpolator, video, cond, uncond, window: int, total: int, cfg: float):
+    """The whole request fits before anything is built: one window's activations next to the output of
+    `total` frames (on the model's device), the window's known frames, mask, blend and conditioning frames,
+    and the IMAGE copy of the output when that is made in the same memory (the CPU)."""
+    b, c, _, h, w = video.shape
+    device, dtype = model_device_dtype(interpolator.module)
+    guided = 2 if uncond is not None and cfg != 1.0 and not is_regression(interpolator) else 1
+    batch = guided * conditioning_batch(cond)
+    out = tensor_bytes((b, c, total, h, w))
+    held = out * (2 if torch.device(device).type == "cpu" else 1) + 4 * tensor_bytes((b, c + 1, window, h, w))
+    check_fits(f"{interpolator.path}", interpolator.config, (batch, window, h, w), device, dtype, held=held)
+    return device
 
 
 def _interpolate(interpolator, video, cond, uncond, fps, frames, options, callback):
@@ -52,7 +70,9 @@ def _interpolate(interpolator, video, cond, uncond, fps, frames, options, callba
     if m == 1:
         return video
     per_window = max(2, (frames.window - 1) // m + 1)
-    pieces = []
+    total = (n - 1) * m + 1
+    device = _check_request(interpolator, video, cond, uncond, (min(per_window, n) - 1) * m + 1, total, options.cfg)
+    result = torch.empty(b, c, total, h, w, device=device, dtype=torch.float32)
     start = 0
     while start < n - 1:
         known_idx = list(range(start, min(start + per_window, n)))
@@ -67,9 +87,10 @@ def _interpolate(interpolator, video, cond, uncond, fps, frames, options, callba
         out = generate_video(interpolator, cond, uncond, VideoShape(t, h, w, fps * m), window_options, guides,
                              callback=callback)
         out[:, :, ::m] = video[:, :, known_idx].to(out)
-        pieces.append(out if not pieces else out[:, :, 1:])
+        keep = 0 if start == 0 else 1
+        result[:, :, start * m + keep:start * m + t] = out[:, :, keep:]
         start = known_idx[-1]
-    return torch.cat(pieces, dim=2)
+    return result
 
 
 def _extrapolate(interpolator, video, cond, uncond, fps, frames, options, callback):
@@ -78,17 +99,20 @@ def _extrapolate(interpolator, video, cond, uncond, fps, frames, options, callba
         raise InputError("mode", f"'extrapolate' needs the diffusion ↑F: {interpolator.path} is a regression ↑F "
                                  "checkpoint (one-pass interpolation); use interpolator.safetensors to animate an image")
     total_new = frames.extra_frames if frames.extra_frames is not None else max(1, (n - 1) * frames.multiplier + 1 - n)
-    result = video
+    device = _check_request(interpolator, video, cond, uncond, frames.window, n + total_new, options.cfg)
+    result = torch.empty(b, c, n + total_new, h, w, device=device, dtype=torch.float32)
+    result[:, :, :n] = video
     made = 0
     while made < total_new:
-        ctx = min(result.shape[2], max(1, frames.window // 2))
+        have = n + made
+        ctx = min(have, max(1, frames.window // 2))
         new = min(frames.window - ctx, total_new - made)
         t = ctx + new
         grid = video.new_zeros(b, c, t, h, w)
-        grid[:, :, :ctx] = result[:, :, -ctx:]
+        grid[:, :, :ctx] = result[:, :, have - ctx:have]
         out = generate_video(interpolator, cond, uncond, VideoShape(t, h, w, fps),
                              options.replace(seed=derive_seed(options.seed, made), denoise=1.0),
                              Guides(known=grid, known_mask=extrapolation_mask(t, ctx)), callback=callback)
-        result = torch.cat([result, out[:, :, ctx:].to(result)], dim=2)
+        result[:, :, have:have + new] = out[:, :, ctx:]
         made += new
     return result

@@ -9,6 +9,7 @@
                      driver's free memory plus what PyTorch's caching allocator holds but does not use, on MPS
                      the recommended working set minus what is allocated, MemAvailable from /proc/meminfo on
                      Linux CPUs, None where unknown (then nothing is refused);
+  tensor_bytes       bytes of a tensor of a shape (the output a stage accumulates, its copies);
   check_fits         raises MemoryError naming the request and both numbers when the estimate does not fit.
 
 The estimate is deliberately a lower bound of the real peak (on CUDA and CPU, attention through
@@ -97,13 +98,22 @@ def available_bytes(device) -> int | None:
     return None
 
 
+def tensor_bytes(shape, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of a tensor of `shape` and `dtype`."""
+    count = 1
+    for n in shape:
+        count *= int(n)
+    return count * torch.empty((), dtype=dtype).element_size()
+
+
 def check_fits(what: str, config, size: tuple[int, int, int, int], device, dtype: torch.dtype = torch.float32,
-               available: int | None = None) -> int:
-    """Raise MemoryError when sampling `what` at size (batch, frames, height, width) cannot fit on `device`;
+               available: int | None = None, held: int = 0) -> int:
+    """Raise MemoryError when sampling `what` at size (batch, frames, height, width) cannot fit on `device`
+    next to `held` bytes the request keeps there at the same time (the output it accumulates, its copies);
     returns the estimate. MAV_SKIP_MEMORY_CHECK=1 turns the check off (the estimate is still returned)."""
     batch, frames, height, width = size
     element = torch.empty((), dtype=dtype).element_size()
-    need = activation_bytes(config, batch, frames, height, width, element)
+    need = activation_bytes(config, batch, frames, height, width, element) + int(held)
     if torch.device(device).type in SCORE_MATRIX_DEVICES:
         need += attention_score_bytes(config, batch, frames, height, width, element)
     if os.environ.get("MAV_SKIP_MEMORY_CHECK") == "1":
@@ -113,6 +123,7 @@ def check_fits(what: str, config, size: tuple[int, int, int, int], device, dtype
         source = "as the host reports" if available is None and _free_memory_provider is not None else "free"
         raise MemoryError(
             f"{what}: {batch} x {frames} frames at {height}x{width} needs at least {need / 2**30:.2f} GiB of "
-            f"activations on {torch.device(device)}, but only {free / 2**30:.2f} GiB is available ({source}); use fewer "
+            f"activations{f' and output ({held / 2**30:.2f} GiB)' if held else ''} on {torch.device(device)}, "
+            f"but only {free / 2**30:.2f} GiB is available ({source}); use fewer "
             "frames, a smaller size or a smaller batch (MAV_SKIP_MEMORY_CHECK=1 skips this check)")
     return need
