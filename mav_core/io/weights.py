@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Mapping
@@ -83,10 +84,11 @@ ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTOCOL_BYTE = b"\x80"  # every pickle of protocol 2 and later (legacy torch.save files too) starts so
 
 
-def check_torch_file(path: Path) -> None:
+def check_torch_file(path: Path) -> bool:
     """Say what a file given as a torch.save file really is before torch reads it: a safetensors file with
     the wrong suffix, something that is neither a zip archive nor a pickle, or a zip whose directory
-    declares entries that would expand beyond the file (refused before anything is decompressed)."""
+    declares entries that would expand beyond the file (refused before anything is decompressed).
+    Returns whether the file is a zip archive (a pickle otherwise)."""
     with open(path, "rb") as fh:
         head = fh.read(9)
     if head[8:9] == b"{" and _is_safetensors(path):
@@ -94,9 +96,11 @@ def check_torch_file(path: Path) -> None:
                               f"{path.with_suffix('.safetensors').name}")
     if head.startswith(ZIP_MAGIC):
         _check_zip_sizes(path)
-    elif not head.startswith(PICKLE_PROTOCOL_BYTE):
+        return True
+    if not head.startswith(PICKLE_PROTOCOL_BYTE):
         raise CheckpointError(f"{path}: not a torch.save file (it starts with {head[:8]!r}; expected a zip archive "
                               "or a pickle)" if head else f"{path}: empty file, not a torch.save file")
+    return False
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -126,10 +130,40 @@ def _check_zip_sizes(path: Path) -> None:
 
 
 def read_pickled_state_dict(path: str | Path) -> dict:
-    """Tensors of a torch.save file, loaded with weights_only=True (no code from the file ever runs)."""
-    check_torch_file(Path(path))
+    """Tensors of a torch.save file, loaded with weights_only=True (no code from the file ever runs).
+
+    A zip archive is first read on the meta device (its pickle only, no tensor data): it must hold a state
+    dict, and its data entries no more bytes than its tensors declare, before any tensor is read."""
+    path = Path(path)
+    if check_torch_file(path):
+        unwrap_state_dict(_torch_load(path, "meta"), path)
+    return unwrap_state_dict(_torch_load(path, "cpu"), path)
+
+
+def _declared_bytes(obj, depth: int = 0) -> int:
+    """Bytes of the tensor storages in a loaded object (shared storages counted once per tensor)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.untyped_storage().nbytes()
+    if depth > 32:
+        return 0
+    values = obj.values() if isinstance(obj, Mapping) else obj if isinstance(obj, (list, tuple)) else ()
+    return sum(_declared_bytes(v, depth + 1) for v in values)
+
+
+def _torch_load(path: Path, device: str):
+    """torch.load(weights_only=True) onto `device` ("meta": the pickle only); every failure a CheckpointError."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch.load(str(path), map_location=device, weights_only=True)
+        if device == "meta":
+            with zipfile.ZipFile(path) as archive:
+                stored = sum(e.file_size for e in archive.infolist() if re.search(r"(^|/)data/\d+$", e.filename))
+            declared = _declared_bytes(obj)
+            if stored > declared:
+                raise CheckpointError(f"{path}: refused: its zip entries hold {stored} bytes of tensor data, "
+                                      f"its pickle declares only {declared} (corrupt or crafted file)")
+        return obj
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused: the file contains code or objects that are not plain tensors and containers, "
@@ -138,7 +172,6 @@ def read_pickled_state_dict(path: str | Path) -> dict:
             "trusted tool first.") from None
     except Exception as e:  # noqa: BLE001 - weights_only=True ran no code; any parse failure is a bad file
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
-    return unwrap_state_dict(obj, path)
 
 
 

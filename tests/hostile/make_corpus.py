@@ -172,6 +172,16 @@ DECLARED_SIZES = (
 )
 
 
+def _torch_zip_with_record(good: bytes, data: bytes) -> bytes:
+    """A torch.save zip archive whose data/0 entry is replaced by `data`, stored uncompressed."""
+    src = zipfile.ZipFile(io.BytesIO(good))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for item in src.infolist():
+            dst.writestr(item, data if item.filename.endswith("/data/0") else src.read(item.filename))
+    return out.getvalue()
+
+
 def deflate_bomb(good: bytes, expanded: int) -> bytes:
     """A torch.save zip whose data/0 entry is `expanded` zero bytes, deflated (about expanded / 1000 bytes)."""
     src = zipfile.ZipFile(io.BytesIO(good))
@@ -211,6 +221,9 @@ def bounded_cases(out: Path) -> list[Case]:
     (folder / "diffusion_pytorch_model.bin").write_bytes(deflate_bomb(buf.getvalue(), 128 << 20))
     cases.append(Case("diffusers_bin_bomb", out / "diffusers_bin_bomb", r"refused: its zip entries expand to",
                       "diffusers folder whose .bin deflates 128 MiB of zeros", big=True))
+    (out / "oversized_record.pth").write_bytes(_torch_zip_with_record(buf.getvalue(), bytes(96 << 20)))
+    cases.append(Case("zip_oversized_record", out / "oversized_record.pth", r"refused: its zip entries hold \d+ bytes",
+                      "torch zip storing 96 MiB in data/0 for a declared 8-byte tensor", big=True))
     module_file(out / "safetensors_as.pth", "SpaceTimeUNet", {})
     cases.append(Case("safetensors_as_pth", out / "safetensors_as.pth", r"is a safetensors file, not a torch.save",
                       "one of our safetensors files renamed .pth"))
