@@ -200,3 +200,14 @@ def test_loop_count_is_named_as_the_input(video_io, folders, loop_count):
     with pytest.raises(ValueError, match=r"^loop_count: expected an integer >= 0"):
         video_io.VideoSave().save(torch.rand(2, 8, 8, 3), 8.0, "MakeAVideo/x", "gif", 85, loop_count, False)
     assert list(folders["output"].rglob("*")) == []
+
+
+@av_missing
+def test_a_frame_larger_than_the_budget_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = write_video(torch.rand(2, 64, 64, 3), tmp_path / "c.mp4", fps=8.0)
+    read_module = sys.modules[read_video.__module__]
+    monkeypatch.setattr(read_module, "_resize", lambda rgb, size: pytest.fail("a frame was decoded"))
+    with pytest.raises(MemoryError, match=r"c\.mp4.*one frame of 64x64"):
+        read_video(path, max_bytes=64 * 64 * 3 * 5 - 1)
+    with pytest.raises(MemoryError, match=r"one frame of 16x8"):
+        read_video(path, size=(8, 16), max_bytes=100)

@@ -85,6 +85,14 @@ class _Budget:
             return 1
         return max(1, min(count, (self.max_bytes - self.used) // self.frame_bytes + 1))
 
+    def check_frame(self, height: int, width: int, size) -> None:
+        """Refuse before decoding when a single frame of the declared (or requested) size cannot fit."""
+        height, width = size or (height, width)
+        need = height * width * 3 * BYTES_PER_KEPT_BYTE
+        if self.max_bytes is not None and need > self.max_bytes:
+            raise MemoryError(f"{str(self.path)!r}: one frame of {width}x{height} needs about {need / 2**30:.2f} "
+                              f"GiB, more than the {self.max_bytes / 2**30:.2f} GiB allowed")
+
     def add(self, frame: np.ndarray, kept: int) -> None:
         self.frame_bytes = frame.nbytes * BYTES_PER_KEPT_BYTE
         self.used += self.frame_bytes
@@ -158,6 +166,7 @@ def _decode_with_av(path: Path, selector: _Selector, size) -> tuple[list, float,
         if not container.streams.video:
             raise ValueError(f"{str(path)!r} has no video stream")
         stream = container.streams.video[0]
+        selector.budget.check_frame(stream.codec_context.height, stream.codec_context.width, size)
         stream.thread_type = "AUTO"
         fps = _stream_fps(stream, container)
         for frame in container.decode(stream):
