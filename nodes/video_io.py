@@ -342,7 +342,9 @@ class LoadVideo:
     @classmethod
     def VALIDATE_INPUTS(cls, video, **_):
         try:
-            probe_video(input_path(video))
+            path = input_path(video)
+            if probe_video(path)["frames"] == 0:
+                return f"video: {str(path)!r} contains no frames (empty, truncated or not a video)"
         except (OSError, ValueError) as e:
             return str(e) if str(e).startswith("video:") else f"video: {e}"
         return True

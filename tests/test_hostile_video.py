@@ -149,6 +149,18 @@ def test_not_a_video_is_refused_in_validation_naming_the_file(video_io, folders,
     assert sorted(p.name for p in folders["input"].iterdir()) == [name]
 
 
+@pytest.mark.parametrize("cut", ["header", "garbage"])
+def test_a_webp_without_decodable_frames_is_refused_naming_the_file(video_io, folders, cut):
+    good = write_video(torch.rand(4, 16, 16, 3), folders["temp"] / "good.webp", fps=8.0).read_bytes()
+    data = good[:12] if cut == "header" else good[:40] + NOT_VIDEOS["random"]
+    (folders["input"] / f"{cut}.webp").write_bytes(data)
+    message = video_io.LoadVideo.VALIDATE_INPUTS(f"{cut}.webp")
+    if message is not True:
+        assert message.startswith("video: ") and f"{cut}.webp" in message, message
+    with pytest.raises(ValueError, match=rf"^video: .*{cut}\.webp.*contains no frames"):
+        video_io.LoadVideo().load(f"{cut}.webp", 0, 0, 1, 0, 0)
+
+
 def test_a_real_video_passes_validation(video_io, folders):
     write_video(torch.rand(3, 16, 16, 3), folders["input"] / "ok.webm", fps=8.0)
     assert video_io.LoadVideo.VALIDATE_INPUTS("ok.webm") is True

@@ -59,7 +59,7 @@ def read_video(
             f"{sorted(_READ_VIDEO_SUFFIXES | {'.webp'})} or a folder of numbered PNG/JPG frames"
         )
     if total == 0:
-        raise ValueError(f"{str(path)!r} contains no frames")
+        raise ValueError(f"{str(path)!r} contains no frames that can be decoded (empty, truncated or not a video)")
     if not kept:
         raise ValueError(
             f"{str(path)!r} has {total} frames; skip_first={skip_first}, every_nth={every_nth} select none of them"
