@@ -3,6 +3,7 @@ with the same noise for every frame. The checkpoint's stage picks the mode."""
 from __future__ import annotations
 
 from ..mav_core.inference import SamplingOptions, UpscaleOptions, frames_to_video, upscale_video
+from ..mav_core.inference.pipeline import SR_VIDEO_CHUNK
 from . import host
 from .common import CATEGORY, SAMPLERS, SEED, UPSCALER, StepProgress, frames_out, inputs_named, require_frames, require_model
 
@@ -23,7 +24,7 @@ class Upscaler:
             "required": {
                 "upscaler": (UPSCALER,), "images": ("IMAGE",), "seed": SEED,
                 "steps": ("INT", {"default": 10, "min": 1, "max": 1000}),
-                "frame_chunk": ("INT", {"default": 16, "min": MIN_CHUNK, "max": 1024,
+                "frame_chunk": ("INT", {"default": SR_VIDEO_CHUNK, "min": MIN_CHUNK, "max": 1024,
                                         "tooltip": "frames per model call (lower = less memory); "
                                                    "sr_video chunks overlap by 2 frames"}),
             },

@@ -2,16 +2,31 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import fields
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from ..errors import InputError
 from ..inference.pipeline import INTERPOLATORS, ChainSettings, MakeAVideo
 from ..inference.precision import resolve_dtype
 from ..io.video import write_video
+from ..io.video.formats import _resolve_write_format as write_format
+
+MAX_NAME_BYTES = 255      # the longest file or folder name common file systems (ext4, APFS, NTFS) store
+MAX_THREADS = 4096
+
+
+class ArgumentError(ValueError):
+    """A command-line argument at fault: `option` (as typed, e.g. --quality) and what was expected."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"{option}: {message}")
+        self.option = option
 
 
 def add_generate_arguments(p):
@@ -33,7 +48,72 @@ def add_generate_arguments(p):
                        default=getattr(defaults, f.name))
 
 
+def option_name(param: str) -> str:
+    return "--" + param.replace("_", "-")
+
+
+def check_output(output: str) -> Path:
+    """-o: a name the file system can hold, a suffix write_video writes (none: a PNG folder), in a folder
+    that exists and can be written."""
+    path = Path(output)
+    for part in path.parts:
+        if len(os.fsencode(part)) > MAX_NAME_BYTES:
+            raise ArgumentError("-o/--output", f"the name {part[:40]!r}... is {len(os.fsencode(part))} bytes long; "
+                                               f"file names hold at most {MAX_NAME_BYTES}")
+    try:
+        write_format(path, None)
+    except ValueError:
+        raise ArgumentError("-o/--output", f"unsupported suffix {path.suffix!r} in {output!r}; expected .mp4, .m4v, "
+                                           ".webm, .gif, .webp, or a folder name without suffix (PNG frames)") from None
+    folder = path.parent
+    if not folder.is_dir():
+        raise ArgumentError("-o/--output", f"the output folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ArgumentError("-o/--output", f"the output folder {str(folder)!r} is not writable")
+    if path.suffix and path.is_dir():
+        raise ArgumentError("-o/--output", f"{output!r} is a folder; give a file name")
+    return path
+
+
+def check_device(device: str) -> torch.device:
+    """--device: a device torch knows, present on this machine."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ArgumentError("--device", f"{device!r} is not a device; expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if dev.index is not None and dev.index >= count or count == 0:
+            raise ArgumentError("--device", f"{device!r} is not available: this machine has {count} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ArgumentError("--device", f"{device!r} is not available on this machine")
+    elif dev.type != "cpu":
+        raise ArgumentError("--device", f"{device!r}: expected cpu, cuda, cuda:N or mps")
+    return dev
+
+
+def check_arguments(args) -> ChainSettings:
+    """Every argument of `generate`, before anything is loaded; raises ArgumentError naming the option."""
+    if not isinstance(args.prompt, str) or not args.prompt.strip():
+        raise ArgumentError("prompt", "must be a non-empty text")
+    if not 0 <= args.quality <= 100:
+        raise ArgumentError("--quality", f"must be an integer in [0, 100], got {args.quality}")
+    if not 0 <= args.threads <= MAX_THREADS:
+        raise ArgumentError("--threads", f"must be an integer in [0, {MAX_THREADS}] (0: torch's default), "
+                                         f"got {args.threads}")
+    check_device(args.device)
+    if args.weights is not None and not Path(args.weights).is_dir():
+        raise ArgumentError("--weights", f"{args.weights!r} is not a folder of stage checkpoints")
+    check_output(args.output)
+    try:
+        return ChainSettings(**{f.name: getattr(args, f.name) for f in fields(ChainSettings)}).validate()
+    except InputError as e:
+        raise ArgumentError(option_name(e.param), e.message) from None
+
+
 def main_generate(args):
+    settings = check_arguments(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     mav = MakeAVideo.load(args.weights, device=args.device, dtype=resolve_dtype(args.dtype, args.device),
@@ -41,7 +121,6 @@ def main_generate(args):
     for path in mav.untrained():
         print(f"WARNING: {path} holds randomly initialised, UNTRAINED weights: the output is noise-like, "
               "not a trained model's video", file=sys.stderr)
-    settings = ChainSettings(**{f.name: getattr(args, f.name) for f in fields(ChainSettings)})
     bars = {}
 
     def progress(stage, step, total):

@@ -80,8 +80,16 @@ def cmd_train(args):
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with every usage error on one line ("error: argument --quality: invalid int value: 'x'"),
+    exit status 2; --help still prints the usage."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: " + " ".join(message.split()) + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mav_core", description="Make-A-Video core: inspect, train, generate")
+    p = OneLineParser(prog="python -m mav_core", description="Make-A-Video core: inspect, train, generate")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("info", help="print a checkpoint's family, stage, config and parameter count")
     s.add_argument("checkpoint")
@@ -107,6 +115,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError, MemoryError, FloatingPointError) as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)   # one line
         return 2

@@ -28,6 +28,14 @@ from .upscale import upscale_video
 
 
 INTERPOLATORS = ("diffusion", "regression")
+SR_VIDEO_CHUNK = 16   # SR^t_l frames per model call: the Upscaler node's default, so both make the same video
+
+
+def between_stages(video: torch.Tensor) -> torch.Tensor:
+    """A stage's output as the next stage gets it in the node chain, where stages pass IMAGE frames
+    (0..1): clamped to -1..1 with the same float arithmetic as video_to_frames -> frames_to_video, so
+    MakeAVideo and the nodes make the same video from the same seed. In place (the stage's own output)."""
+    return video.clamp_(-1, 1).add_(1).div_(2).mul_(2).sub_(1)
 
 
 @dataclass
@@ -146,6 +154,7 @@ class MakeAVideo:
         video = generate_video(self.decoder, cond, uncond, VideoShape(s.frames, size, size, s.fps),
                                SamplingOptions(seed=s.seed, steps=s.steps, cfg=s.cfg, sampler=s.sampler),
                                callback=cb("decoder", s.steps))
+        video = between_stages(video)
         timings["decoder"] = time.perf_counter() - t0
         fps = s.fps
         if self.interpolator is not None and s.multiplier > 1:
@@ -153,12 +162,15 @@ class MakeAVideo:
             video = interpolate_video(self.interpolator, video, cond, None, s.fps, InterpolationOptions(s.multiplier),
                                       SamplingOptions(seed=s.seed, steps=s.interp_steps),
                                       callback=cb("interpolator", 1 if is_regression(self.interpolator) else s.interp_steps))
+            video = between_stages(video)
             fps = s.fps * s.multiplier
             timings["interpolator"] = time.perf_counter() - t0
         if self.sr_video is not None and s.upscale >= 1:
             t0 = time.perf_counter()
             video = upscale_video(self.sr_video, video, SamplingOptions(seed=s.seed, steps=s.sr_steps),
-                                  UpscaleOptions(temporal=True), callback=cb("sr_video", s.sr_steps))
+                                  UpscaleOptions(temporal=True, frame_chunk=SR_VIDEO_CHUNK),
+                                  callback=cb("sr_video", s.sr_steps))
+            video = between_stages(video)
             timings["sr_video"] = time.perf_counter() - t0
         if self.sr_frame is not None and s.upscale >= 2:
             t0 = time.perf_counter()
