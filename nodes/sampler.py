@@ -86,6 +86,7 @@ class Sampler:
         options = SamplingOptions(seed=seed, steps=steps, cfg=cfg, sampler=sampler_name, denoise=denoise)
         windows = WindowOptions(context_window, context_overlap) if context_window else None
         names = {"sampler": "sampler_name", "cond": "positive", "uncond": "negative", "init": "init_frames",
+                 "controls": "positive",
                  **({"height": "init_frames", "width": "init_frames"} if init is not None else {})}
         with inputs_named(**names):
             shape.validate(model.config.size_multiple)

@@ -9,11 +9,12 @@ import torch
 
 from mav_core.diffusion import NoiseSchedule
 from mav_core.errors import InputError, check_finite
-from mav_core.inference import (InterpolationOptions, SamplingOptions, UpscaleOptions, VideoShape, generate_video,
+from mav_core.inference import (Guides, InterpolationOptions, SamplingOptions, UpscaleOptions, VideoShape, generate_video,
                                 interpolate_video, memory, upscale_video)
 from mav_core.inference import interpolate as interpolate_module
 from mav_core.inference.frames import video_to_frames
 from mav_core.io.checkpoints import LoadedModel
+from mav_core.models.control import Control, ControlAdapter, ControlConfig
 from mav_core.models.unet import SpaceTimeUNet, UNetConfig
 
 from test_nodes import make_untrained_weights
@@ -90,7 +91,6 @@ def test_generate_video_refuses_non_finite_conditioning(decoder, param, key, val
 
 @pytest.mark.parametrize("frames,size", [(2, 8), (3, 16)])
 def test_generate_video_refuses_non_finite_init_frames(decoder, frames, size):
-    from mav_core.inference import Guides
     init = _poisoned(torch.zeros(1, 3, frames, size, size), math.nan, where=frames * size)
     with pytest.raises(InputError, match=r"^init must hold only finite values") as info:
         generate_video(decoder, _cond(), None, VideoShape(frames, size, size), SamplingOptions(steps=1, denoise=0.5),
@@ -283,3 +283,15 @@ def test_interpolator_fps_times_multiplier_over_the_limit_names_multiplier(pack,
     with pytest.raises(ValueError, match=r"^multiplier: "):
         _node(pack, "MakeAVideoFrameInterpolator").run(bundle[3], torch.rand(2, 8, 8, 3), fps, multiplier,
                                                        "interpolate", 0, 1)
+
+
+@pytest.mark.parametrize("value", BAD_VALUES)
+@pytest.mark.parametrize("frames", [2, 5])
+def test_generate_video_refuses_a_non_finite_control_hint(decoder, value, frames):
+    adapter = ControlAdapter(ControlConfig(block_out_channels=(8, 16), layers_per_block=1))
+    hint = _poisoned(torch.rand(1, 1, frames, 8, 8), value, where=frames)
+    calls = []
+    with pytest.raises(InputError, match=r"^controls must hold only finite values") as info:
+        generate_video(decoder, _cond(), None, VideoShape(frames, 8, 8), SamplingOptions(steps=1),
+                       Guides(controls=(Control(adapter, hint),)), callback=calls.append)
+    assert info.value.param == "controls" and calls == []

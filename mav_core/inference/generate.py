@@ -24,11 +24,12 @@ def conditioning_batch(cond: dict) -> int:
 
 def check_inputs(cond: dict, uncond: dict | None, guides: Guides = Guides()) -> None:
     """Conditioning and guide frames hold finite values, and cond and uncond ask for the same batch; raises
-    InputError naming `cond`, `uncond`, `init` or `known`."""
+    InputError naming `cond`, `uncond`, `init`, `known` or `controls` (their hint videos)."""
     check_finite("cond", cond)
     check_finite("uncond", uncond)
     check_finite("init", guides.init)
     check_finite("known", guides.known)
+    check_finite("controls", [getattr(c, "hint", None) for c in guides.controls or ()])
     if uncond is not None and any(isinstance(v, torch.Tensor) for v in uncond.values()):
         b, ub = conditioning_batch(cond), conditioning_batch(uncond)
         if ub != b:
