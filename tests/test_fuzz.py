@@ -238,7 +238,7 @@ def _video_seeds(folder: Path) -> dict:
 def run_video_fuzz(examples: int, hang_seconds: float = 20.0) -> int:
     """The child-process side: mutate each seed file and read it back; returns examples run."""
     import av  # noqa: F401 - decoders under test
-    from mav_core.io.video import read_metadata, read_video
+    from mav_core.io.video import probe_video, read_metadata, read_video
     folder = Path(tempfile.mkdtemp(prefix="mav-fuzz-video-"))
     seeds = _video_seeds(folder)
     count = [0]
@@ -249,11 +249,11 @@ def run_video_fuzz(examples: int, hang_seconds: float = 20.0) -> int:
         path.write_bytes(data)
         faulthandler.dump_traceback_later(hang_seconds, exit=True)   # a hang kills the child with a traceback
         try:
-            for fn in ((read_metadata,) if fmt == "png" else (read_video, read_metadata)):
+            for fn in ((read_metadata,) if fmt == "png" else (probe_video, read_video, read_metadata)):
                 try:
                     fn(path)
-                except CLEAN_VIDEO_ERRORS:
-                    pass
+                except CLEAN_VIDEO_ERRORS as error:
+                    assert path.name in str(error), f"{fn.__name__}: the error does not name the file: {error!r}"
         finally:
             faulthandler.cancel_dump_traceback_later()
         count[0] += 1

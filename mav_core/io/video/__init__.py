@@ -15,7 +15,8 @@ Metadata (``dict[str, str]``, e.g. ``{"prompt": ..., "workflow": ...}`` as JSON 
 - gif: one comment extension holding the whole dict as JSON.
 
 Modules (each imports only those listed before it):
-- backends: the optional libraries ``av`` and ``cv2`` (None when missing; patch them there).
+- backends: the optional libraries ``av`` and ``cv2`` (None when missing; patch them there), and
+  naming_the_file (every error a corrupt file causes, as one ValueError naming it).
 - formats: format, suffix and codec tables; argument checks.
 - containers: byte-level PNG / GIF / WebP chunks (metadata, WebP probe) and frame-folder listing.
 - atomic: temp-then-rename targets for files and frame folders.

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import warnings
-import zlib
 from pathlib import Path
 
 from . import backends
@@ -32,16 +30,12 @@ def probe_video(path: str | os.PathLike) -> dict:
         height, width = _read_image(files[0]).shape[:2]
         return {"frames": len(files), "height": height, "width": width, "fps": _folder_fps(files)}
     if path.suffix.lower() == ".webp":
-        try:
+        with backends.naming_the_file(path, "not a readable WebP file"):
             return _probe_webp(path)
-        except (struct.error, IndexError, OSError) as error:
-            raise ValueError(f"{str(path)!r}: not a readable WebP file ({type(error).__name__}: {error})") from None
     if backends.av is None:
         return {"frames": None, "height": 0, "width": 0, "fps": DEFAULT_FOLDER_FPS}
-    try:
+    with backends.naming_the_file(path, "not a readable video"):   # av.InvalidDataError, av.EOFError, ...
         return _probe_with_av(path)
-    except backends.av.FFmpegError as error:   # av.InvalidDataError, av.EOFError: not ValueError/OSError alone
-        raise ValueError(f"{str(path)!r}: not a readable video ({type(error).__name__}: {error})") from None
 
 
 def _probe_with_av(path: Path) -> dict:
@@ -49,6 +43,8 @@ def _probe_with_av(path: Path) -> dict:
         if not container.streams.video:
             raise ValueError(f"{str(path)!r} has no video stream")
         stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise ValueError(f"{str(path)!r}: its video stream has no decoder (unknown or unsupported codec)")
         height, width = stream.codec_context.height, stream.codec_context.width
         fps = _stream_fps(stream, container)
         frames = stream.frames or None
@@ -65,13 +61,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"path {str(path)!r} does not exist")
-    av = backends.av
-    corrupt = (IndexError, struct.error, zlib.error, UnicodeDecodeError) + ((av.FFmpegError,) if av is not None else ())
-    try:
+    with backends.naming_the_file(path, "corrupt file, cannot read its metadata"):
         return _read_metadata(path)
-    except corrupt as error:   # the chunk walkers index past the end of truncated/corrupt files
-        raise ValueError(f"{str(path)!r}: corrupt file, cannot read its metadata ({type(error).__name__}: "
-                         f"{error})") from None
 
 
 def _read_metadata(path: Path) -> dict[str, str]:

@@ -48,11 +48,10 @@ def read_video(
     suffix = path.suffix.lower()
     if path.is_dir():
         kept, fps, total = _read_image_folder(path, selector, size)
-    elif suffix == ".webp":
-        kept, fps, total = _read_webp(path, selector, size)
-    elif suffix in _READ_VIDEO_SUFFIXES:
-        reader = _read_with_av if backends.av is not None else _read_with_cv2
-        kept, fps, total = reader(path, selector, size)
+    elif suffix in _READ_VIDEO_SUFFIXES | {".webp"}:
+        reader = _read_webp if suffix == ".webp" else _read_with_av if backends.av is not None else _read_with_cv2
+        with backends.naming_the_file(path, "not a readable video"):
+            kept, fps, total = reader(path, selector, size)
     else:
         raise ValueError(
             f"path {str(path)!r}: unsupported suffix {suffix!r}; expected one of "
@@ -154,10 +153,8 @@ def _stack_to_float(kept: list[np.ndarray], path: Path) -> torch.Tensor:
 
 
 def _read_with_av(path: Path, selector: _Selector, size) -> tuple[list, float, int]:
-    try:
+    with backends.naming_the_file(path, "not a readable video"):   # e.g. av.EOFError on a truncated file
         return _decode_with_av(path, selector, size)
-    except backends.av.FFmpegError as error:   # e.g. av.EOFError on a truncated file: not a ValueError/OSError
-        raise ValueError(f"{str(path)!r}: not a readable video ({type(error).__name__}: {error})") from None
 
 
 def _decode_with_av(path: Path, selector: _Selector, size) -> tuple[list, float, int]:
@@ -166,6 +163,8 @@ def _decode_with_av(path: Path, selector: _Selector, size) -> tuple[list, float,
         if not container.streams.video:
             raise ValueError(f"{str(path)!r} has no video stream")
         stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise ValueError(f"{str(path)!r}: its video stream has no decoder (unknown or unsupported codec)")
         selector.budget.check_frame(stream.codec_context.height, stream.codec_context.width, size)
         stream.thread_type = "AUTO"
         fps = _stream_fps(stream, container)
