@@ -33,6 +33,13 @@ HOST_NODES = {   # the host's nodes the example workflows use, declared as Comfy
     "SaveAnimatedWEBP": _host({"images": ["IMAGE"], "filename_prefix": ["STRING", {}], "fps": ["FLOAT", {}],
                                "lossless": ["BOOLEAN", {}], "quality": ["INT", {}], "method": [["default"], {}]}),
     "ImageBatch": _host({"image1": ["IMAGE"], "image2": ["IMAGE"]}, output=["IMAGE"]),
+    "CLIPLoader": _host({"clip_name": [["clip_l.safetensors"], {}], "type": [["stable_diffusion"], {}]},
+                        {"device": [["default", "cpu"], {}]}, ["CLIP"]),
+    "CLIPTextEncode": _host({"text": ["STRING", {"multiline": True}], "clip": ["CLIP"]}, output=["CONDITIONING"]),
+    "VAELoader": _host({"vae_name": [["vae.safetensors"], {}]}, output=["VAE"]),
+    "VAEDecode": _host({"samples": ["LATENT"], "vae": ["VAE"]}, output=["IMAGE"]),
+    "LoadVideo": _host({"file": [["mav_source.mp4"], {"video_upload": True}]}, output=["VIDEO"]),
+    "GetVideoComponents": _host({"video": ["VIDEO"]}, output=["IMAGE", "AUDIO", "FLOAT"]),
 }
 
 
