@@ -79,7 +79,7 @@ def api_workflow(workflow, source: str, object_info: dict | None) -> dict:
             raise ValueError(f"{source}: cannot convert the UI-format workflow: {e}") from None
     if not isinstance(workflow, dict) or not workflow:
         raise ValueError(f"{source}: expected an API-format workflow {{node id: {{class_type, inputs}}}}, "
-                         f"got {type(workflow).__name__}")
+                         f"got {'an empty one' if workflow == {} else type(workflow).__name__}")
     out = {}
     for nid, node in workflow.items():
         if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
