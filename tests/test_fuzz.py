@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import atexit
 import faulthandler
+import importlib.util
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -178,6 +180,36 @@ def test_load_external_on_random_state_dicts(sd):
         load_external(str(_WORK / "random.safetensors"), device="meta", state_dict=sd, metadata={})
     except CheckpointError as e:
         assert "random.safetensors" in str(e)
+
+
+# ---------------------------------------------------------------------------------------------------
+# declared configs: any value in any mav_config key of any module class (sizes bounded before building)
+# ---------------------------------------------------------------------------------------------------
+
+_corpus_spec = importlib.util.spec_from_file_location("make_corpus", ROOT / "tests" / "hostile" / "make_corpus.py")
+make_corpus = sys.modules.setdefault("make_corpus", importlib.util.module_from_spec(_corpus_spec))
+if not hasattr(make_corpus, "module_file"):
+    _corpus_spec.loader.exec_module(make_corpus)
+MODULE_KEYS = {name: sorted(json.loads(module.config.to_json())) + (["schedule.num_train_steps"]
+                                                                     if name == "DiffusionPrior" else [])
+               for name, (module, _) in make_corpus._tiny_modules().items()}
+scalar = st.one_of(st.integers(-2 ** 70, 2 ** 70), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                   st.none(), st.text(max_size=6))
+config_value = st.one_of(scalar, st.lists(scalar, max_size=6), st.dictionaries(st.text(max_size=4), scalar, max_size=3))
+
+
+@settings(max_examples=budget(150))
+@given(st.sampled_from(sorted(MODULE_KEYS)), st.data())
+def test_any_declared_config_value_gives_a_checkpoint_error(name, data):
+    changes = {k: data.draw(config_value, label=k)
+               for k in data.draw(st.lists(st.sampled_from(MODULE_KEYS[name]), min_size=1, max_size=3, unique=True))}
+    path = make_corpus.module_file(_WORK / "declared.safetensors", name, changes)
+    try:
+        load_model(path)
+    except CheckpointError as e:
+        message = str(e)
+        assert "declared.safetensors" in message, message
+        assert re.search(r"invalid mav_config|missing key|unexpected key|has shape", message), message
 
 
 # ---------------------------------------------------------------------------------------------------

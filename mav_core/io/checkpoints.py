@@ -11,6 +11,7 @@ before anything is allocated, and every error names the file and what was expect
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -186,14 +187,17 @@ def parse_schedule(path, text: str) -> NoiseSchedule:
 
 
 def check_config_sizes(path, config: dict) -> None:
-    """Bound every size a mav_config dict declares before any module is built from it: every integer
-    (channels, layers, heads, tokens, widths) at most MAX_CONFIG_INT, every list at most MAX_CONFIG_ITEMS
-    entries, and a nested noise schedule ("schedule") as mav_schedule is. A CheckpointError names the file
-    and the key."""
+    """Bound every size a mav_config dict declares before any module is built from it: every number
+    (channels, layers, heads, tokens, widths) finite and at most MAX_CONFIG_INT, every list at most
+    MAX_CONFIG_ITEMS entries, and a nested noise schedule ("schedule") as mav_schedule is. A CheckpointError
+    names the file and the key."""
     def walk(value, key: str):
-        if isinstance(value, bool) or value is None or isinstance(value, (float, str)):
+        if isinstance(value, bool) or value is None or isinstance(value, str):
             return
-        if isinstance(value, int):
+        if isinstance(value, float):
+            if not math.isfinite(value) or abs(value) > MAX_CONFIG_INT:
+                raise ValueError(f"{key} = {value} is not a finite number within the limit of {MAX_CONFIG_INT}")
+        elif isinstance(value, int):
             if abs(value) > MAX_CONFIG_INT:
                 raise ValueError(f"{key} = {value} is beyond the limit of {MAX_CONFIG_INT}")
         elif isinstance(value, list):
@@ -223,7 +227,8 @@ def build_skeleton(path, module_cls, config) -> torch.nn.Module:
     try:
         with torch.device("meta"):
             return module_cls(config)
-    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError, AttributeError) as e:
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError, AttributeError, IndexError,
+            KeyError) as e:
         raise CheckpointError(f"{path}: invalid mav_config metadata: the config cannot build a "
                               f"{module_cls.__name__} ({type(e).__name__}: {e})") from None
 

@@ -63,8 +63,9 @@ def declared_config(path, meta: dict):
     check_config_sizes(path, config_json)
     try:
         config = config_cls.from_dict(config_json)
-    except (KeyError, ValueError, TypeError, RecursionError) as e:
-        raise CheckpointError(f"{path}: invalid mav_config metadata ({e})") from None
+    except (KeyError, ValueError, TypeError, RecursionError, ZeroDivisionError, OverflowError, AttributeError,
+            IndexError) as e:
+        raise CheckpointError(f"{path}: invalid mav_config metadata ({type(e).__name__}: {e})") from None
     return config_cls, module_cls, config
 
 

@@ -147,7 +147,8 @@ def module_file(path: Path, name: str, config_changes: dict, meta_changes: dict 
     config = json.loads(module.config.to_json())
     for key, value in config_changes.items():
         if key.startswith("schedule."):
-            config["schedule"] = {**config["schedule"], key.split(".", 1)[1]: value}
+            schedule = config["schedule"] if isinstance(config.get("schedule"), dict) else {}
+            config["schedule"] = {**schedule, key.split(".", 1)[1]: value}
         else:
             config[key] = value
     meta = {"mav_module": name, "mav_stage": stage, "mav_config": json.dumps(config),
