@@ -6,8 +6,7 @@ import os
 import posixpath
 
 from ..mav_core.models import family
-from ..mav_core.io.checkpoints import declared_stage
-from ..mav_core.io.loader import load_model
+from ..mav_core.io.loader import check_declared, load_model
 from . import host
 from .common import CATEGORY, DECODER, INTERPOLATOR, PRIOR, TEXT, UPSCALER
 
@@ -46,14 +45,15 @@ def _load(name: str, input_name: str, stages, precision: str = "auto"):
 
 
 def checkpoint_problem(name, input_name: str, stages) -> str | None:
-    """Why `name` cannot be loaded as one of `stages`, judged from the file's header alone (for the
-    host's validation, so a wrong file is a 400 naming the input, not a failed run); None if fine."""
+    """Why `name` cannot be loaded as one of `stages`, judged from the file's header alone (its declared
+    config, schedule and tensor shapes; a torch.save file's kind and archive sizes) for the host's
+    validation, so a wrong file is a 400 naming the input, not a failed run; None if fine."""
     if name is None:  # linked: known only at run time
         return None
     if name not in host.model_files():
         return f"{input_name}: no checkpoint {name!r} in the {host.MODEL_FOLDER} folders"
     try:
-        stage = declared_stage(host.model_path(name, input_name))
+        stage = check_declared(host.model_path(name, input_name))
     except (OSError, ValueError) as e:
         return f"{input_name}: {e}"
     if stage is not None and stage not in stages:

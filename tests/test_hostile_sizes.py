@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from mav_core.io.checkpoints import MAX_CONFIG_INT, CheckpointError, MAX_TRAIN_STEPS
-from mav_core.io.loader import load_model
+from mav_core.io.loader import check_declared, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("make_corpus", ROOT / "tests" / "hostile" / "make_corpus.py")
@@ -97,7 +97,7 @@ vmdata = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswi
 resource.setrlimit(resource.RLIMIT_DATA, (vmdata + (1 << 30), vmdata + (1 << 30)))   # safety net: +1 GiB
 import torch
 torch.set_num_threads(1)
-from mav_core.io.loader import load_model
+from mav_core.io.loader import check_declared, load_model
 from mav_core.cli.main import main
 
 def kib(field):
@@ -142,3 +142,38 @@ def test_declared_sizes_and_expanding_archives_stay_within_64_mib(tmp_path):
         assert rc == 2 and stderr.startswith("error: ") and re.search(expect, stderr), (path.name, rc, stderr)
         assert stderr.count("\n") == 1, f"{path.name}: one message expected, got {stderr!r}"
         assert cli_grown < 64 * 2 ** 20, f"{path.name}: info peak grew by {cli_grown / 2 ** 20:.0f} MiB"
+
+
+@pytest.mark.parametrize("loader, name, changes, meta, expect", [
+    ("PriorLoader", "DiffusionPrior", {"schedule.num_train_steps": 400_000_000}, {"mav_schedule": None},
+     r"invalid mav_config.*num_train_steps"),
+    ("TextEncoderLoader", "TextImageEncoder", {"image_size": 10 ** 6}, {}, r"image_size = 1000000 is beyond"),
+    ("DecoderLoader", "SpaceTimeUNet", {"layers_per_block": 3}, {}, r"missing key|has shape|unexpected key"),
+])
+def test_loader_nodes_refuse_declared_sizes_in_validation(pack, tmp_path, monkeypatch, loader, name, changes,
+                                                          meta, expect):
+    make_corpus.module_file(tmp_path / "hostile.safetensors", name, changes, meta)
+    monkeypatch.setattr(pack.host, "extra_model_dirs", [tmp_path, *pack.host.extra_model_dirs])
+    node = getattr(pack.loaders, loader)
+    message = node.VALIDATE_INPUTS("hostile.safetensors")
+    assert isinstance(message, str) and message.startswith("ckpt_name: "), message
+    assert "hostile.safetensors" in message and re.search(expect, message), message
+    with pytest.raises(ValueError, match=rf"^ckpt_name: .*hostile\.safetensors.*({expect})"):
+        node().load("hostile.safetensors")
+
+
+@pytest.mark.parametrize("content, expect", [("bomb", r"refused: its zip entries expand to"),
+                                             ("safetensors", r"is a safetensors file, not a torch.save file"),
+                                             ("text", r"not a torch.save file \(it starts with")])
+def test_check_declared_reads_no_tensor_of_a_torch_file(tmp_path, content, expect):
+    path = tmp_path / "weights.pth"
+    if content == "bomb":
+        buf = io.BytesIO()
+        torch.save({"w": torch.zeros(2)}, buf)
+        path.write_bytes(make_corpus.deflate_bomb(buf.getvalue(), 64 << 20))
+    elif content == "safetensors":
+        make_corpus.module_file(path, "SpaceTimeUNet", {})
+    else:
+        path.write_text("a note\n")
+    with pytest.raises(CheckpointError, match=rf"weights\.pth.*{expect}|{expect}.*weights\.pth"):
+        check_declared(path)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import torch
 
 from .checkpoints import (CheckpointError, LoadedModel, build_skeleton, check_config_sizes, check_state_dict,
                           load_state_dict, parse_schedule, read_header)
 from .external import load_external
+from .weights import PICKLE_SUFFIXES, check_torch_file
 from ..diffusion.denoiser import PREDICTIONS
 from ..models.control import ControlAdapter, ControlConfig
 from ..models.motion import MOTION_MODULE, MotionModule
@@ -69,16 +72,38 @@ def declared_config(path, meta: dict):
     return config_cls, module_cls, config
 
 
-def _load_ours(path, header, meta, device, dtype) -> LoadedModel:
+def check_declared(path) -> str | None:
+    """What a file declares, checked from its header alone (no tensor is read): one of our files' config,
+    schedule and tensor shapes; a torch.save file's kind and archive sizes. Returns our file's stage (None
+    for other formats); a CheckpointError names the file."""
+    path = str(path)
+    if path.endswith(".safetensors"):
+        header, meta = read_header(path)
+        if "mav_module" not in meta:
+            return None
+        _check_ours(path, header, meta)
+        return meta.get("mav_stage", "unknown")
+    if path.lower().endswith(PICKLE_SUFFIXES) and os.path.isfile(path):
+        check_torch_file(Path(path))
+    return None
+
+
+def _check_ours(path, header, meta):
+    """(module class, config, schedule) of one of our files, checked against its header's tensor shapes on
+    the meta device: a hostile config (huge or invalid sizes) or a file that does not match it allocates
+    nothing."""
     _, module_cls, config = declared_config(path, meta)
     schedule = parse_schedule(path, meta["mav_schedule"]) if "mav_schedule" in meta else None
     if meta.get("mav_prediction", "eps") not in PREDICTIONS:
         raise CheckpointError(f"{path}: invalid mav_prediction {meta['mav_prediction']!r} (expected one of "
                               f"{PREDICTIONS})")
-    # the declared config is checked against the header's tensor shapes on the meta device first: a hostile
-    # config (huge or invalid sizes) or a file that does not match it allocates nothing
     declared = {k: torch.empty(info["shape"], device="meta") for k, info in header.items()}
     check_state_dict(path, build_skeleton(path, module_cls, config), declared)
+    return module_cls, config, schedule
+
+
+def _load_ours(path, header, meta, device, dtype) -> LoadedModel:
+    module_cls, config, schedule = _check_ours(path, header, meta)
     sd, _ = load_state_dict(path)
     module = module_cls(config)
     module.load_state_dict(sd, strict=True)
