@@ -156,7 +156,7 @@ def test_regression_interpolator_starts_at_the_blend_and_is_saved_as_one(run_dir
     """--objective regression: the output layer starts at zero, so the untrained estimate is exactly the
     blend of the known frames; the file is marked as a regression ↑F; it needs a residual scale."""
     from mav_core.io.loader import load_model
-    from mav_core.inference.stages import is_regression
+    from mav_core.inference import is_regression
     for stage in ("decoder", "decoder_video"):
         if not (run_dir / f"{stage}.safetensors").exists():
             assert main(["train", stage, "--out", str(run_dir), "--no-resume", "--clips", str(run_dir / "none"),
