@@ -25,6 +25,18 @@ def diffusion_loss(network, x0: torch.Tensor, schedule: NoiseSchedule, predictio
         noise = torch.randn((*x0.shape[:2], 1, *x0.shape[3:]), generator=generator).to(x0).expand_as(x0)
     else:
         noise = torch.randn(x0.shape, generator=generator).to(x0)
+    err = noised_error(network, x0, (ac, t, noise), prediction, min_snr_gamma, **cond)
+    if loss_mask is not None:
+        mask = loss_mask.expand_as(err).float()
+        return (err * mask).sum() / mask.sum().clamp(min=1)
+    return err.mean()
+
+
+def noised_error(network, x0: torch.Tensor, draw: tuple, prediction: str, min_snr_gamma: float = 0.0,
+                 **cond) -> torch.Tensor:
+    """Per-element squared error of the network's output on x0 noised to timesteps t with `noise`
+    (draw = (alphas_cumprod, t, noise)) against its target (eps, v or x0), Min-SNR weighted when gamma > 0."""
+    ac, t, noise = draw
     a = ac[t].reshape(-1, *([1] * (x0.dim() - 1)))
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     if prediction not in ("eps", "v", "x0"):
@@ -35,10 +47,7 @@ def diffusion_loss(network, x0: torch.Tensor, schedule: NoiseSchedule, predictio
     err = (out - target.float()) ** 2
     if min_snr_gamma > 0:
         err = err * min_snr_weight(a.float(), prediction, min_snr_gamma)
-    if loss_mask is not None:
-        mask = loss_mask.expand_as(err).float()
-        return (err * mask).sum() / mask.sum().clamp(min=1)
-    return err.mean()
+    return err
 
 
 def psnr_loss(pred: torch.Tensor, target: torch.Tensor, frame_mask: torch.Tensor | None = None,

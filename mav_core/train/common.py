@@ -10,7 +10,7 @@ import torch
 
 from ..data.clips import RealClips
 from ..io.loader import load_model
-from ..diffusion.loss import min_snr_weight
+from ..diffusion.loss import noised_error
 from .loop import Shard, TrainSettings
 
 
@@ -107,16 +107,7 @@ def shard_diffusion_loss(network, x0: torch.Tensor, schedule, prediction: str, g
     ac = schedule.alphas_cumprod().to(x0.device, torch.float32)
     t = shard.take(torch.randint(0, schedule.num_train_steps, (rows,), generator=gen)).to(x0.device)
     noise = shard.take(torch.randn(full, generator=gen)).to(x0)
-    a = ac[t].reshape(-1, *([1] * (x0.dim() - 1)))
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    if prediction not in ("eps", "v", "x0"):
-        raise ValueError(f"prediction {prediction!r} is not one of ('eps', 'v', 'x0')")
-    target = {"eps": lambda: noise, "x0": lambda: x0,
-              "v": lambda: a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]()
-    out = network(x_t, t, **cond).float()
-    err = (out - target.float()) ** 2
-    if min_snr_gamma > 0:
-        err = err * min_snr_weight(a.float(), prediction, min_snr_gamma)
+    err = noised_error(network, x0, (ac, t, noise), prediction, min_snr_gamma, **cond)
     if loss_mask is not None:
         mask = loss_mask.expand(full).float()
         return (err * shard.take(mask)).sum() / mask.sum().clamp(min=1) * shard.world
