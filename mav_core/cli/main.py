@@ -21,6 +21,7 @@ from ..train import prior as train_prior
 from ..train import sr as train_sr
 from ..train import temporal as train_temporal
 from ..train import text as train_text
+from ..train.loop import dist_info
 from .eval import add_eval_arguments, main_eval
 from .generate import add_generate_arguments, main_generate
 
@@ -76,7 +77,8 @@ def cmd_train(args):
     else:
         mod.add_arguments(p)
         out = mod.run(p.parse_args(args.rest))
-    print(f"wrote {out}")
+    if dist_info()[0] == 0:  # under torchrun, every rank returns the same path: one line
+        print(f"wrote {out}")
     return 0
 
 

@@ -114,8 +114,8 @@ class RealClips(_ShardedStream):
 
     def __init__(self, folder: str | Path, num_frames: int = 16, size: int = 32, seed: int = 0,
                  split: str = "train", strides: tuple[int, ...] = (1, 2, 3), crop_scale: tuple[float, float] = (0.6, 1.0),
-                 rank: int = 0, world_size: int = 1, cache: bool = True):
-        super().__init__(seed, rank, world_size)
+                 cache: bool = True):
+        super().__init__(seed)  # one stream; a training rank takes its part with worker_shard(rank, world_size)
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         if not strides or min(strides) < 1:
