@@ -125,7 +125,7 @@ def test_shipped_regression_interpolator_beats_optical_flow_on_held_out_clips():
     """The issue's ↑F criterion on the shipped file: every other frame of the 12 held-out real clips
     restored, PSNR above OpenCV DIS flow interpolation and not below linear blending (the README's table)."""
     from mav_core.io.loader import load_model
-    from mav_core.eval.evaluate import eval_interpolation
+    from mav_core.eval.interpolation import eval_interpolation
     from mav_core.inference.pipeline import MakeAVideo
     from mav_core.inference import is_regression
     mav = MakeAVideo.load()
