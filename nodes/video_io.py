@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from ..mav_core.inference.memory import available_bytes
-from ..mav_core.io.video import WRITE_FORMATS, check_fps_for_format, probe_video, read_video, write_video
+from ..mav_core.io.video import (AUDIO_FORMATS, WRITE_FORMATS, VideoSettings, check_audio, check_fps_for_format,
+                                  probe_video, read_audio, read_video, write_video_with_audio)
 from . import host
 from .common import CATEGORY, require_frames
 
@@ -131,18 +132,24 @@ def check_save_inputs(fps=None, format=None, quality=None, loop_count=None) -> s
 
 
 def save_frames(frames, fps, filename_prefix: str, format: str, quality: int = 85, loop_count: int = 0,
-                pingpong: bool = False, kind: str = "output", metadata: dict[str, str] | None = None) -> dict:
-    """Write frames as a video file (or PNG frame folder) and return its UI entry (see module docstring)."""
+                pingpong: bool = False, kind: str = "output", metadata: dict[str, str] | None = None,
+                audio=None) -> dict:
+    """Write frames as a video file (or PNG frame folder), with `audio` (the host's AUDIO) muxed into
+    mp4/webm, and return its UI entry (see module docstring)."""
     frames = require_frames(frames, "frames")
     problem = check_save_inputs(fps, format, quality, loop_count)
     if problem is not True:
         raise ValueError(problem)
+    check_audio(audio)
+    if audio is not None and format not in AUDIO_FORMATS:
+        raise ValueError(f"audio: {format} cannot hold sound; choose format {' or '.join(AUDIO_FORMATS)}, "
+                         "or disconnect audio")
     fps = float(fps)
     height, width = int(frames.shape[1]), int(frames.shape[2])
     target, subfolder = save_target(filename_prefix, kind, format, width, height)
     try:
-        path = write_video(frames, target, fps, format=format, quality=int(quality), loop=int(loop_count),
-                           pingpong=bool(pingpong), metadata=metadata or None)
+        settings = VideoSettings(format, int(quality), int(loop_count), bool(pingpong), metadata or None)
+        path = write_video_with_audio(frames, target, fps, audio, settings)
     except OSError as e:
         raise OSError(f"filename_prefix: could not write {target}: {e}") from None
     count = int(frames.shape[0])
@@ -150,7 +157,7 @@ def save_frames(frames, fps, filename_prefix: str, format: str, quality: int = 8
         count = 2 * count - 2
     even = format in ("mp4", "webm")
     return {"filename": path.name, "subfolder": subfolder.replace(os.sep, "/"), "type": kind,
-            "container": format, "fps": fps, "frame_count": count,
+            "container": format, "fps": fps, "frame_count": count, "audio": audio is not None,
             "width": width + (width % 2 if even else 0), "height": height + (height % 2 if even else 0)}
 
 
@@ -181,7 +188,9 @@ class VideoSave:
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("path",)
     DESCRIPTION = ("Saves frames as mp4 (H.264), webm (VP9), gif, animated webp or a folder of PNG frames in the "
-                   "output folder, with the prompt and workflow embedded, and plays the result in the node.")
+                   "output folder, with the prompt and workflow embedded, and plays the result in the node. An "
+                   "optional audio is muxed into mp4 (AAC) / webm (Opus), trimmed or padded with silence to the "
+                   "video's length (frames / fps).")
     KIND = "output"
 
     @classmethod
@@ -201,6 +210,10 @@ class VideoSave:
                 "pingpong": ("BOOLEAN", {"default": False,
                                          "tooltip": "append the frames reversed so the clip plays back and forth"}),
             },
+            "optional": {
+                "audio": ("AUDIO", {"tooltip": "sound for mp4 (AAC) / webm (Opus), fitted to frames / fps "
+                                               "seconds (link Load Video's audio; with ↑F link its fps too)"}),
+            },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
@@ -209,10 +222,10 @@ class VideoSave:
         return check_save_inputs(fps, format, quality, loop_count)
 
     def save(self, frames, fps, filename_prefix, format, quality, loop_count, pingpong, prompt=None,
-             extra_pnginfo=None):
+             extra_pnginfo=None, audio=None):
         meta = host_metadata(prompt, extra_pnginfo)
         entry = save_frames(frames, fps, filename_prefix, format, quality, loop_count, pingpong,
-                            kind=self.KIND, metadata=meta)
+                            kind=self.KIND, metadata=meta, audio=audio)
         path = folder_of(self.KIND) / entry["subfolder"] / entry["filename"]
         return {"ui": preview_ui(entry), "result": (str(path),)}
 
@@ -311,12 +324,13 @@ def check_load_fits(frames: int, height: int, width: int, available: int | None)
 class LoadVideo:
     CATEGORY = f"{CATEGORY}/video"
     FUNCTION = "load"
-    RETURN_TYPES = ("IMAGE", "FLOAT", "INT")
-    RETURN_NAMES = ("frames", "fps", "frame_count")
+    RETURN_TYPES = ("IMAGE", "FLOAT", "INT", "AUDIO")
+    RETURN_NAMES = ("frames", "fps", "frame_count", "audio")
     DESCRIPTION = ("Loads a video (mp4, webm, mkv, mov, avi, gif, webp) from the input folder as frames. Frames "
                    "kept: skip_first_frames, then every select_every_nth, at most frame_load_cap (0 = all). "
                    "fps is the source rate divided by select_every_nth. force_width/height resize (0 = keep; "
-                   "one of them alone keeps the aspect ratio).")
+                   "one of them alone keeps the aspect ratio). audio: the sound of the selected span (None when "
+                   "the file has no sound, as the host's Get Video Components).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -379,7 +393,13 @@ class LoadVideo:
                 raise
             raise MemoryError(f"frame_load_cap: {e}; lower frame_load_cap, raise select_every_nth or set "
                               "force_width/force_height") from None
-        return (frames.to(host.intermediate_device()), float(fps) / select_every_nth, int(frames.shape[0]))
+        count = int(frames.shape[0])
+        # the sound under the kept frames: from the first kept frame for count * select_every_nth source frames
+        try:
+            audio = read_audio(path, skip_first_frames / fps, count * select_every_nth / fps)
+        except ValueError as e:
+            raise ValueError(f"video: {e}") from None
+        return (frames.to(host.intermediate_device()), float(fps) / select_every_nth, count, audio)
 
 
 # ---------------------------------------------------------------------------------------------

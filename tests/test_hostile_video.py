@@ -68,7 +68,7 @@ def test_load_video_stops_at_the_budget_when_the_header_declares_no_length(video
     with pytest.raises(MemoryError, match=rf"frame_load_cap: .*{name}.*5 frames of 32x24"):
         video_io.LoadVideo().load(name, 0, 0, 1, 0, 0)
     assert len(decoded) == 5, "decoding must stop at the first frame past the budget"
-    frames, _, count = video_io.LoadVideo().load(name, 4, 0, 1, 0, 0)   # 4 frames fit
+    frames, _, count, _ = video_io.LoadVideo().load(name, 4, 0, 1, 0, 0)   # 4 frames fit
     assert count == 4 and frames.shape[0] == 4
 
 

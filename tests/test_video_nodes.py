@@ -135,11 +135,11 @@ def test_load_video_selects_exact_frames(video_io, folders, fmt):
     node = video_io.LoadVideo()
     assert name in node.INPUT_TYPES()["required"]["video"][0]
     assert node.VALIDATE_INPUTS(name) is True
-    frames, fps, count = node.load(name, frame_load_cap=5, skip_first_frames=3, select_every_nth=4,
+    frames, fps, count, _ = node.load(name, frame_load_cap=5, skip_first_frames=3, select_every_nth=4,
                                    force_width=0, force_height=0)
     assert read_numbers(frames) == [3, 7, 11, 15, 19]
     assert count == 5 and fps == pytest.approx(12.0 / 4, rel=1e-2)
-    frames, _, count = node.load(name, frame_load_cap=0, skip_first_frames=25, select_every_nth=2,
+    frames, _, count, _ = node.load(name, frame_load_cap=0, skip_first_frames=25, select_every_nth=2,
                                  force_width=0, force_height=0)
     assert read_numbers(frames) == [25, 27, 29] and count == 3
 
@@ -147,9 +147,9 @@ def test_load_video_selects_exact_frames(video_io, folders, fmt):
 def test_load_video_force_size_keeps_aspect(video_io, folders):
     write_video(moving_frames(count=4, height=24, width=32), folders["input"] / "clip.mp4", fps=8.0)
     node = video_io.LoadVideo()
-    frames, _, _ = node.load("clip.mp4", 0, 0, 1, force_width=16, force_height=0)
+    frames, _, _, _ = node.load("clip.mp4", 0, 0, 1, force_width=16, force_height=0)
     assert tuple(frames.shape) == (4, 12, 16, 3)
-    frames, _, _ = node.load("clip.mp4", 2, 0, 1, force_width=20, force_height=10)
+    frames, _, _, _ = node.load("clip.mp4", 2, 0, 1, force_width=20, force_height=10)
     assert tuple(frames.shape) == (2, 10, 20, 3)
 
 
@@ -243,9 +243,9 @@ def test_load_video_refuses_a_load_that_cannot_fit(video_io, folders, monkeypatc
         node.load("clip.webm", 0, 0, 1, 0, 0)
     with pytest.raises(MemoryError, match="frame_load_cap: 6 frames"):
         node.load("clip.webm", 0, 0, 2, 0, 0)
-    frames, _, count = node.load("clip.webm", 0, 0, 3, 0, 0)        # 12 frames, every 3rd: 4 fit
+    frames, _, count, _ = node.load("clip.webm", 0, 0, 3, 0, 0)        # 12 frames, every 3rd: 4 fit
     assert count == 4 and frames.shape[0] == 4
-    frames, _, _ = node.load("clip.webm", 0, 0, 1, force_width=16, force_height=0)   # a quarter of the pixels
+    frames, _, _, _ = node.load("clip.webm", 0, 0, 1, force_width=16, force_height=0)   # a quarter of the pixels
     assert tuple(frames.shape) == (12, 12, 16, 3)
 
 

@@ -20,7 +20,8 @@ Modules (each imports only those listed before it):
 - formats: format, suffix and codec tables; argument checks.
 - containers: byte-level PNG / GIF / WebP chunks (metadata, WebP probe) and frame-folder listing.
 - atomic: temp-then-rename targets for files and frame folders.
-- write: write_video and its encoders.
+- audio: sound tracks as the host's AUDIO dict: read_audio, and the AAC / Opus muxer write.py uses.
+- write: write_video (write_video_with_audio with a sound track) and its encoders.
 - read: read_video (streaming, frame selection, one float allocation).
 - probe: probe_video and read_metadata (no frame decoding).
 Names with a leading underscore are private to this package.
@@ -29,10 +30,14 @@ from __future__ import annotations
 
 from . import backends
 from .backends import av, cv2  # noqa: F401 - for callers that check which libraries are present
+from .atomic import temp_file_for
+from .audio import AUDIO_FORMATS, check_audio, fit_to_duration, read_audio
+from .containers import encode_png, png_text
 from .formats import DEFAULT_FOLDER_FPS, FPS_KEY, WRITE_FORMATS, check_fps_for_format, fps_limits  # noqa: F401
 from .formats import _BT709, _LIMITED_RANGE  # noqa: F401 - the colour tags, checked by tests/test_video.py
 from .probe import probe_video, read_metadata
 from .read import read_video
-from .write import write_video
+from .write import VideoSettings, write_video, write_video_with_audio
 
-__all__ = ["write_video", "read_video", "read_metadata", "probe_video", "check_fps_for_format", "fps_limits", "WRITE_FORMATS", "DEFAULT_FOLDER_FPS"]
+__all__ = ["write_video", "write_video_with_audio", "VideoSettings", "read_audio", "check_audio", "fit_to_duration",
+           "AUDIO_FORMATS", "encode_png", "png_text", "temp_file_for", "read_video", "read_metadata", "probe_video", "check_fps_for_format", "fps_limits", "WRITE_FORMATS", "DEFAULT_FOLDER_FPS"]

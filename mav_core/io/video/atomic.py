@@ -37,6 +37,11 @@ def _temp_file_for(path: Path) -> Iterator[Path]:
         raise
 
 
+def temp_file_for(path):
+    """Public name of _temp_file_for: ``with temp_file_for(path) as tmp: write tmp`` -> moved onto path."""
+    return _temp_file_for(Path(path))
+
+
 @contextmanager
 def _temp_folder_for(path: Path) -> Iterator[Path]:
     """Like _temp_file_for, for a frame folder. An existing folder is replaced only if it holds frames only."""

@@ -77,6 +77,16 @@ def _png_text(data: bytes) -> dict[str, str]:
     return text
 
 
+def encode_png(rgb: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """uint8 RGB [H, W, 3] as PNG bytes, with ``text`` (key -> value) as tEXt/iTXt chunks after IHDR."""
+    return _encode_png(rgb, text or {})
+
+
+def png_text(data: bytes) -> dict[str, str]:
+    """The text chunks (tEXt, zTXt, iTXt) of PNG bytes."""
+    return _png_text(data)
+
+
 # ---------------------------------------------------------------------------------------------
 # GIF comment extension
 

@@ -51,7 +51,8 @@ def _probe_with_av(path: Path) -> dict:
         if frames is None and container.format.name == "gif":
             frames = sum(1 for packet in container.demux(stream) if packet.size)
         elif frames is None and container.duration:
-            frames = math.ceil(container.duration / 1_000_000 * fps)
+            # the longest stream's end (a sound track may run a few ms past the last frame)
+            frames = math.ceil(container.duration / 1_000_000 * fps - 0.01)
     return {"frames": frames, "height": height, "width": width, "fps": fps}
 
 

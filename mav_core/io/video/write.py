@@ -10,6 +10,7 @@ import json
 import os
 import struct
 import warnings
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -19,9 +20,20 @@ import torch
 
 from . import backends
 from .atomic import _temp_file_for, _temp_folder_for
+from .audio import AUDIO_FORMATS, AudioMuxer, check_audio
 from .containers import _encode_png, _exif_from_metadata, _gif_add_comment, _riff_chunk, _riff_chunks, _webp_add_exif
 from .formats import (_BT709, _GIF_TIME_BASE, _LIMITED_RANGE, FPS_KEY, _av_settings, _check_int, _check_metadata,
                       check_fps_for_format, _resolve_write_format)
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """How write_video_with_audio encodes: the keyword arguments of write_video (see there)."""
+    format: str | None = None
+    quality: int = 85
+    loop: int = 0
+    pingpong: bool = False
+    metadata: dict[str, str] | None = None
 
 
 def write_video(
@@ -44,15 +56,29 @@ def write_video(
     pingpong: append the frames in reverse (without repeating the ends) so the clip plays back and forth.
     metadata: str -> str tags embedded in the file (see the package docstring).
     """
+    return write_video_with_audio(frames, path, fps, None, VideoSettings(format, quality, loop, pingpong, metadata))
+
+
+def write_video_with_audio(frames: torch.Tensor, path: str | os.PathLike, fps: float, audio: dict | None,
+                           settings: VideoSettings = VideoSettings()) -> Path:
+    """write_video with a sound track: ``audio`` is an AUDIO dict ({"waveform": [1, C, S], "sample_rate"})
+    or None. mp4 gets AAC, webm Opus, trimmed or padded with silence to the video's frames / fps seconds
+    (see audio.py); gif, webp and PNG folders cannot hold sound and refuse it (ValueError naming audio)."""
     path = Path(path)
-    fmt = _resolve_write_format(path, format)
+    fmt = _resolve_write_format(path, settings.format)
     fps_q = check_fps_for_format(fps, fmt)
+    quality, loop = settings.quality, settings.loop
     _check_int("quality", quality, 0)
     if quality > 100:
         raise ValueError(f"quality must be in 0..100, got {quality!r}")
     _check_int("loop", loop, 0)
-    meta = _check_metadata(metadata)
-    u8 = _frames_to_uint8(frames, pingpong)
+    meta = _check_metadata(settings.metadata)
+    sound = check_audio(audio)
+    if sound is not None and fmt not in AUDIO_FORMATS:
+        raise ValueError(f"audio: {fmt} cannot hold sound; write {' or '.join(AUDIO_FORMATS)}, or pass no audio")
+    if sound is not None and backends.av is None:
+        raise RuntimeError("writing sound needs PyAV (pip install av)")
+    u8 = _frames_to_uint8(frames, settings.pingpong)
 
     if fmt == "png":
         with _temp_folder_for(path) as tmp_dir:
@@ -63,7 +89,7 @@ def write_video(
             _write_webp(u8, tmp, fps_q, quality, loop)
         elif backends.av is not None:
             try:
-                _write_with_av(u8, tmp, fmt, fps_q, quality, loop, meta)
+                _write_with_av(u8, tmp, fmt, fps_q, quality, loop, meta, sound)
             except backends.av.FFmpegError as error:
                 raise RuntimeError(
                     f"{fmt} encoding failed for {u8.shape[0]} frames of {u8.shape[2]}x{u8.shape[1]} (WxH) "
@@ -109,7 +135,8 @@ def _pad_to_even(u8: np.ndarray) -> np.ndarray:
     return u8
 
 
-def _write_with_av(u8: np.ndarray, tmp: Path, fmt: str, fps: Fraction, quality: int, loop: int, meta: dict) -> None:
+def _write_with_av(u8: np.ndarray, tmp: Path, fmt: str, fps: Fraction, quality: int, loop: int, meta: dict,
+                   sound: tuple[np.ndarray, int] | None = None) -> None:
     if fmt in ("mp4", "webm"):
         u8 = _pad_to_even(u8)
     height, width = u8.shape[1:3]
@@ -130,6 +157,7 @@ def _write_with_av(u8: np.ndarray, tmp: Path, fmt: str, fps: Fraction, quality: 
             context.color_range = _LIMITED_RANGE
         else:
             frames_out = (backends.av.VideoFrame.from_ndarray(frame, format="rgb24") for frame in u8)
+        muxer = AudioMuxer(container, fmt, sound, len(u8), fps) if sound is not None else None
         for index, frame in enumerate(frames_out):
             if fmt == "gif":  # delays are whole centiseconds: round the timestamps, not each delay (12, 13, 12, ...)
                 frame.pts, frame.time_base = _gif_pts(index, fps), _GIF_TIME_BASE
@@ -137,8 +165,12 @@ def _write_with_av(u8: np.ndarray, tmp: Path, fmt: str, fps: Fraction, quality: 
                 frame.pts = index
             for packet in stream.encode(frame):
                 _mux(container, packet, fmt, fps)
+            if muxer is not None:
+                muxer.until_frame(index + 1)
         for packet in stream.encode():
             _mux(container, packet, fmt, fps)
+        if muxer is not None:
+            muxer.close()
 
 
 def _gif_pts(index: int, fps: Fraction) -> int:
