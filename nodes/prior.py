@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..mav_core.inference import SamplingOptions, run_prior
 from . import host
 from .common import (CATEGORY, IMAGE_EMBED_KEY, PRIOR, SEED, StepProgress, inputs_named, require_finite,
-                     require_model)
+                     require_model, widget_problem)
 
 
 class Prior:
@@ -19,6 +19,11 @@ class Prior:
         return {"required": {"prior": (PRIOR,), "conditioning": ("CONDITIONING",), "seed": SEED,
                              "steps": ("INT", {"default": 20, "min": 1, "max": 1000}),
                              "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, cfg):
+        """Refused before the run (HTTP 400): a NaN/inf cfg, which the host's own min/max check lets through."""
+        return widget_problem("cfg", cfg, cls.INPUT_TYPES()["required"]["cfg"][1]) or True
 
     def run(self, prior, conditioning, seed, steps, cfg):
         model = require_model(prior, "prior", ("prior",))

@@ -45,6 +45,7 @@ from comfy_server import REPO_ROOT, history_events, history_status
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from test_nodes import make_untrained_weights  # noqa: E402
+from hostile.make_corpus import module_file  # noqa: E402
 
 PROMPTS = int(os.environ.get("MAV_RELIABILITY_PROMPTS", "50"))
 CANCELS = int(os.environ.get("MAV_RELIABILITY_CANCELS", "20"))
@@ -53,6 +54,7 @@ CANCEL_LAST_TARGET = int(os.environ.get("MAV_RELIABILITY_CANCEL_MAX_STEP", "30")
 """Interrupt targets are drawn from 1..this (of CANCEL_STEPS); higher draws only make the trials longer."""
 ORDER_SEED = 20261125
 FOLDER = "reliability"            # models/makeavideo/reliability: untrained MAV-Tiny-layout files
+HOSTILE_PRIOR = "hostile_prior.safetensors"   # in FOLDER: a prior whose config declares 10**9 layers
 SIZE, FRAMES = 32, 4
 VALID_SHARE = 0.5
 DISTINCT_SEEDS = 6
@@ -68,6 +70,8 @@ def rel_host(comfy_server, tmp_path_factory):
     if not (folder / "decoder.safetensors").is_file():
         made = make_untrained_weights(tmp_path_factory.mktemp("reliability_weights") / FOLDER, seed=0)
         shutil.copytree(made, folder, dirs_exist_ok=True)
+    if not (folder / HOSTILE_PRIOR).is_file():
+        module_file(folder / HOSTILE_PRIOR, "DiffusionPrior", {"layers": 10 ** 9})
     return comfy_server
 
 
@@ -122,14 +126,21 @@ class Invalid:
     input: str
     value: Any = DELETE
     added_node: dict | None = None
-    """A node added as `node` whose first output is linked into `linked_into` = (node id, input)."""
+    """A node added as `node`; its first output is linked into `linked_into` = (node id, input) when given
+    (an output node such as Video Save is just added)."""
     linked_into: tuple[str, str] | None = None
+    removed_nodes: tuple[str, ...] = ()
+    """Nodes taken out first (an invalid output node is refused with HTTP 400 only when it is the prompt's
+    only output: with another valid output the host runs that one and lists the error in node_errors)."""
 
     def apply(self, api: dict) -> dict:
+        for node in self.removed_nodes:
+            del api[node]
         if self.added_node is not None:
             api[self.node] = json.loads(json.dumps(self.added_node))
-            into_node, into_input = self.linked_into
-            api[into_node]["inputs"][into_input] = [self.node, 0]
+            if self.linked_into is not None:
+                into_node, into_input = self.linked_into
+                api[into_node]["inputs"][into_input] = [self.node, 0]
             return api
         inputs = api[self.node]["inputs"]
         if self.value is DELETE:
@@ -166,6 +177,14 @@ INVALID = [
     Invalid("decoder loader given an upscaler checkpoint", "11", "ckpt_name",
             added_node={"class_type": "MakeAVideoDecoderLoader", "inputs": {"ckpt_name": f"{FOLDER}/sr_frame.safetensors"}},
             linked_into=("5", "decoder")),
+    Invalid("cfg NaN on the prior", "4", "cfg", math.nan),
+    Invalid("gif at 120 fps", "12", "fps",
+            added_node={"class_type": "MakeAVideoVideoSave", "inputs": {
+                "frames": ["6", 0], "fps": 120.0, "filename_prefix": "reliability/gif120", "format": "gif",
+                "quality": 85, "loop_count": 0, "pingpong": False}}, removed_nodes=("9", "10")),
+    Invalid("hostile prior file in the prior loader", "13", "ckpt_name",
+            added_node={"class_type": "MakeAVideoPriorLoader", "inputs": {"ckpt_name": f"{FOLDER}/{HOSTILE_PRIOR}"}},
+            linked_into=("4", "prior")),
 ]
 
 
@@ -236,7 +255,7 @@ def burst_plan(count: int) -> list[tuple[str, Any]]:
     """[("valid", seed) | ("invalid", Invalid)] in a seeded shuffled order; seeds repeat, and two valid
     prompts in a row never share a seed (so the host's cache, which keeps only the last prompt's
     outputs, cannot serve a repeat)."""
-    n_valid = max(2 * 2, round(count * VALID_SHARE))
+    n_valid = max(2 * 2, min(round(count * VALID_SHARE), count - len(INVALID)))   # every invalid case at least once
     n_invalid = count - n_valid
     invalid = [INVALID[i % len(INVALID)] for i in range(n_invalid)]
     slots = ["valid"] * n_valid + invalid
@@ -292,6 +311,8 @@ def test_burst_of_valid_and_invalid_prompts(rel_host):
           f"({100 * (rss_end / rss_start - 1):+.1f} %)")
     for label, outcome in outcomes.items():
         print(f"  {label}: {outcome}")
+    if len(plan) >= len(INVALID) + 4:
+        assert set(outcomes) == {case.label for case in INVALID}, "an invalid case was not posted"
     assert rss_end <= rss_start * (1 + MEMORY_GROWTH_LIMIT), \
         f"server memory grew from {rss_start / 2**20:.0f} MiB to {rss_end / 2**20:.0f} MiB"
 
