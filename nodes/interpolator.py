@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..mav_core.inference import (InterpolationOptions, SamplingOptions, frames_to_video, interpolate_video,
                                   is_regression)
+from ..mav_core.inference.interpolate import is_flow_interpolator
 from . import host
 from .common import (CATEGORY, INTERPOLATOR, SAMPLERS, SEED, StepProgress, conditioning_dict, frames_out, inputs_named,
                      require_frames, require_model)
@@ -20,7 +21,10 @@ class FrameInterpolator:
     DESCRIPTION = ("interpolate: N frames -> (N-1)*multiplier+1, fps x multiplier (two images -> an in-between "
                    "clip). extrapolate: continue the clip by extra_frames new frames (0 = (N-1)*multiplier+1-N, "
                    "at least 1; one image -> an animation), fps unchanged. A regression ↑F checkpoint "
-                   "(interpolator_regression) interpolates in one deterministic pass (seed, steps and sampler unused).")
+                   "(interpolator_regression) interpolates in one deterministic pass (seed, steps and sampler unused). "
+                   "The motion-compensated ↑F (flow_interpolator: optical flow both ways, both frames warped to "
+                   "each in-between time and fused by a small network) interpolates real footage at any size "
+                   ">= 32 px, one pair of input frames at a time (progress and Cancel per pair).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -48,7 +52,10 @@ class FrameInterpolator:
             raise ValueError(f"images: interpolation needs at least 2 frames, got {frames.shape[0]} "
                              "(use mode 'extrapolate' to animate a single image)")
         cond = conditioning_dict(positive, "positive", model) if positive is not None else {}
-        progress = StepProgress(1 if is_regression(model) else steps)   # regression ↑F: one pass per window
+        if is_flow_interpolator(model):   # one step per pair of input frames, no sampled preview
+            progress = StepProgress(max(1, frames.shape[0] - 1), preview=False)
+        else:                             # regression ↑F: one pass per window
+            progress = StepProgress(1 if is_regression(model) else steps)
         how = InterpolationOptions(multiplier, mode, extra_frames or None)
         options = SamplingOptions(seed=seed, steps=steps, sampler=sampler_name)
         with inputs_named(**ERRORS), host.models_on_device(model):

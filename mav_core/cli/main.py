@@ -17,6 +17,7 @@ from ..models.text import TextImageConfig, TextImageEncoder
 from ..models.unet import SpaceTimeUNet
 from ..train import control as train_control
 from ..train import decoder as train_decoder
+from ..train import flow_interp as train_flow_interp
 from ..train import prior as train_prior
 from ..train import sr as train_sr
 from ..train import temporal as train_temporal
@@ -31,6 +32,7 @@ TRAIN_STAGES = {  # stage -> (recipe module, the stage argument its add_argument
     "interpolator": (train_decoder, "interpolator"),
     "sr_video": (train_sr, "sr_video"), "sr_frame": (train_sr, "sr_frame"),
     "control": (train_control, None), "temporal": (train_temporal, None),
+    "flow_interp": (train_flow_interp, None),
 }
 
 

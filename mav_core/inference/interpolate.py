@@ -2,6 +2,7 @@
 image animation), window by window through generate_video with known frames."""
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
@@ -9,10 +10,12 @@ import torch
 from ..diffusion import derive_seed
 from ..errors import InputError, check_finite
 from ..io.checkpoints import LoadedModel
+from ..models.flow_fusion import FlowFusionNet
+from .flow import FlowOptions, check_frame_size, in_between
 from .frame_masks import extrapolation_mask, frame_guess, interpolation_mask
 from .frames import check_video
 from .generate import check_inputs, conditioning_batch, generate_video
-from .memory import check_fits, tensor_bytes
+from .memory import available_bytes, check_fits, tensor_bytes
 from .options import MAX_FPS, Guides, InterpolationOptions, SamplingOptions, VideoShape
 from .placement import model_device_dtype
 from .sampling import is_regression
@@ -21,6 +24,50 @@ from .sampling import is_regression
 def linear_blend_frames(grid: torch.Tensor, multiplier: int) -> torch.Tensor:
     """Fill the frames between every m-th (known) frame of grid [B, C, T, H, W] by linear blending."""
     return frame_guess(grid, interpolation_mask(grid.shape[2], multiplier))
+
+
+PAIR_FLOATS_PER_PIXEL = 160   # flows, warps, features and the fusion net's activations of one pair
+
+
+def is_flow_interpolator(interpolator: LoadedModel) -> bool:
+    """The motion-compensated ↑F (optical flow + FlowFusionNet), not a SpaceTimeUNet."""
+    return isinstance(interpolator.module, FlowFusionNet)
+
+
+def flow_options(net: FlowFusionNet | None) -> FlowOptions:
+    """The flow settings a fusion network was trained with (the defaults without one)."""
+    if net is None:
+        return FlowOptions()
+    c = net.config
+    return FlowOptions(method=c.flow_method, preset=c.flow_preset, max_side=c.flow_max_side, sigma=c.flow_sigma)
+
+
+def motion_compensated_frames(video: torch.Tensor, multiplier: int, net: FlowFusionNet | None = None,
+                              callback: Callable | None = None, options: FlowOptions | None = None) -> torch.Tensor:
+    """Motion-compensated interpolation of video [B, 3, N, H, W] (any H, W >= 32): N -> (N-1)·m+1 frames,
+    the input frames kept at every m-th position, the m-1 frames between each pair at t = k/m from one
+    bidirectional flow estimate of the pair, fused by `net` (None: the visibility-weighted warped average).
+    One pair at a time into the preallocated output (memory: the output plus one pair's working set);
+    callback({"step": i, "total": N-1}) after each pair (a Cancel check raises there). Output on the
+    input's device and in its dtype."""
+    check_video("video", video)
+    b, c, n, h, w = video.shape
+    check_frame_size("video", h, w)
+    if n < 2:
+        raise InputError("video", f"frame interpolation needs at least 2 input frames, got {n}")
+    options = (options or flow_options(net)).validate()
+    m = multiplier
+    result = video.new_empty(b, c, (n - 1) * m + 1, h, w)
+    result[:, :, ::m] = video
+    times = [k / m for k in range(1, m)]
+    with torch.no_grad():
+        for i in range(n - 1):
+            frames = in_between(video[:, :, i], video[:, :, i + 1], times, net, options)
+            for k, frame in enumerate(frames, start=1):
+                result[:, :, i * m + k] = frame.clamp(-1, 1)
+            if callback is not None:
+                callback({"step": i, "total": n - 1})
+    return result
 
 
 def interpolate_video(interpolator: LoadedModel, video: torch.Tensor, cond: dict, uncond: dict | None = None,
@@ -43,9 +90,37 @@ def interpolate_video(interpolator: LoadedModel, video: torch.Tensor, cond: dict
     m = frames.multiplier
     if frames.mode == "interpolate" and fps * m > MAX_FPS:
         raise InputError("multiplier", f"{m} at {fps} fps gives {fps * m:g} frames per second, above {MAX_FPS:g}")
+    if is_flow_interpolator(interpolator):
+        if frames.mode != "interpolate":
+            raise InputError("mode", f"'{frames.mode}' needs the diffusion ↑F: {interpolator.path} is the "
+                                     "motion-compensated ↑F (interpolation only); use interpolator.safetensors")
+        return _interpolate_flow(interpolator, video, m, callback)
     if frames.mode == "interpolate":
         return _interpolate(interpolator, video, cond, uncond, fps, frames, options, callback)
     return _extrapolate(interpolator, video, cond, uncond, fps, frames, options, callback)
+
+
+def _interpolate_flow(interpolator, video, m, callback):
+    """The motion-compensated ↑F on the model's device (the output follows it, float32). The request is
+    checked first: the output next to one pair's working set (about PAIR_FLOATS_PER_PIXEL floats a pixel)."""
+    device, _ = model_device_dtype(interpolator.module)
+    b, c, n, h, w = video.shape
+    check_frame_size("video", h, w)
+    need = tensor_bytes((b, c, (n - 1) * m + 1, h, w)) + tensor_bytes((b, PAIR_FLOATS_PER_PIXEL, h, w))
+    free = available_bytes(device)
+    if free is not None and need > free and os.environ.get("MAV_SKIP_MEMORY_CHECK") != "1":
+        raise MemoryError(f"{interpolator.path}: {n} frames at {w}x{h} x{m} need {need / 2**30:.2f} GiB on "
+                          f"{torch.device(device)}, but only {free / 2**30:.2f} GiB is available; use fewer frames "
+                          "or a smaller size (MAV_SKIP_MEMORY_CHECK=1 skips this check)")
+    return motion_compensated_frames(video.to(device, torch.float32), m, interpolator.module, callback)
+
+
+def _motion_init(grid: torch.Tensor, m: int) -> torch.Tensor:
+    """The known frames of grid [B, C, T, H, W] (every m-th) and motion-compensated frames between them
+    (the diffusion ↑F's starting point); the linear blend where the frames are below 32 pixels."""
+    if min(grid.shape[-2:]) < 32:
+        return linear_blend_frames(grid, m)
+    return motion_compensated_frames(grid[:, :, ::m], m).to(grid)
 
 
 def _check_request(interpolator, video, cond, uncond, window: int, total: int, cfg: float):
@@ -82,7 +157,7 @@ def _interpolate(interpolator, video, cond, uncond, fps, frames, options, callba
         window_options = options.replace(seed=derive_seed(options.seed, start), denoise=1.0)
         guides = Guides(known=grid, known_mask=interpolation_mask(t, m))
         if 0 < frames.blend_init < 1 and not is_regression(interpolator):
-            guides = guides.replace(init=linear_blend_frames(grid, m))
+            guides = guides.replace(init=_motion_init(grid, m))
             window_options = window_options.replace(denoise=frames.blend_init)
         out = generate_video(interpolator, cond, uncond, VideoShape(t, h, w, fps * m), window_options, guides,
                              callback=callback)

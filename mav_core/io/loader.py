@@ -14,6 +14,7 @@ from .external import load_external
 from .weights import PICKLE_SUFFIXES, check_torch_file
 from ..diffusion.denoiser import PREDICTIONS
 from ..models.control import ControlAdapter, ControlConfig
+from ..models.flow_fusion import FUSION_MODULE, FlowFusionConfig, FlowFusionNet
 from ..models.motion import MOTION_MODULE, MotionModule
 from ..models.prior import DiffusionPrior, PriorConfig
 from ..models.text import TextImageConfig, TextImageEncoder
@@ -25,6 +26,7 @@ MODULES = {   # mav_module metadata -> (config class, module class)
     "DiffusionPrior": (PriorConfig, DiffusionPrior),
     "ControlAdapter": (ControlConfig, ControlAdapter),
     MOTION_MODULE: (UNetConfig, MotionModule),   # motion files: temporal layers only, the base UNetConfig
+    FUSION_MODULE: (FlowFusionConfig, FlowFusionNet),   # the motion-compensated ↑F
 }
 
 
