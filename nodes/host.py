@@ -88,6 +88,32 @@ def model_path(name: str, input_name: str = "ckpt_name") -> str:
     return path
 
 
+LORA_FOLDER = "loras"
+LORA_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin", ".ckpt"}
+extra_lora_dirs: list[Path] = []
+"""LoRA search folders when ComfyUI is absent (tests add theirs)."""
+
+
+def lora_files() -> list[str]:
+    """LoRA file names in the host's `loras` folders (the ones its LoraLoader lists)."""
+    if HAS_COMFY:
+        return [n for n in _fp.get_filename_list(LORA_FOLDER) if Path(n).suffix.lower() in LORA_EXTENSIONS]
+    return sorted({p.relative_to(root).as_posix() for root in extra_lora_dirs if root.is_dir()
+                   for p in root.rglob("*") if p.suffix.lower() in LORA_EXTENSIONS and p.is_file()})
+
+
+def lora_path(name: str, input_name: str = "lora_name") -> str:
+    """Full path of a listed LoRA file; the error names the input and the folders searched."""
+    if HAS_COMFY:
+        path, folders = _fp.get_full_path(LORA_FOLDER, name), _fp.get_folder_paths(LORA_FOLDER)
+    else:
+        folders = [str(d) for d in extra_lora_dirs]
+        path = next((str(Path(d) / name) for d in folders if (Path(d) / name).is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"{input_name}: no LoRA file {name!r} in the {LORA_FOLDER} folders {folders}")
+    return path
+
+
 def torch_device() -> torch.device:
     return _mm.get_torch_device() if HAS_COMFY else torch.device("cpu")
 
