@@ -219,8 +219,11 @@ class ComfyServer:
 
     def pack_import_errors(self, pack_name: str = PACK_DIR_NAME) -> list[str]:
         """Log lines that say the pack failed to import: '(IMPORT FAILED)' lines naming the pack,
-        'Cannot import ...<pack>...' lines, and every traceback that mentions the pack's folder."""
+        'Cannot import ...<pack>...' lines, and every traceback that mentions the pack's folder, in the log
+        up to "Starting server" (later tracebacks are run-time errors of prompts other tests send on purpose)."""
         lines = self.log_text().splitlines()
+        started = next((i for i, line in enumerate(lines) if "Starting server" in line), len(lines))
+        lines = lines[:started]
         problems = [
             line for line in lines
             if pack_name in line and ("IMPORT FAILED" in line or "Cannot import" in line)
