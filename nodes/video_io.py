@@ -55,11 +55,11 @@ def folder_of(kind: str) -> Path:
     return Path(standin_dirs[kind])
 
 
-def save_target(filename_prefix: str, kind: str, fmt: str, width: int, height: int) -> tuple[Path, str]:
-    """The next free `<prefix>_NNNNN_.<ext>` in the output (or temp) folder and its subfolder.
-
-    A prefix that leaves the folder (`../x`, `/etc/x`) is refused with an error naming filename_prefix;
-    a folder that cannot be made (e.g. its parent is a file) is reported with the folder's path."""
+def save_location(filename_prefix: str, kind: str, width: int, height: int) -> tuple[Path, str, int, str]:
+    """(folder, file name stem, next free counter, subfolder) for `prefix_NNNNN_` files in the output (or
+    temp) folder, as the host's Save Image. A prefix that leaves the folder (`../x`, `/etc/x`) is refused
+    with an error naming filename_prefix; a folder that cannot be made (e.g. its parent is a file) is
+    reported with the folder's path."""
     if not isinstance(filename_prefix, str) or not filename_prefix.strip():
         raise ValueError(f"filename_prefix: expected a non-empty string, got {filename_prefix!r}")
     if "\0" in filename_prefix:
@@ -74,12 +74,21 @@ def save_target(filename_prefix: str, kind: str, fmt: str, width: int, height: i
             raise ValueError(f"filename_prefix: {filename_prefix!r} points outside the {kind} folder {base}; "
                              "use a relative prefix such as 'MakeAVideo/video'") from None
         raise
-    final = Path(folder) / f"{filename}_{counter:05}_{SUFFIXES[fmt]}"
-    real_base, real_final = os.path.realpath(base), os.path.realpath(final)
-    if os.path.commonpath((real_base, real_final)) != real_base:
-        raise ValueError(f"filename_prefix: {filename_prefix!r} resolves to {real_final}, outside {real_base}")
+    real_base, real_folder = os.path.realpath(base), os.path.realpath(folder)
+    if os.path.commonpath((real_base, real_folder)) != real_base:
+        raise ValueError(f"filename_prefix: {filename_prefix!r} resolves to {real_folder}, outside {real_base}")
     if not Path(folder).is_dir():
         raise OSError(f"filename_prefix: the output folder {folder} is not a folder")
+    return Path(folder), filename, counter, subfolder
+
+
+def save_target(filename_prefix: str, kind: str, fmt: str, width: int, height: int) -> tuple[Path, str]:
+    """The next free `<prefix>_NNNNN_.<ext>` in the output (or temp) folder and its subfolder (see save_location)."""
+    folder, filename, counter, subfolder = save_location(filename_prefix, kind, width, height)
+    final = folder / f"{filename}_{counter:05}_{SUFFIXES[fmt]}"
+    real_base, real_final = os.path.realpath(folder_of(kind)), os.path.realpath(final)
+    if os.path.commonpath((real_base, real_final)) != real_base:
+        raise ValueError(f"filename_prefix: {filename_prefix!r} resolves to {real_final}, outside {real_base}")
     return final, subfolder
 
 

@@ -1,0 +1,196 @@
+"""Image sequences: Load Images (a folder of the input folder -> IMAGE + MASK) and Save Images (IMAGE ->
+numbered 8-bit PNG / JPEG files in the output folder, the workflow in the first PNG).
+
+The files go through mav_core.io.image_sequence; folders and `prefix_00001_` counters follow the host's
+rules through nodes/video_io.py (folder_of, save_location, host_metadata), so the same stand-in folders
+serve the tests without ComfyUI.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..mav_core.errors import InputError
+from ..mav_core.inference.memory import available_bytes
+from ..mav_core.io.image_sequence import (READ_SUFFIXES, SAVE_FORMATS, SequenceNames, SequenceSelection, image_size,
+                                          list_images, read_images, select, write_images)
+from . import host
+from .common import CATEGORY, require_frames
+from .video_io import MAX_LISTED_INPUTS, folder_of, host_metadata, save_location
+
+LOAD_ERRORS = {"max_frames": "image_load_cap", "skip_first": "skip_first_images", "every_nth": "select_every_nth",
+               "size": "folder", "folder": "folder"}
+
+
+def input_folders() -> list[str]:
+    """Subfolders of the input folder ('/'-separated, relative) that hold at least one image."""
+    try:
+        root = folder_of("input")
+    except RuntimeError:
+        return []
+    names = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if Path(folder) != root and any(f.lower().endswith(READ_SUFFIXES) and not f.startswith(".") for f in files):
+            names.append(Path(folder).relative_to(root).as_posix())
+            if len(names) >= MAX_LISTED_INPUTS:
+                break
+    return sorted(names)
+
+
+def input_folder(name: str) -> Path:
+    """The subfolder `name` of the input folder; refuses names that leave it."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"folder: expected a subfolder of the input folder, got {name!r}")
+    root = folder_of("input")
+    path = root / name
+    real_root = os.path.realpath(root)
+    if os.path.commonpath((real_root, os.path.realpath(path))) != real_root:
+        raise ValueError(f"folder: {name!r} is outside the input folder")
+    if not path.is_dir():
+        raise FileNotFoundError(f"folder: no folder {name!r} in the input folder {root}")
+    return path
+
+
+def _named(error: InputError) -> ValueError:
+    return ValueError(f"{LOAD_ERRORS.get(error.param, error.param)}: {error.message}")
+
+
+class LoadImages:
+    CATEGORY = f"{CATEGORY}/video"
+    FUNCTION = "load"
+    RETURN_TYPES = ("IMAGE", "MASK", "INT")
+    RETURN_NAMES = ("images", "masks", "frame_count")
+    DESCRIPTION = ("Loads a folder of images (png, jpg, webp, bmp, tif) from the input folder as one batch, in "
+                   "natural order (2 before 10). Kept: skip_first_images, then every select_every_nth, at most "
+                   "image_load_cap (0 = all). All images share one size unless force_width/height resize them "
+                   "(one of them alone keeps the aspect ratio). masks: 1 - alpha, as the host's Load Image.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "folder": (input_folders(), {"tooltip": "a subfolder of the input folder holding the images"}),
+                "image_load_cap": ("INT", {"default": 0, "min": 0, "max": 100000,
+                                           "tooltip": "at most this many images (0 = all; mind the memory)"}),
+                "skip_first_images": ("INT", {"default": 0, "min": 0, "max": 1000000}),
+                "select_every_nth": ("INT", {"default": 1, "min": 1, "max": 1000}),
+                "force_width": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 1}),
+                "force_height": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 1}),
+            },
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, folder, **_):
+        try:
+            return [(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in list_images(input_folder(folder))]
+        except (OSError, ValueError):
+            return float("nan")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, folder, **_):
+        try:
+            path = input_folder(folder)
+            if not list_images(path):
+                return f"folder: {folder!r} holds no images ({', '.join(READ_SUFFIXES)})"
+        except (OSError, ValueError) as e:
+            return str(e) if str(e).startswith("folder:") else f"folder: {e}"
+        return True
+
+    def load(self, folder, image_load_cap, skip_first_images, select_every_nth, force_width, force_height):
+        path = input_folder(folder)
+        for name, value in (("force_width", force_width), ("force_height", force_height)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+        bar = None
+
+        def progress(done: int, total: int) -> None:
+            nonlocal bar
+            host.check_interrupted()
+            bar = bar or host.ProgressBar(total)
+            bar.update_absolute(done, total)
+
+        try:
+            selection = SequenceSelection(image_load_cap or None, skip_first_images, select_every_nth).validate()
+            size = None
+            if force_width > 0 or force_height > 0:
+                picked = select(list_images(path), selection)
+                if not picked:
+                    raise InputError("skip_first", f"{skip_first_images} with every_nth {select_every_nth} "
+                                                   f"leaves no image of {folder!r}")
+                size = _scaled_size(image_size(picked[0]), force_width, force_height)
+            selection = SequenceSelection(selection.max_frames, selection.skip_first, selection.every_nth, size)
+            sequence = read_images(path, selection, available_bytes("cpu"), progress)
+        except InputError as e:
+            raise _named(e) from None
+        device = host.intermediate_device()
+        return (sequence.frames.to(device), sequence.masks.to(device), int(sequence.frames.shape[0]))
+
+
+def _scaled_size(source: tuple[int, int], force_width: int, force_height: int) -> tuple[int, int]:
+    """(height, width): both given, or one given and the other kept in proportion to `source`."""
+    src_h, src_w = source
+    if force_width > 0 and force_height > 0:
+        return int(force_height), int(force_width)
+    if force_width > 0:
+        return max(1, round(src_h * force_width / src_w)), int(force_width)
+    return int(force_height), max(1, round(src_w * force_height / src_h))
+
+
+class SaveImages:
+    CATEGORY = f"{CATEGORY}/video"
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("folder",)
+    DESCRIPTION = ("Saves every frame as a numbered 8-bit PNG or JPEG (prefix_00001_.png, prefix_00002_.png, ... "
+                   "continuing after files already there) in the output folder; the prompt and workflow are "
+                   "embedded in the first PNG, as the host's Save Image does. Files appear only once all are written.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "filename_prefix": ("STRING", {"default": "MakeAVideo/frames",
+                                               "tooltip": "relative to the output folder; %width% / %height% / "
+                                                          "%year% ... are replaced"}),
+                "format": (list(SAVE_FORMATS), {"default": "png"}),
+                "quality": ("INT", {"default": 95, "min": 1, "max": 100, "tooltip": "JPEG quality; PNG is lossless"}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, format=None, quality=None, **_):
+        if format is not None and format not in SAVE_FORMATS:
+            return f"format: {format!r} is not one of {list(SAVE_FORMATS)}"
+        if quality is not None and (isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100):
+            return f"quality: expected an integer in 1..100, got {quality!r}"
+        return True
+
+    def save(self, images, filename_prefix, format, quality, prompt=None, extra_pnginfo=None):
+        frames = require_frames(images, "images")
+        height, width = int(frames.shape[1]), int(frames.shape[2])
+        folder, stem, counter, subfolder = save_location(filename_prefix, "output", width, height)
+        names = SequenceNames(folder, stem, counter, format, quality, host_metadata(prompt, extra_pnginfo) or None)
+        bar = host.ProgressBar(int(frames.shape[0]))
+
+        def progress(done: int, total: int) -> None:
+            host.check_interrupted()
+            bar.update_absolute(done, total)
+
+        try:
+            paths = write_images(frames, names, progress)
+        except InputError as e:
+            raise _named(e) from None
+        except OSError as e:
+            raise OSError(f"filename_prefix: could not write into {folder}: {e}") from None
+        sub = subfolder.replace(os.sep, "/")
+        ui = {"images": [{"filename": p.name, "subfolder": sub, "type": "output"} for p in paths]}
+        return {"ui": ui, "result": (str(folder),)}
+
+
+NODE_CLASS_MAPPINGS = {"MakeAVideoLoadImages": LoadImages, "MakeAVideoSaveImages": SaveImages}
+NODE_DISPLAY_NAME_MAPPINGS = {"MakeAVideoLoadImages": "MakeAVideo Load Images",
+                              "MakeAVideoSaveImages": "MakeAVideo Save Images"}
