@@ -4,6 +4,7 @@ from __future__ import annotations
 from einops import rearrange
 
 from ..mav_core.inference.memory import activation_bytes
+from ..mav_core.inference.options import MAX_FREEINIT
 from ..mav_core.errors import InputError
 from ..mav_core.inference import Guides, SamplingOptions, VideoShape, WindowOptions, frames_to_video, generate_video
 from . import host
@@ -12,6 +13,8 @@ from .prompt_schedule import scheduled_conditioning
 from .common import (CATEGORY, DECODER, SAMPLERS, SEED, StepProgress, conditioning_dict, frames_out, inputs_named,
                      require_frames, require_model, widget_problem)
 
+NOISE_TYPES = ("independent", "shared", "correlated")
+NOISE_SHARE = {"independent": 0.0, "shared": 1.0}   # correlated: the noise_share input
 LATENT_SCALE = 8   # latent families (UNet3D / ModelScope): pixel size / 8, as the host's Empty Latent Image
 SD_VAE_SCALING = 0.18215   # the SD VAE's latent scaling (ModelScope, Zeroscope, SD 1.x/2.x): the host's
                            # LATENT is unscaled (its KSampler divides by it before VAE Decode)
@@ -26,7 +29,10 @@ class Sampler:
                    "latent-space decoders (UNet3D / ModelScope) fill `latent` as a batch of F frame latents "
                    "[F, 4, H/8, W/8] for the host's VAE Decode. With init_frames, frames/width/height come "
                    "from init_frames and denoise < 1 keeps part of them (video variation). context_window > 0 samples long "
-                   "videos in overlapping sliding windows (memory of one window).")
+                   "videos in overlapping sliding windows (memory of one window), with controls and prompt travel "
+                   "sliced per window. loop makes a closed loop (the last frame flows into the first). noise: "
+                   "independent, shared or correlated start noise between frames; freeinit_iterations re-samples "
+                   "from the result's low frequencies (steadier motion, that many times the sampling time).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -50,6 +56,18 @@ class Sampler:
                                    "(0 = the whole clip at once); memory stays that of one window"}),
                 "context_overlap": ("INT", {"default": 4, "min": 0, "max": 1023, "tooltip":
                                     "frames shared by neighbouring windows (blended); less than context_window"}),
+                "loop": ("BOOLEAN", {"default": False, "tooltip":
+                         "closed loop: the windows wrap around the clip's end, so the last frame flows into the "
+                         "first (with context_window 0, the whole clip is one window rotated every step)"}),
+                "noise": (NOISE_TYPES, {"default": "independent", "tooltip":
+                          "start noise between frames: independent (most motion), shared (the same noise in "
+                          "every frame: least motion), correlated (a mix weighted by noise_share)"}),
+                "noise_share": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                                "correlated noise only: the shared part's weight (0 = independent, 1 = shared)"}),
+                "freeinit_iterations": ("INT", {"default": 0, "min": 0, "max": MAX_FREEINIT, "tooltip":
+                                        "FreeInit: sample again this many times, each from the previous result's "
+                                        "low frequencies plus fresh high-frequency noise (steadier motion; "
+                                        "each iteration costs one more full sampling)"}),
             },
         }
 
@@ -65,7 +83,8 @@ class Sampler:
         return True
 
     def sample(self, decoder, positive, negative, seed, steps, cfg, sampler_name, frames, fps, width, height,
-               denoise, init_frames=None, context_window=0, context_overlap=4):
+               denoise, init_frames=None, context_window=0, context_overlap=4, loop=False, noise="independent",
+               noise_share=0.5, freeinit_iterations=0):
         model = require_model(decoder, "decoder", ("decoder",))
         latent = model.config.in_channels == 4
         cond = conditioning_dict(positive, "positive", model)
@@ -83,8 +102,17 @@ class Sampler:
                     raise ValueError(f"{name}: {v} must be a multiple of {LATENT_SCALE} for a latent decoder")
             height, width = height // LATENT_SCALE, width // LATENT_SCALE
         shape = VideoShape(frames, height, width, fps)
-        options = SamplingOptions(seed=seed, steps=steps, cfg=cfg, sampler=sampler_name, denoise=denoise)
-        windows = WindowOptions(context_window, context_overlap) if context_window else None
+        if noise not in NOISE_TYPES:
+            raise InputError("noise", f"must be one of {list(NOISE_TYPES)}, got {noise!r}")
+        options = SamplingOptions(seed=seed, steps=steps, cfg=cfg, sampler=sampler_name, denoise=denoise,
+                                  noise_share=NOISE_SHARE.get(noise, noise_share),
+                                  freeinit_iterations=freeinit_iterations)
+        if loop and frames < 2:
+            raise InputError("loop", f"needs a clip of at least 2 frames to close, got frames={frames}")
+        windows = None
+        if context_window or loop:   # loop without a window: the whole clip is one window, rotated every step
+            windows = WindowOptions(context_window or frames, context_overlap if context_window else None,
+                                    loop=bool(loop))
         names = {"sampler": "sampler_name", "cond": "positive", "uncond": "negative", "init": "init_frames",
                  "controls": "positive",
                  **({"height": "init_frames", "width": "init_frames"} if init is not None else {})}
@@ -97,7 +125,7 @@ class Sampler:
                 raise InputError("denoise", f"{denoise} < 1 needs init_frames to start from")
         cond, uncond = scheduled_conditioning(positive, model, frames, cond, uncond)
         guides = Guides(init=init, controls=tuple(core_controls(positive, model, frames, height, width)))
-        progress = StepProgress(steps)
+        progress = StepProgress(steps * (1 + freeinit_iterations))
         need = activation_bytes(model.config, 2 if cfg != 1.0 else 1, min(frames, context_window or frames), height,
                                 width, next(model.module.parameters()).element_size())
         with inputs_named(**names), host.models_on_device(model, *control_models(positive), memory_required=need):

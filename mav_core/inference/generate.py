@@ -44,12 +44,15 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, shape:
 
     guides.init + options.denoise < 1: a variation of the init frames; guides.known + known_mask
     (interpolator checkpoints): frames to keep, as in ↑F; guides.controls: Control adapters and hints.
-    windows: sliding temporal windows for long videos. Every input is checked before sampling starts."""
+    windows: sliding temporal windows for long videos (their hint videos and per-frame prompts sliced per
+    window), or a closed loop (windows.loop). Every input is checked before sampling starts."""
     cfgm = decoder.config
     shape.validate(cfgm.size_multiple)
     options.validate()
     if windows is not None:
         windows.validate()
+        if windows.loop and shape.frames < 2:
+            raise InputError("loop", f"needs a clip of at least 2 frames to close, got {shape.frames}")
     if options.denoise < 1.0 and guides.init is None:
         raise InputError("denoise", f"{options.denoise} < 1 needs init frames to start from")
     check_inputs(cond, uncond, guides)

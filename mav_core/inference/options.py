@@ -1,8 +1,8 @@
 """What a stage is asked to do, as small frozen dataclasses built once (by a node or the CLI) and passed
 down: each validates itself and raises InputError naming the field at fault.
 
-  SamplingOptions       seed, steps, cfg, sampler, sigma schedule, denoise, precision, noise share
-  WindowOptions         sliding temporal windows for long videos (size, overlap)
+  SamplingOptions       seed, steps, cfg, sampler, sigma schedule, denoise, precision, noise share, FreeInit
+  WindowOptions         sliding temporal windows for long videos (size, overlap), closed loops
   VideoShape            frames, height, width, fps of a video to generate
   Guides                frames to start from (init), frames to keep (known + mask), control hints
   InterpolationOptions  ↑F: multiplier, interpolate / extrapolate, window, blend start
@@ -26,6 +26,7 @@ MAX_SEED = 2 ** 64 - 1       # the host's seed widget range; noise generators ta
 MAX_CFG = 100.0
 MAX_FPS = 240.0
 MAX_MULTIPLIER = 16
+MAX_FREEINIT = 10            # FreeInit re-initialisations (each one samples the clip once more)
 
 
 class _Options:
@@ -44,6 +45,8 @@ class SamplingOptions(_Options):
     precision: str = "fp32"         # 'fp32', 'bf16' (autocast) or 'auto' (bf16 where it is fast)
     noise_share: float = 0.0        # correlation of the starting noise between frames (1: the same noise)
     nan_check_every: int | None = None   # steps between NaN checks (None: 1 on the CPU, 8 on GPUs; 0: end only)
+    freeinit_iterations: int = 0    # FreeInit: sample again from the result's low frequencies this many times
+    freeinit_cutoff: float = 0.25   # FreeInit's Gaussian low-pass: std as a share of the highest frequency
 
     def validate(self) -> "SamplingOptions":
         check_int("seed", self.seed, 0, MAX_SEED)
@@ -56,20 +59,26 @@ class SamplingOptions(_Options):
         check_number("noise_share", self.noise_share, 0.0, 1.0)
         if self.nan_check_every is not None:
             check_int("nan_check_every", self.nan_check_every, 0)
+        check_int("freeinit_iterations", self.freeinit_iterations, 0, MAX_FREEINIT)
+        check_number("freeinit_cutoff", self.freeinit_cutoff, 0.0, 1.0, lo_open=True)
         return self
 
 
 @dataclass(frozen=True)
 class WindowOptions(_Options):
     """Denoise `size` frames at a time, neighbouring windows sharing `overlap` frames (default size // 4),
-    blended; the window boundaries move every step (see windows.FrameWindows)."""
+    blended; the window boundaries move every step (see windows.FrameWindows). loop: a closed loop, the
+    windows wrap around the clip's end (size >= the clip's frames: the whole clip, rotated every step)."""
     size: int
     overlap: int | None = None
+    loop: bool = False
 
     def validate(self) -> "WindowOptions":
         check_int("context_window", self.size, 2, MAX_FRAMES)
         if self.overlap is not None:
             check_int("context_overlap", self.overlap, 0, self.size - 1)
+        if not isinstance(self.loop, bool):
+            raise InputError("loop", f"must be true or false, got {self.loop!r}")
         return self
 
     @property

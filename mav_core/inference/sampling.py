@@ -1,7 +1,8 @@
 """Sampling a SpaceTimeUNet: the one path every diffusion stage goes through.
 
-`sample_unet` wraps the network (image mode, controls, sliding windows) in a Denoiser, then in
-classifier-free guidance, and runs one of the samplers of `diffusion.samplers` from seeded noise.
+`sample_unet` wraps the network (image mode, controls, sliding windows, closed loops) in a Denoiser, then in
+classifier-free guidance, and runs one of the samplers of `diffusion.samplers` from seeded noise (independent,
+shared or correlated between frames; FreeInit passes sample again from the result's low frequencies).
 `estimate_unet` is the one-pass estimate of a network trained by regression (the regression ↑F).
 Inputs may be on any device: they are moved to the model's once (placement.to_model). The sampling
 state (x, sigmas, noise, init) stays float32; only the network runs in the model's dtype.
@@ -14,7 +15,7 @@ from typing import Callable
 import torch
 
 from ..diffusion import CFGDenoiser, Denoiser, NoiseSampler, sample, sampling_sigmas, seeded_noise
-from ..errors import InputError
+from ..diffusion.noise import freeinit_start
 from ..io.checkpoints import LoadedModel
 from ..models.control import ControlledUNet
 from .options import SamplingOptions, WindowOptions
@@ -91,14 +92,12 @@ def is_regression(model: LoadedModel) -> bool:
 
 
 def _network(model: LoadedModel, cond: dict, windows: WindowOptions | None) -> torch.nn.Module:
+    """The network sampled: controls inside the windows, so every window gets its slice of the hint videos."""
     net = model.module
     if cond.get("controls"):
-        if windows is not None:
-            raise InputError("context_window", "cannot be combined with controls (their hint videos are not "
-                                               "windowed); use 0")
         net = ControlledUNet(net, model.schedule.num_train_steps)
     if windows is not None:
-        net = FrameWindows(net, windows.size, windows.overlap)
+        net = FrameWindows(net, windows.size, windows.overlap, loop=windows.loop)
     return net
 
 
@@ -107,8 +106,10 @@ def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = Non
                 windows: WindowOptions | None = None, callback: Callable | None = None) -> torch.Tensor:
     """Draw a sample of `shape` ([B, C, F, H, W]) from a SpaceTimeUNet with guidance (options.cfg; uncond
     None or cfg 1: no guidance). init + options.denoise < 1: start from `init` noised to the matching level
-    (vid2vid / variations). windows: sliding temporal windows (windows.FrameWindows). Returns float32 on the
-    model's device."""
+    (vid2vid / variations). windows: sliding temporal windows, or a closed loop (windows.FrameWindows).
+    options.freeinit_iterations: that many more passes, each started from the previous result's low
+    frequencies (diffusion.noise.freeinit_start); the callback sees every pass's steps. Returns float32 on
+    the model's device."""
     options.validate()
     if windows is not None:
         windows.validate()
@@ -129,11 +130,15 @@ def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = Non
             raise ValueError(f"init frames of shape {tuple(init.shape)} do not match the requested {tuple(shape)}")
         x = init.to(device, torch.float32) + x
     every = default_nan_check_every(device) if options.nan_check_every is None else options.nan_check_every
-    watch = FiniteWatch(model.path, len(sigmas) - 1, every, callback)
-    with autocast(options.precision, device):
-        out = sample(options.sampler, guided, x, sigmas, callback=watch,
-                     noise_sampler=NoiseSampler(options.seed, shared_frames=options.noise_share))
-    watch.finish(out)
+    for iteration in range(options.freeinit_iterations + 1):
+        if iteration:
+            x = freeinit_start(out, noise, float(sigmas[0]), options.seed, iteration, options.noise_share,
+                               options.freeinit_cutoff)
+        watch = FiniteWatch(model.path, len(sigmas) - 1, every, callback)
+        with autocast(options.precision, device):
+            out = sample(options.sampler, guided, x, sigmas, callback=watch,
+                         noise_sampler=NoiseSampler(options.seed, shared_frames=options.noise_share))
+        watch.finish(out)
     return out
 
 
