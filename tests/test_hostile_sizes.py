@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from mav_core.io.checkpoints import MAX_CONFIG_INT, CheckpointError, MAX_TRAIN_STEPS
+from mav_core.io.inflate import inflate_image_checkpoint
 from mav_core.io.loader import check_declared, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,3 +178,12 @@ def test_check_declared_reads_no_tensor_of_a_torch_file(tmp_path, content, expec
         path.write_text("a note\n")
     with pytest.raises(CheckpointError, match=rf"weights\.pth.*{expect}|{expect}.*weights\.pth"):
         check_declared(path)
+
+
+@pytest.mark.parametrize("changes, expect", [({"layers_per_block": 10 ** 9}, r"layers_per_block = \d+ is beyond"),
+                                             ({"image_embed_tokens": 10 ** 8}, r"image_embed_tokens = \d+ is beyond")])
+def test_inflating_an_image_file_bounds_its_declared_sizes(tmp_path, changes, expect):
+    """Inflating one of our image UNet files checks its declared config like every loader does."""
+    path = make_corpus.module_file(tmp_path / "image.safetensors", "SpaceTimeUNet", changes)
+    with pytest.raises(CheckpointError, match=rf"image\.safetensors.*{expect}"):
+        inflate_image_checkpoint(path)

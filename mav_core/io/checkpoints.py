@@ -93,15 +93,6 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict]:
     return header, meta
 
 
-def declared_stage(path: str | os.PathLike) -> str | None:
-    """The stage one of our safetensors files declares, read from its validated header (no tensor is
-    loaded); None for other formats and third-party layouts, whose stage is known only once converted."""
-    if not str(path).endswith(".safetensors"):
-        return None
-    _, meta = read_header(path)
-    return meta.get("mav_stage", "unknown") if "mav_module" in meta else None
-
-
 def load_state_dict(path: str | os.PathLike, device="cpu") -> tuple[dict, dict]:
     """(state_dict, metadata) of a validated safetensors file."""
     _, meta = read_header(path)
@@ -184,6 +175,23 @@ def parse_schedule(path, text: str) -> NoiseSchedule:
         return schedule_from_dict(json.loads(text))
     except (ValueError, TypeError, RecursionError) as e:
         raise CheckpointError(f"{path}: invalid mav_schedule metadata ({e})") from None
+
+
+def config_from_meta(path, meta: dict, config_cls):
+    """config_cls built from a file's mav_config metadata, every declared size bounded first
+    (check_config_sizes); any error the declared values raise is a CheckpointError naming the file."""
+    try:
+        config_json = json.loads(meta["mav_config"])
+        if not isinstance(config_json, dict):
+            raise TypeError(f"expected a JSON object, got {type(config_json).__name__}")
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: invalid mav_config metadata ({e})") from None
+    check_config_sizes(path, config_json)
+    try:
+        return config_cls.from_dict(config_json)
+    except (KeyError, ValueError, TypeError, RecursionError, ZeroDivisionError, OverflowError, AttributeError,
+            IndexError) as e:
+        raise CheckpointError(f"{path}: invalid mav_config metadata ({type(e).__name__}: {e})") from None
 
 
 def check_config_sizes(path, config: dict) -> None:

@@ -4,13 +4,12 @@ equals the image model's output until temporal layers are trained or a motion fi
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Mapping
 
 import torch
 
 from . import convert, unet_configs
-from .checkpoints import CheckpointError, LoadedModel, build_skeleton, check_state_dict, parse_schedule
+from .checkpoints import CheckpointError, LoadedModel, build_skeleton, check_state_dict, config_from_meta, parse_schedule
 from .weights import build_loaded, read_weights, resolve_weights
 from ..diffusion.schedule import NoiseSchedule
 from ..models.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
@@ -92,10 +91,7 @@ def _temporal_init(cfg: UNetConfig) -> dict:
 def _inflate_ours(path, sd, meta, device, dtype) -> LoadedModel:
     if meta.get("mav_module") != "SpaceTimeUNet":
         raise CheckpointError(f"{path}: is a {meta.get('mav_module')!r} checkpoint, not an image SpaceTimeUNet")
-    try:
-        cfg = inflated_config(UNetConfig.from_dict(json.loads(meta["mav_config"])))
-    except (KeyError, ValueError, TypeError, RecursionError) as e:
-        raise CheckpointError(f"{path}: invalid mav_config metadata ({e})") from None
+    cfg = inflated_config(config_from_meta(path, meta, UNetConfig))
     skeleton = build_skeleton(path, SpaceTimeUNet, cfg)
     check_state_dict(path, skeleton, sd, allow_missing=is_temporal_key)
     fresh = _temporal_init(cfg)

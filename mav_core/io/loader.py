@@ -2,13 +2,12 @@
 (config in the safetensors header) and third-party layouts (io.external)."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
-from .checkpoints import (CheckpointError, LoadedModel, build_skeleton, check_config_sizes, check_state_dict,
+from .checkpoints import (CheckpointError, LoadedModel, build_skeleton, check_state_dict, config_from_meta,
                           load_state_dict, parse_schedule, read_header)
 from .external import load_external
 from .weights import PICKLE_SUFFIXES, check_torch_file
@@ -59,18 +58,7 @@ def declared_config(path, meta: dict):
     if name not in MODULES:
         raise CheckpointError(f"{path}: module {name!r} is not one of {sorted(MODULES)}")
     config_cls, module_cls = MODULES[name]
-    try:
-        config_json = json.loads(meta["mav_config"])
-        if not isinstance(config_json, dict):
-            raise TypeError(f"expected a JSON object, got {type(config_json).__name__}")
-    except (KeyError, ValueError, TypeError, RecursionError) as e:
-        raise CheckpointError(f"{path}: invalid mav_config metadata ({e})") from None
-    check_config_sizes(path, config_json)
-    try:
-        config = config_cls.from_dict(config_json)
-    except (KeyError, ValueError, TypeError, RecursionError, ZeroDivisionError, OverflowError, AttributeError,
-            IndexError) as e:
-        raise CheckpointError(f"{path}: invalid mav_config metadata ({type(e).__name__}: {e})") from None
+    config = config_from_meta(path, meta, config_cls)
     return config_cls, module_cls, config
 
 
