@@ -22,6 +22,21 @@ def pack():
     return nodes
 
 
+@pytest.fixture(scope="module")
+def video_io(pack):
+    """The pack's video I/O nodes module (no ComfyUI); `folders` points its output/temp/input at tmp_path."""
+    return pack.video_io
+
+
+@pytest.fixture
+def folders(video_io, tmp_path, monkeypatch):
+    dirs = {kind: tmp_path / kind for kind in ("output", "temp", "input")}
+    for d in dirs.values():
+        d.mkdir()
+    monkeypatch.setattr(video_io, "standin_dirs", dirs)
+    return dirs
+
+
 @pytest.fixture
 def tiny_unet_config():
     from mav_core.models.unet import UNetConfig

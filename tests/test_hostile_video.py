@@ -37,20 +37,6 @@ def live_clip(path: Path, frames: int = 40, height: int = 24, width: int = 32) -
     return path
 
 
-@pytest.fixture(scope="module")
-def video_io(pack):
-    return pack.video_io
-
-
-@pytest.fixture
-def folders(video_io, tmp_path, monkeypatch):
-    dirs = {kind: tmp_path / kind for kind in ("output", "temp", "input")}
-    for d in dirs.values():
-        d.mkdir()
-    monkeypatch.setattr(video_io, "standin_dirs", dirs)
-    return dirs
-
-
 # ----------------------------------------------------------------------------- the memory budget
 
 

@@ -12,36 +12,10 @@ import pytest
 import torch
 
 from mav_core.io.video import probe_video, read_metadata, read_video, write_video
+from synthetic_frames import moving_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMATS = ("mp4", "webm", "gif", "webp", "png")
-
-
-@pytest.fixture(scope="module")
-def video_io(pack):
-    return pack.video_io
-
-
-@pytest.fixture
-def folders(video_io, tmp_path, monkeypatch):
-    dirs = {kind: tmp_path / kind for kind in ("output", "temp", "input")}
-    for d in dirs.values():
-        d.mkdir()
-    monkeypatch.setattr(video_io, "standin_dirs", dirs)
-    return dirs
-
-
-def moving_frames(count=8, height=24, width=32) -> torch.Tensor:
-    """Smooth colour ramps with a soft bright blob that moves left to right (video-like content)."""
-    y = torch.linspace(0, 1, height)[:, None].expand(height, width)
-    x = torch.linspace(0, 1, width)[None, :].expand(height, width)
-    frames = torch.empty(count, height, width, 3)
-    for i in range(count):
-        blob = 0.2 * torch.exp(-((x - (0.2 + 0.6 * i / max(1, count - 1))) ** 2 + (y - 0.5) ** 2) / 0.02)
-        frames[i, ..., 0] = 0.25 + 0.4 * x + blob
-        frames[i, ..., 1] = 0.2 + 0.5 * y + blob
-        frames[i, ..., 2] = 0.6 - 0.3 * x + blob
-    return frames.clamp(0, 1)
 
 
 def saved_path(folders, entry) -> Path:

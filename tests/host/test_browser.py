@@ -33,6 +33,7 @@ import torch
 from comfy_server import REPO_ROOT, history_events, history_status  # also puts scripts/ on sys.path
 from comfy_ws import WebSocket
 from pack_import import import_pack
+import synthetic_frames
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -193,16 +194,7 @@ def served(tmp_path_factory):
 
 
 def moving_frames(count=FRAMES, height=HEIGHT, width=WIDTH) -> torch.Tensor:
-    """Smooth colour ramps with a soft bright blob moving left to right."""
-    y = torch.linspace(0, 1, height)[:, None].expand(height, width)
-    x = torch.linspace(0, 1, width)[None, :].expand(height, width)
-    frames = torch.empty(count, height, width, 3)
-    for i in range(count):
-        blob = 0.2 * torch.exp(-((x - (0.2 + 0.6 * i / max(1, count - 1))) ** 2 + (y - 0.5) ** 2) / 0.02)
-        frames[i, ..., 0] = 0.25 + 0.4 * x + blob
-        frames[i, ..., 1] = 0.2 + 0.5 * y + blob
-        frames[i, ..., 2] = 0.6 - 0.3 * x + blob
-    return frames.clamp(0, 1)
+    return synthetic_frames.moving_frames(count, height, width)
 
 
 @pytest.fixture(scope="module")
