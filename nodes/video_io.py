@@ -405,9 +405,12 @@ class LoadVideo:
         count = int(frames.shape[0])
         # the sound under the kept frames: from the first kept frame for count * select_every_nth source frames
         try:
-            audio = read_audio(path, skip_first_frames / fps, count * select_every_nth / fps)
+            audio = read_audio(path, skip_first_frames / fps, count * select_every_nth / fps,
+                               max_bytes=available_bytes("cpu"))
         except ValueError as e:
             raise ValueError(f"video: {e}") from None
+        except MemoryError as e:
+            raise MemoryError(f"frame_load_cap: {e}; lower frame_load_cap or skip frames") from None
         return (frames.to(host.intermediate_device()), float(fps) / select_every_nth, count, audio)
 
 

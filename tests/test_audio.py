@@ -276,3 +276,10 @@ def test_formats_without_sound_refuse_audio(pack, tmp_path, monkeypatch, fmt):
     with pytest.raises(ValueError, match="audio: .*choose format mp4 or webm"):
         pack.video_io.VideoSave().save(torch.rand(2, 8, 8, 3), 8.0, "x", fmt, 85, 0, False, audio=audio)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_decoded_sound_is_bounded(tone_clip):
+    """4 s of stereo at 44.1 kHz is ~1.4 MB as float32: a 100 kB bound stops decoding, naming the file."""
+    with pytest.raises(MemoryError, match="tone.mp4.*sound needs more than"):
+        read_audio(tone_clip, max_bytes=100_000)
+    assert audio_seconds(read_audio(tone_clip, max_bytes=4_000_000)) == pytest.approx(FRAMES / FPS, abs=1 / FPS)

@@ -66,21 +66,22 @@ def fit_to_duration(samples: np.ndarray, rate: int, seconds: float) -> np.ndarra
 # reading
 
 
-def read_audio(path, start: float = 0.0, duration: float | None = None) -> dict | None:
+def read_audio(path, start: float = 0.0, duration: float | None = None, max_bytes: int | None = None) -> dict | None:
     """The first audio stream of a video file as an AUDIO dict (None when it has none, or for frame
     folders, gif and webp). ``start`` / ``duration`` (seconds, on the video's clock) cut a window, as for
     frames selected by read_video: samples before the video starts are dropped, a late start is
-    padded with silence. Decoding stops after the window."""
+    padded with silence. Decoding stops after the window. ``max_bytes`` bounds the decoded samples:
+    a MemoryError naming the file as soon as they would exceed it."""
     path = Path(path)
     if not 0 <= start < math.inf or (duration is not None and not 0 <= duration < math.inf):
         raise ValueError(f"start and duration must be finite seconds >= 0, got {start!r}, {duration!r}")
     if path.is_dir() or path.suffix.lower() in (".gif", ".webp", ".png", ".jpg", ".jpeg") or backends.av is None:
         return None
     with backends.naming_the_file(path, "not a readable audio track"):
-        return _decode(path, start, duration)
+        return _decode(path, start, duration, max_bytes)
 
 
-def _decode(path: Path, start: float, duration: float | None) -> dict | None:
+def _decode(path: Path, start: float, duration: float | None, max_bytes: int | None) -> dict | None:
     av = backends.av
     with av.open(str(path)) as container:
         if not container.streams.audio:
@@ -89,7 +90,7 @@ def _decode(path: Path, start: float, duration: float | None) -> dict | None:
         if stream.codec_context is None:
             return None
         video_start = _stream_start(container.streams.video[0]) if container.streams.video else 0.0
-        chunks, rate, first_time, end = [], None, None, None
+        chunks, rate, first_time, end, decoded = [], None, None, None, 0
         resampler = None
         for frame in container.decode(stream):
             if resampler is None:
@@ -100,7 +101,11 @@ def _decode(path: Path, start: float, duration: float | None) -> dict | None:
                 end = None if duration is None else round((start + duration - first_time) * rate)
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().astype(np.float32, copy=False))
-            if end is not None and sum(c.shape[1] for c in chunks) >= end:
+                decoded += chunks[-1].shape[1]
+            if max_bytes is not None and decoded * channels * 4 * 2 > max_bytes:   # the chunks + their join
+                raise MemoryError(f"{str(path)!r}: its sound needs more than the {max_bytes / 2**30:.2f} GiB allowed "
+                                  f"({decoded} samples x {channels} channels decoded so far)")
+            if end is not None and decoded >= end:
                 break
         if resampler is None:
             return None
