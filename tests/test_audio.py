@@ -283,3 +283,25 @@ def test_decoded_sound_is_bounded(tone_clip):
     with pytest.raises(MemoryError, match="tone.mp4.*sound needs more than"):
         read_audio(tone_clip, max_bytes=100_000)
     assert audio_seconds(read_audio(tone_clip, max_bytes=4_000_000)) == pytest.approx(FRAMES / FPS, abs=1 / FPS)
+
+
+def test_damaged_files_give_sound_or_an_error_naming_them(tone_clip, tmp_path):
+    """Truncated and byte-flipped copies of the tone clip: read_audio returns an AUDIO dict or None, or raises
+    a ValueError naming the file; nothing else escapes."""
+    data = tone_clip.read_bytes()
+    rng = np.random.default_rng(0)
+    cases = [data[:n] for n in (0, 12, 100, len(data) // 3, len(data) - 7)]
+    for _ in range(12):
+        damaged = bytearray(data)
+        for pos in rng.integers(0, len(data), 40):
+            damaged[pos] ^= 0xFF
+        cases.append(bytes(damaged))
+    for index, case in enumerate(cases):
+        path = tmp_path / f"damaged_{index}.mp4"
+        path.write_bytes(case)
+        try:
+            sound = read_audio(path, 0.0, 4.0)
+        except ValueError as error:
+            assert path.name in str(error)
+            continue
+        assert sound is None or (sound["waveform"].ndim == 3 and bool(torch.isfinite(sound["waveform"]).all()))

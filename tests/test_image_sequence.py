@@ -105,6 +105,17 @@ def test_memory_is_checked_before_decoding(tmp_path):
     assert read_images(tmp_path, SequenceSelection(max_frames=5), max_bytes=5 * per_image).frames.shape[0] == 5
 
 
+@pytest.mark.parametrize("damage", ["garbage_first", "garbage_later", "truncated_later"])
+def test_unreadable_images_are_named(tmp_path, damage):
+    write_pngs(tmp_path, ["0.png", "1.png", "2.png"])
+    target = tmp_path / ("0.png" if damage == "garbage_first" else "2.png")
+    data = target.read_bytes()
+    target.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40) if damage.startswith("garbage") else data[:len(data) // 2])
+    with pytest.raises(InputError, match=target.name) as error:
+        read_images(tmp_path)
+    assert error.value.param == "folder"
+
+
 def test_bad_selection_and_empty_folder_are_named(tmp_path):
     with pytest.raises(InputError, match="holds no images") as error:
         read_images(tmp_path)
