@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -129,3 +130,15 @@ def real_clip_stream(folder: str | Path, num_frames: int, size: int, batch_size:
     if not (folder / "manifest.json").exists():
         return None
     return StreamBatches(RealClips(folder, num_frames=num_frames, size=size, seed=seed, split="train"), batch_size)
+
+
+def train_from_command_line(argv, description: str, add_arguments, run, stage: str):
+    """`python -m mav_core.train.<stage>`: parse, train, print where it wrote and load the result back;
+    returns (arguments, the trained module) for the stage's own report."""
+    parser = argparse.ArgumentParser(description=description)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    t0 = time.time()
+    path = run(args)
+    print(f"wrote {path} in {time.time() - t0:.0f} s")
+    return args, load_model(path, expect_stage=stage).module

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import time
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from ..inference.text import sample_image_embed
 from ..models.prior import DiffusionPrior, PriorConfig
 from ..models.text import TextImageEncoder
 from .loop import train_loop
-from .common import add_common_arguments, settings_from_args, shard_diffusion_loss
+from .common import add_common_arguments, settings_from_args, shard_diffusion_loss, train_from_command_line
 from .text import all_combo_prompts, heldout_scenes
 
 STAGE = "prior"
@@ -147,13 +146,7 @@ def evaluate_prior(prior: DiffusionPrior, encoder: TextImageEncoder, combos=worl
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    t0 = time.time()
-    path = run(args)
-    print(f"wrote {path} in {time.time() - t0:.0f} s")
-    prior = load_model(path, expect_stage=STAGE).module
+    args, prior = train_from_command_line(argv, __doc__, add_arguments, run, STAGE)
     encoder = load_text_encoder(Path(args.text) if args.text else Path(args.out) / "text.safetensors")
     for cfg in (1.0, 3.0):
         print(f"held-out cfg={cfg}:", evaluate_prior(prior, encoder, cfg=cfg))

@@ -46,7 +46,18 @@ def add_arguments(p):
     p.add_argument("--name", default="motion", help="motion file name (without .safetensors)")
 
 
-class VideoCrops:
+class _DrawnCrops:
+    """A crop source split like the data streams: _draw() makes an item's random choices, make(draw) reads it."""
+
+    def sample(self) -> tuple[torch.Tensor, float]:
+        return self.make(self._draw())
+
+    def draws(self):
+        while True:
+            yield self._draw()
+
+
+class VideoCrops(_DrawnCrops):
     """Random clips of `frames` frames from a folder of videos: random start, random square crop
     (80-100% of the short side), resized to `size`; values in [-1, 1], shaped [C, F, H, W]; plus fps.
     draws() yields each clip's random choices (a video is decoded whole on its first visit, to learn its
@@ -63,12 +74,6 @@ class VideoCrops:
         self.rng = np.random.default_rng(seed)
         self.shapes: dict = {}      # path -> (frames, height, width)
 
-    def sample(self) -> tuple[torch.Tensor, float]:
-        return self.make(self._draw())
-
-    def draws(self):
-        while True:
-            yield self._draw()
 
     def _draw(self) -> tuple:
         """(path, first frame, crop side, y0, x0) of one clip."""
@@ -94,7 +99,7 @@ class VideoCrops:
         return (clip.clamp(0, 1) * 2 - 1).permute(1, 0, 2, 3).contiguous(), float(fps)   # [3, F, H, W]
 
 
-class LatentCrops:
+class LatentCrops(_DrawnCrops):
     """Random windows of `frames` frames and random `size` x `size` crops of pre-encoded latent clips
     (draws() / make(draw) as VideoCrops)."""
 
@@ -116,12 +121,6 @@ class LatentCrops:
         self.frames, self.size = frames, size
         self.rng = np.random.default_rng(seed)
 
-    def sample(self) -> tuple[torch.Tensor, float]:
-        return self.make(self._draw())
-
-    def draws(self):
-        while True:
-            yield self._draw()
 
     def _draw(self) -> tuple:
         """(clip index, first frame, y0, x0, crop side)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from ..io.checkpoints import save_model
-from ..io.loader import load_model
 from ..data import world
 from ..models.text import TextImageConfig, TextImageEncoder, split_words
-from .common import add_common_arguments, settings_from_args
+from .common import add_common_arguments, settings_from_args, train_from_command_line
 from .loop import Shard, train_loop
 
 STAGE = "text"
@@ -234,13 +232,7 @@ def zero_shot_accuracy(model: TextImageEncoder, n: int = 600, seed: int = 1234, 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    t0 = time.time()
-    path = run(args)
-    print(f"wrote {path} in {time.time() - t0:.0f} s")
-    model = load_model(path, expect_stage=STAGE).module
+    _, model = train_from_command_line(argv, __doc__, add_arguments, run, STAGE)
     print("held-out zero-shot:", zero_shot_accuracy(model))
     print("train-combo zero-shot:", zero_shot_accuracy(model, combos=world.TRAIN_COMBOS))
 
