@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import host
 
-STAGE_MODULES = ("loaders", "text_encode", "prior", "sampler", "interpolator", "upscaler", "video_io", "image_sequence", "motion", "control", "prompt_schedule", "lora")
+STAGE_MODULES = ("loaders", "text_encode", "image_encode", "prior", "sampler", "interpolator", "upscaler", "video_io", "image_sequence", "motion", "control", "prompt_schedule", "lora", "model_bridge")
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

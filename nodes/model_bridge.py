@@ -1,0 +1,175 @@
+"""MakeAVideo Model Bridge: a decoder (MAV_DECODER) as the host's MODEL, so the host's KSampler,
+SamplerCustomAdvanced and their samplers / schedulers sample it.
+
+The MODEL is a ModelPatcher over `MakeAVideoModel`, a host BaseModel whose `diffusion_model` is our
+SpaceTimeUNet itself (so the host's LoraLoaderModelOnly finds its weights by our / diffusers names) and
+whose `model_sampling` declares the checkpoint's own noise schedule and prediction (eps / v / x0) the way
+our sampler uses them: the same sigma table, the same sigma -> timestep map (log-sigma interpolation,
+mav_core.diffusion.denoiser), the same input scaling and start noise (noise * sigmas[0]). Given the same
+start noise and sigmas, the host's samplers then compute what ours do. Conditioning: the host's cross
+attention carries the text tokens; the prior's image embedding travels in CONDITIONING under
+`mav_image_embed` (as our Text Encode / Prior put it; missing in a negative: zeros, as in our sampler), the
+frame rate under `fps` (else the node's `fps`). LATENT: [B, C, F, H, W] as the host's video models use;
+C = 4 at 1/8 size in the SD VAE's space (UNet3D / inflated SD decoders: latent = model space / 0.18215, the
+host's SD latent format) or the pixel channels at full size (pixel decoders, scale 1).
+
+This module touches ComfyUI's model classes directly (the host's BaseModel / model_sampling / conds are
+what a MODEL is); without ComfyUI the node is registered but says it needs the host.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..mav_core.diffusion.denoiser import Denoiser
+from . import host
+from .common import CATEGORY, DECODER, IMAGE_EMBED_KEY, require_model
+
+try:
+    import comfy.conds as _conds
+    import comfy.latent_formats as _latent_formats
+    import comfy.model_base as _model_base
+    import comfy.model_patcher as _patcher
+    import comfy.model_sampling as _model_sampling
+    import comfy.supported_models_base as _supported
+    HAS_COMFY = True
+except ImportError:
+    HAS_COMFY = False
+
+SD_LATENT_SCALE = 8
+DEFAULT_FPS = 4.0
+
+if HAS_COMFY:
+    class PixelVideoFormat(_latent_formats.LatentFormat):
+        """Pixel decoders: LATENT = the model's own -1..1 video, [B, 3, F, H, W]."""
+        latent_channels = 3
+        latent_dimensions = 3
+        scale_factor = 1.0
+
+    class SDVideoFormat(_latent_formats.SD15):
+        """Latent decoders (UNet3D, inflated SD): frames in the SD VAE's latent space, [B, 4, F, H/8, W/8]."""
+        latent_dimensions = 3
+
+    class _MakeAVideoSampling(_model_sampling.ModelSamplingDiscrete):
+        """The checkpoint's discrete schedule, with our sampler's timestep map and start noise."""
+
+        def __init__(self, schedule):
+            torch.nn.Module.__init__(self)
+            self.sigma_data = 1.0
+            self.num_timesteps = schedule.num_train_steps
+            self.linear_start, self.linear_end, self.zsnr = schedule.beta_start, schedule.beta_end, False
+            self.set_sigmas(schedule.sigmas())
+
+        def timestep(self, sigma):
+            """Fractional timestep by log-sigma interpolation, as mav_core's Denoiser feeds the network."""
+            return Denoiser.sigma_to_t(self, sigma.reshape(-1)).reshape(sigma.shape)
+
+        def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
+            """x = latent + sigma * noise at every start, as our samplers begin (no sqrt(1 + sigma^2) at
+            the largest sigma)."""
+            sigma = _model_sampling.reshape_sigma(sigma, noise.ndim)
+            return latent_image + noise * sigma
+
+    SAMPLING_CLASSES = {
+        prediction: type(f"MakeAVideoSampling{name}", (_MakeAVideoSampling, kind), {})
+        for prediction, name, kind in (("eps", "EPS", _model_sampling.EPS), ("v", "V", _model_sampling.V_PREDICTION),
+                                       ("x0", "X0", _model_sampling.X0))}
+    MODEL_TYPES = {"eps": _model_base.ModelType.EPS, "v": _model_base.ModelType.V_PREDICTION,
+                   "x0": _model_base.ModelType.EPS}
+
+    class _Config(_supported.BASE):
+        unet_config = {"disable_unet_model_creation": True}
+
+        def __init__(self, latent_format):
+            self.latent_format = latent_format
+            super().__init__(dict(self.unet_config))
+
+    class MakeAVideoModel(_model_base.BaseModel):
+        """The host's model wrapper around one of our decoders' SpaceTimeUNet."""
+
+        def __init__(self, decoder, fps: float = DEFAULT_FPS):
+            cfg = decoder.config
+            latent = SDVideoFormat if cfg.in_channels == 4 else PixelVideoFormat
+            prediction = decoder.prediction or "eps"
+            super().__init__(_Config(latent), model_type=MODEL_TYPES[prediction])
+            self.diffusion_model = decoder.module
+            self.model_sampling = SAMPLING_CLASSES[prediction](decoder.schedule)
+            self.mav_fps = float(fps)
+            self.mav_path = decoder.path
+
+        def get_dtype(self):
+            return next(self.diffusion_model.parameters()).dtype
+
+        def extra_conds(self, **kwargs):
+            out = super().extra_conds(**kwargs)
+            width = getattr(self.diffusion_model.config, "image_embed_dim", 0)
+            embed = kwargs.get(IMAGE_EMBED_KEY)
+            if embed is not None and width:
+                out["image_embed"] = _conds.CONDRegular(embed.reshape(-1, width))
+            out["fps"] = _conds.CONDRegular(torch.tensor([float(kwargs.get("fps", self.mav_fps))]))
+            return out
+
+        def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+            sigma = t
+            dtype = self.get_dtype()
+            xc = self.model_sampling.calculate_input(sigma, x)
+            if c_concat is not None:
+                xc = torch.cat([xc, c_concat.to(xc.device, xc.dtype)], dim=1)
+            cond = {"context": None if c_crossattn is None else c_crossattn.to(xc.device, dtype),
+                    "fps": kwargs.get("fps")}
+            width = getattr(self.diffusion_model.config, "image_embed_dim", 0)
+            embed = kwargs.get("image_embed")
+            if width:   # a conditioning without an image embedding (the negative) gets zeros, as in our sampler
+                cond["image_embed"] = (embed.to(xc.device, dtype) if embed is not None
+                                       else torch.zeros(x.shape[0], width, device=xc.device, dtype=dtype))
+            out = self.diffusion_model(xc.to(dtype), self.model_sampling.timestep(sigma).float(), **cond)
+            out = out.to(torch.promote_types(x.dtype, torch.float32))   # float32 (float64 for a float64 state)
+            return self.model_sampling.calculate_denoised(sigma, out, x)
+
+
+def bridged_model(decoder, fps: float = DEFAULT_FPS):
+    """The host's MODEL (a ModelPatcher its model management loads, offloads and frees) for a decoder."""
+    if not HAS_COMFY:
+        raise RuntimeError("decoder: the MODEL bridge needs ComfyUI (the host's model classes)")
+    return _patcher.ModelPatcher(MakeAVideoModel(decoder, fps), load_device=host.torch_device(),
+                                 offload_device=host.offload_device())
+
+
+def empty_latent(decoder, frames: int, width: int, height: int, batch_size: int = 1) -> dict:
+    """A zero LATENT [B, C, F, H, W] of the decoder's latent space for `frames` frames of width x height."""
+    cfg = decoder.config
+    scale = SD_LATENT_SCALE if cfg.in_channels == 4 else 1
+    for name, v in (("width", width), ("height", height)):
+        if v % scale:
+            raise ValueError(f"{name}: {v} must be a multiple of {scale} for this decoder's latent space")
+    return {"samples": torch.zeros(batch_size, cfg.in_channels, frames, height // scale, width // scale)}
+
+
+class ModelBridge:
+    CATEGORY = f"{CATEGORY}/loaders"
+    FUNCTION = "bridge"
+    RETURN_TYPES = ("MODEL", "LATENT")
+    RETURN_NAMES = ("model", "latent")
+    DESCRIPTION = ("The decoder as the host's MODEL, for KSampler / SamplerCustomAdvanced with any of the host's "
+                   "samplers and schedulers (its noise schedule and eps/v prediction are declared to the host), "
+                   "plus an empty video LATENT [batch, channels, frames, h, w] of its latent space to start from. "
+                   "The image embedding comes from the CONDITIONING (our Prior), the frame rate from `fps`.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "decoder": (DECODER,),
+            "frames": ("INT", {"default": 16, "min": 1, "max": 1024}),
+            "width": ("INT", {"default": 256, "min": 8, "max": 4096, "step": 8}),
+            "height": ("INT", {"default": 256, "min": 8, "max": 4096, "step": 8}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+            "fps": ("FLOAT", {"default": DEFAULT_FPS, "min": 0.1, "max": 240.0, "step": 0.1,
+                              "tooltip": "frame rate the decoder is conditioned on (CONDITIONING's `fps` wins)"}),
+        }}
+
+    def bridge(self, decoder, frames, width, height, batch_size, fps):
+        model = require_model(decoder, "decoder", ("decoder",))
+        return bridged_model(model, fps), empty_latent(model, frames, width, height, batch_size)
+
+
+NODE_CLASS_MAPPINGS = {"MakeAVideoModelBridge": ModelBridge}
+NODE_DISPLAY_NAME_MAPPINGS = {"MakeAVideoModelBridge": "MakeAVideo Model Bridge"}
