@@ -18,6 +18,8 @@ import torch
 
 from common import machine_info, table, write_json
 
+from mav_core.eval.metrics import seam_scores, temporal_jerk
+
 
 def _peak_rss_mib() -> float:
     with open("/proc/self/status") as fh:
@@ -31,27 +33,6 @@ def seam_transitions(frames: int, window: int, overlap: int) -> list[int]:
     """Transitions t -> t+1 that cross a window edge at any step (a window starts at t+1 or ends at t)."""
     from mav_core.inference.windows import FrameWindows
     return FrameWindows(torch.nn.Identity(), window, overlap).edge_transitions(frames)
-
-
-def temporal_jerk(v: np.ndarray) -> np.ndarray:
-    """Per transition t -> t+1 of v [F, C, H, W]: mean absolute difference between that transition's
-    frame change and the mean of its neighbours' changes (second temporal difference). Motion at a steady
-    or slowly changing speed scores low wherever it is; a seam (a jump at one transition that its
-    neighbours do not share) scores high. The first and last transitions have one neighbour each."""
-    d = np.diff(v.astype(np.float64), axis=0)                     # [F-1, C, H, W] frame changes
-    prev = np.concatenate([d[:1], d[:-1]])
-    nxt = np.concatenate([d[1:], d[-1:]])
-    return np.abs(d - (prev + nxt) / 2).mean(axis=(1, 2, 3))
-
-
-def seam_scores(score: np.ndarray, seams: list[int]) -> dict:
-    """Edge transitions against the clip's other transitions under one per-transition score."""
-    inner = np.delete(score, seams)
-    p95 = float(np.percentile(inner, 95))
-    above = int((score[seams] > p95).sum())
-    return {"max_seam": float(score[seams].max()), "mean_seam": float(score[seams].mean()),
-            "inner_p95": p95, "inner_mean": float(inner.mean()), "seams_above_p95": above,
-            "invisible": bool(score[seams].max() <= p95)}
 
 
 def main():

@@ -77,6 +77,34 @@ def flow_midpoint(f0: np.ndarray, f1: np.ndarray) -> np.ndarray:
     return ((w0.astype(np.float32) + w1.astype(np.float32)) / 2).round().astype(np.uint8)
 
 
+def frame_differences(v: np.ndarray) -> np.ndarray:
+    """Per transition t -> t+1 of v [F, C, H, W]: the mean absolute frame difference."""
+    return np.abs(np.diff(v.astype(np.float64), axis=0)).mean(axis=(1, 2, 3))
+
+
+def temporal_jerk(v: np.ndarray) -> np.ndarray:
+    """Per transition t -> t+1 of v [F, C, H, W]: mean absolute difference between that transition's
+    frame change and the mean of its neighbours' changes (second temporal difference). Motion at a steady
+    or slowly changing speed scores low wherever it is; a seam (a jump at one transition that its
+    neighbours do not share) scores high. The first and last transitions have one neighbour each."""
+    d = np.diff(v.astype(np.float64), axis=0)                     # [F-1, C, H, W] frame changes
+    prev = np.concatenate([d[:1], d[:-1]])
+    nxt = np.concatenate([d[1:], d[-1:]])
+    return np.abs(d - (prev + nxt) / 2).mean(axis=(1, 2, 3))
+
+
+def seam_scores(score: np.ndarray, seams: list[int]) -> dict:
+    """The window-seam score: the transitions at window / chunk edges (`seams`) against the clip's other
+    transitions under one per-transition score (frame difference or jerk); `invisible` when no edge
+    transition exceeds the others' 95th percentile (the clip's own spread)."""
+    inner = np.delete(score, seams)
+    p95 = float(np.percentile(inner, 95))
+    above = int((score[seams] > p95).sum())
+    return {"max_seam": float(score[seams].max()), "mean_seam": float(score[seams].mean()),
+            "inner_p95": p95, "inner_mean": float(inner.mean()), "seams_above_p95": above,
+            "invisible": bool(score[seams].max() <= p95)}
+
+
 def summarize(scores: list[dict]) -> dict:
     steps = np.array([s["step"] for s in scores], dtype=float)
     jerk = np.array([s["jerk"] for s in scores], dtype=float)
