@@ -8,7 +8,7 @@ import torch
 from ..errors import InputError, check_finite
 from ..io.checkpoints import LoadedModel
 from .frame_masks import guess_condition, masked_condition
-from .memory import check_fits
+from .memory import check_fits, generate_estimate
 from .options import Guides, SamplingOptions, VideoShape, WindowOptions
 from .placement import model_device_dtype, to_model
 from .sampling import estimate_unet, is_regression, sample_unet
@@ -58,9 +58,9 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, shape:
     check_inputs(cond, uncond, guides)
     b = conditioning_batch(cond)
     device, dtype = model_device_dtype(decoder.module)
-    guided_batch = 2 * b if uncond is not None and options.cfg != 1.0 else b
-    window_frames = shape.frames if windows is None else min(shape.frames, windows.size)
-    check_fits(f"{decoder.path}", cfgm, (guided_batch, window_frames, shape.height, shape.width), device, dtype)
+    request = generate_estimate(cfgm, b, (shape.frames, shape.height, shape.width),
+                                uncond is not None and options.cfg != 1.0, None if windows is None else windows.size)
+    check_fits(f"{decoder.path}", cfgm, request.size, device, dtype, held=request.held)
     # all inputs on the model's device once, before sampling: conditioning in the model's dtype, frames
     # (init / known) in float32 like the sampling state; control hints keep the adapter's dtype
     cond, uncond = to_model(cond, device, dtype), to_model(uncond, device, dtype)

@@ -67,6 +67,16 @@ def read_video(
 
 
 BYTES_PER_KEPT_BYTE = 5  # a kept uint8 frame while decoding + its float32 copy in the output
+DECODE_BYTES = 16 << 20  # measured: the decoder's own state and buffers next to the kept frames (PyAV, 1 thread)
+DECODE_FRAMES = 8        # source frames (rgb24) the decoder and the conversion hold at once
+
+
+def read_bytes(frames: int, height: int, width: int, source: tuple[int, int] | None = None) -> int:
+    """Peak memory of read_video keeping `frames` frames of height x width from a source of (height, width)
+    `source` (default: the same size): the kept uint8 frames + the float32 output (BYTES_PER_KEPT_BYTE per
+    kept byte), the decoder's frames and its own buffers. tests/test_memory_estimate.py measures it."""
+    src_h, src_w = source or (height, width)
+    return frames * height * width * 3 * BYTES_PER_KEPT_BYTE + DECODE_FRAMES * src_h * src_w * 3 + DECODE_BYTES
 
 
 class _Budget:
