@@ -15,7 +15,7 @@ from .flow import FlowOptions, check_frame_size, in_between
 from .frame_masks import extrapolation_mask, frame_guess, interpolation_mask
 from .frames import check_video
 from .generate import check_inputs, conditioning_batch, generate_video
-from .memory import available_bytes, check_fits, tensor_bytes
+from .memory import available_bytes, check_fits, interpolate_estimate, tensor_bytes
 from .options import MAX_FPS, Guides, InterpolationOptions, SamplingOptions, VideoShape
 from .placement import model_device_dtype
 from .sampling import is_regression
@@ -127,13 +127,11 @@ def _check_request(interpolator, video, cond, uncond, window: int, total: int, c
     """The whole request fits before anything is built: one window's activations next to the output of
     `total` frames (on the model's device), the window's known frames, mask, blend and conditioning frames,
     and the IMAGE copy of the output when that is made in the same memory (the CPU)."""
-    b, c, _, h, w = video.shape
     device, dtype = model_device_dtype(interpolator.module)
-    guided = 2 if uncond is not None and cfg != 1.0 and not is_regression(interpolator) else 1
-    batch = guided * conditioning_batch(cond)
-    out = tensor_bytes((b, c, total, h, w))
-    held = out * (2 if torch.device(device).type == "cpu" else 1) + 4 * tensor_bytes((b, c + 1, window, h, w))
-    check_fits(f"{interpolator.path}", interpolator.config, (batch, window, h, w), device, dtype, held=held)
+    guided = uncond is not None and cfg != 1.0 and not is_regression(interpolator)
+    shape = (max(video.shape[0], conditioning_batch(cond)), *video.shape[1:])
+    request = interpolate_estimate(interpolator.config, shape, window, total, guided, torch.device(device).type == "cpu")
+    check_fits(f"{interpolator.path}", interpolator.config, request.size, device, dtype, held=request.held)
     return device
 
 
