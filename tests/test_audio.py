@@ -52,8 +52,9 @@ def moving_frames(count: int = FRAMES, size: int = SIZE) -> np.ndarray:
 
 
 def write_tone_clip(path: Path, seconds_hz=TONE_HZ, rate: int = 44100, channels: int = 2,
-                    frames: int = FRAMES, fps: float = FPS) -> Path:
-    """An H.264 + AAC mp4 (or VP9 + Opus webm) written with PyAV alone: frames at fps and a tone as long."""
+                    frames: int = FRAMES, fps: float = FPS, audio_delay: float = 0.0) -> Path:
+    """An H.264 + AAC mp4 (or VP9 + Opus webm) written with PyAV alone: frames at fps and a tone as long,
+    starting `audio_delay` seconds after the first frame."""
     fmt = path.suffix.lstrip(".")
     sound = tone(frames / fps, rate, seconds_hz, channels)
     layout = "mono" if channels == 1 else "stereo"
@@ -70,7 +71,7 @@ def write_tone_clip(path: Path, seconds_hz=TONE_HZ, rate: int = 44100, channels:
         for start in range(0, sound.shape[1], 1024):
             chunk = np.ascontiguousarray(sound[:, start:start + 1024])
             frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-            frame.sample_rate, frame.pts = rate, start
+            frame.sample_rate, frame.pts = rate, start + round(audio_delay * rate)
             for packet in audio.encode(frame):
                 container.mux(packet)
         for stream in (audio, video):
@@ -234,6 +235,16 @@ def test_read_audio_cuts_the_window_of_the_selected_frames(tmp_path):
     assert audio_seconds(late) == pytest.approx(1.0, abs=1e-3) and audio_seconds(early) == pytest.approx(1.5, abs=1e-3)
     assert abs(peak_hz(late["waveform"][0].numpy(), 44100) - 600) <= 1
     assert abs(peak_hz(early["waveform"][0].numpy(), 44100) - 300) <= 1
+
+
+def test_a_late_sound_track_starts_with_silence(tmp_path):
+    path = write_tone_clip(tmp_path / "late.mp4", audio_delay=0.5)
+    sound = read_audio(path, 0.0, FRAMES / FPS)
+    samples, rate = sound["waveform"][0].numpy(), sound["sample_rate"]
+    assert audio_seconds(sound) == pytest.approx(FRAMES / FPS, abs=1e-3)
+    assert rms(samples[:, :int(0.45 * rate)]) < 0.01 and rms(samples[:, int(0.6 * rate):int(1.0 * rate)]) > 0.2
+    later = read_audio(path, 1.0, 1.0)          # from inside the sound: no silence
+    assert rms(later["waveform"][0].numpy()[:, :int(0.1 * rate)]) > 0.2
 
 
 def test_load_video_audio_follows_skip_cap_and_every_nth(pack, tmp_path, monkeypatch):

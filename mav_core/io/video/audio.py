@@ -90,7 +90,7 @@ def _decode(path: Path, start: float, duration: float | None, max_bytes: int | N
         if stream.codec_context is None:
             return None
         video_start = _stream_start(container.streams.video[0]) if container.streams.video else 0.0
-        chunks, rate, first_time, end, decoded = [], None, None, None, 0
+        chunks, rate, skip, end, decoded = [], None, 0, None, 0
         resampler = None
         for frame in container.decode(stream):
             if resampler is None:
@@ -98,10 +98,18 @@ def _decode(path: Path, start: float, duration: float | None, max_bytes: int | N
                 channels = len(frame.layout.channels)
                 resampler = av.AudioResampler(format="fltp", layout=_LAYOUTS.get(channels, "stereo"), rate=rate)
                 first_time = (frame.time if frame.time is not None else 0.0) - video_start
-                end = None if duration is None else round((start + duration - first_time) * rate)
+                skip = round((start - first_time) * rate)   # negative: the sound starts after `start`
+                if skip < 0:   # silence until the sound starts
+                    chunks.append(np.zeros((channels if channels in _LAYOUTS else 2, -skip), np.float32))
+                    decoded, skip = -skip, 0
+                end = None if duration is None else round(duration * rate)
             for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().astype(np.float32, copy=False))
-                decoded += chunks[-1].shape[1]
+                chunk = out.to_ndarray().astype(np.float32, copy=False)
+                if skip:   # samples before the window are dropped as they come
+                    cut = min(skip, chunk.shape[1])
+                    chunk, skip = chunk[:, cut:], skip - cut
+                chunks.append(chunk)
+                decoded += chunk.shape[1]
             if max_bytes is not None and decoded * channels * 4 * 2 > max_bytes:   # the chunks + their join
                 raise MemoryError(f"{str(path)!r}: its sound needs more than the {max_bytes / 2**30:.2f} GiB allowed "
                                   f"({decoded} samples x {channels} channels decoded so far)")
@@ -110,13 +118,8 @@ def _decode(path: Path, start: float, duration: float | None, max_bytes: int | N
         if resampler is None:
             return None
     samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((1, 0), np.float32)
-    offset = round((start - first_time) * rate)   # negative: the sound starts after `start`
-    if offset < 0:
-        samples = np.pad(samples, ((0, 0), (-offset, 0)))
-        offset = 0
-    samples = samples[:, offset:]
-    if duration is not None:
-        samples = samples[:, :round(duration * rate)]
+    if end is not None:
+        samples = samples[:, :end]
     return {"waveform": torch.from_numpy(np.ascontiguousarray(samples))[None], "sample_rate": int(rate)}
 
 
