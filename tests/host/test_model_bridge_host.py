@@ -12,7 +12,8 @@ weights; the bridge node runs in a server into the host's KSampler.
 The host's code runs in-process in the host's own Python (a child process started in the ComfyUI checkout,
 the pack imported as ComfyUI imports a custom node package), on two tiny random decoders: a UNet3D
 (ModelScope / Zeroscope structure, eps, scaled-linear schedule, latent) and a MAV-layout pixel decoder
-(v prediction, cosine schedule as MAV-Tiny's, image embedding and fps conditioning)."""
+(v prediction, cosine schedule as MAV-Tiny's, image embedding and fps conditioning), and the shipped,
+trained MAV-Tiny decoder (random conditioning of its widths)."""
 from __future__ import annotations
 
 import json
@@ -49,6 +50,7 @@ SCRIPT = textwrap.dedent(r"""
     from mav_pack.mav_core.inference.sampling import sample_unet
     from mav_pack.mav_core.io import unet_configs as UC
     from mav_pack.mav_core.io.checkpoints import LoadedModel
+    from mav_pack.mav_core.io.loader import load_model
     from mav_pack.mav_core.models import fused
     from mav_pack.mav_core.models.unet import SpaceTimeUNet, UNetConfig
     assert pack.nodes.host.HAS_COMFY and model_bridge.HAS_COMFY
@@ -74,6 +76,8 @@ SCRIPT = textwrap.dedent(r"""
                                          image_embed_tokens=2)).eval()
         randomise(pixel, 2)
         yield "pixel-v", LoadedModel("pixel", "decoder", "mav", pixel, NoiseSchedule("cosine"), "v"), 24, 12
+        shipped = load_model(REPO + "/mav_core/weights/mav-tiny/decoder.safetensors", dtype=torch.float32)
+        yield "mav-tiny-v", shipped, shipped.config.context_dim, shipped.config.image_embed_dim
 
     class GivenNoise:
         def __init__(self, noise): self.noise, self.seed = noise, 0
@@ -174,7 +178,8 @@ def report(comfy_host_paths):
     return result
 
 
-CASES = [f"{d}/{s}/{h}" for d in ("unet3d-eps", "pixel-v") for s in ("trailing", "karras") for h in ("ddim", "euler")]
+DECODERS = ("unet3d-eps", "pixel-v", "mav-tiny-v")
+CASES = [f"{d}/{s}/{h}" for d in DECODERS for s in ("trailing", "karras") for h in ("ddim", "euler")]
 # fp32 cases where the two samplers' float32 rounding alone already differs by more than 1e-4 (docs/lora.md,
 # the MODEL bridge): measured, kept visible as strict xfails
 FP32_BEYOND_1E4 = {
@@ -184,6 +189,8 @@ FP32_BEYOND_1E4 = {
     "unet3d-eps/karras/euler": "random UNet3D: our own sampler moves 3.4e-4 when its start noise moves by 1e-7",
     "pixel-v/trailing/ddim": "the host's Euler step x + d (s1 - s0) cancels in float32 from s0 = 2.03e4 (cosine)",
     "pixel-v/trailing/euler": "the host's Euler step x + d (s1 - s0) cancels in float32 from s0 = 2.03e4 (cosine)",
+    "mav-tiny-v/trailing/ddim": "the host's Euler step x + d (s1 - s0) cancels in float32 from s0 = 2.03e4 (cosine)",
+    "mav-tiny-v/trailing/euler": "the host's Euler step x + d (s1 - s0) cancels in float32 from s0 = 2.03e4 (cosine)",
 }
 
 
@@ -210,14 +217,14 @@ def test_host_fp32_result_is_as_exact_as_ours(report, case):
     assert r["host_fp32_vs_ours_fp64"] <= r["fp32_vs_fp64"] + r["fp32_ours_vs_nudged_noise"], r
 
 
-@pytest.mark.parametrize("decoder", ["unet3d-eps", "pixel-v"])
+@pytest.mark.parametrize("decoder", DECODERS)
 def test_host_ksampler_schedulers_run_and_differ(report, decoder):
     case = report[f"{decoder}/ksampler"]
     assert case["finite"]
     assert case["karras_vs_normal"] > 1e-3 and case["exponential_vs_normal"] > 1e-3, case
 
 
-@pytest.mark.parametrize("decoder", ["unet3d-eps", "pixel-v"])
+@pytest.mark.parametrize("decoder", DECODERS)
 def test_host_lora_loader_patches_the_bridged_model_by_our_names(report, decoder):
     case = report[f"{decoder}/host_lora"]
     assert case["patches"] == 1 and case["max_abs_diff"] <= 1e-5, case
