@@ -2,7 +2,8 @@
 SamplerCustomAdvanced and their samplers / schedulers sample it.
 
 The MODEL is a ModelPatcher over `MakeAVideoModel`, a host BaseModel whose `diffusion_model` is our
-SpaceTimeUNet itself (so the host's LoraLoaderModelOnly finds its weights by our / diffusers names) and
+SpaceTimeUNet (a copy sharing the decoder's tensors, so the host's weight patches never reach the decoder our
+own nodes sample; the host's LoraLoaderModelOnly finds its weights by our / diffusers names) and
 whose `model_sampling` declares the checkpoint's own noise schedule and prediction (eps / v / x0) the way
 our sampler uses them: the same sigma table, the same sigma -> timestep map (log-sigma interpolation,
 mav_core.diffusion.denoiser), the same input scaling and start noise (noise * sigmas[0]). Given the same
@@ -21,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..mav_core.diffusion.denoiser import Denoiser
+from ..mav_core.models.lora import shared_copy
 from . import host
 from .common import CATEGORY, DECODER, IMAGE_EMBED_KEY, require_model
 
@@ -91,7 +93,9 @@ if HAS_COMFY:
             latent = SDVideoFormat if cfg.in_channels == 4 else PixelVideoFormat
             prediction = decoder.prediction or "eps"
             super().__init__(_Config(latent), model_type=MODEL_TYPES[prediction])
-            self.diffusion_model = decoder.module
+            # its own module over the decoder's tensors: the host patches (LoraLoaderModelOnly) and moves this one,
+            # never the decoder our own nodes sample
+            self.diffusion_model = shared_copy(decoder.module)
             self.model_sampling = SAMPLING_CLASSES[prediction](decoder.schedule)
             self.mav_fps = float(fps)
             self.mav_path = decoder.path

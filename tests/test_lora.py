@@ -271,3 +271,25 @@ def test_node_lists_the_loras_folder_and_applies(pack, decoder, case, tmp_path, 
     _write({"lora_unet_nowhere.lora_down.weight": torch.zeros(2, 2)}, tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match=r"lora_name: .*lora_unet_nowhere\.lora_down\.weight"):
         node().apply(decoder, "bad.safetensors", 1.0)
+
+
+def test_shared_copy_shares_tensors_but_not_parameters(decoder, case):
+    """What the MODEL bridge hands the host: same output, no new memory, and a parameter replaced or
+    moved on the copy (the host's weight patching) leaves the decoder as it was."""
+    from mav_core.models.lora import shared_copy
+    copy = shared_copy(decoder.module)
+    assert torch.equal(_output(copy, case), _output(decoder.module, case))
+    ours, theirs = dict(copy.named_parameters()), dict(decoder.module.named_parameters())
+    assert all(ours[k].data_ptr() == p.data_ptr() and ours[k] is not p for k, p in theirs.items())
+    key = ATTENTION[0] + ".weight"
+    before = theirs[key].detach().clone()
+    module, _, attr = key.rpartition(".")
+    setattr(copy.get_submodule(module), attr, torch.nn.Parameter(torch.zeros_like(before)))
+    assert torch.equal(dict(decoder.module.named_parameters())[key], before)
+
+
+def test_model_bridge_needs_the_host(pack, decoder):
+    node = pack.NODE_CLASS_MAPPINGS["MakeAVideoModelBridge"]
+    assert node.RETURN_TYPES == ("MODEL", "LATENT")
+    with pytest.raises(RuntimeError, match="decoder: .*needs ComfyUI"):
+        node().bridge(decoder, 4, 32, 32, 1, 4.0)

@@ -93,3 +93,10 @@ def merged(module: nn.Module, deltas: list[LoraDelta], strength: float) -> nn.Mo
     clone.load_state_dict({k: v.detach() for k, v in state.items()}, strict=True, assign=True)
     clone.train(module.training)
     return clone
+
+
+def shared_copy(module: nn.Module) -> nn.Module:
+    """A new module of `module`'s class whose parameters and buffers are new Parameter objects over the same
+    tensors: no memory, and a holder that replaces its parameters (the host's weight patching) or moves
+    them to a device leaves `module` as it was."""
+    return merged(module, [], 0.0)

@@ -150,17 +150,18 @@ SCRIPT = textwrap.dedent(r"""
         # the host's LoraLoaderModelOnly on the bridged MODEL: a kohya file in our names
         params = dict(decoder.module.named_parameters())
         target = next(k for k in params if k.endswith("attn2.to_q.weight"))
-        w = params[target]
+        w = params[target].detach().clone()
         up, down = torch.randn(w.shape[0], 2, generator=g), torch.randn(2, w.shape[1], generator=g)
         kohya = "lora_unet_" + target[:-len(".weight")].replace(".", "_")
         lora = {kohya + ".lora_up.weight": up, kohya + ".lora_down.weight": down, kohya + ".alpha": torch.tensor(2.0)}
         patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 0.5, 0.0)
         comfy.model_management.load_models_gpu([patched])
         merged = dict(patched.model.diffusion_model.named_parameters())[target].detach().clone()
-        report[f"{name}/host_lora"] = {"max_abs_diff": float((merged - (w.detach() + 0.5 * up @ down)).abs().max()),
+        report[f"{name}/decoder_untouched_while_patched"] = bool(torch.equal(dict(decoder.module.named_parameters())[target].detach(), w))
+        report[f"{name}/host_lora"] = {"max_abs_diff": float((merged - (w + 0.5 * up @ down)).abs().max()),
                                        "patches": len(patched.patches)}
         comfy.model_management.unload_all_models()
-        report[f"{name}/weights_restored"] = bool(torch.equal(dict(decoder.module.named_parameters())[target], w))
+        report[f"{name}/weights_restored"] = bool(torch.equal(dict(decoder.module.named_parameters())[target].detach(), w))
     print("REPORT " + json.dumps(report))
 """)
 
@@ -228,6 +229,7 @@ def test_host_ksampler_schedulers_run_and_differ(report, decoder):
 def test_host_lora_loader_patches_the_bridged_model_by_our_names(report, decoder):
     case = report[f"{decoder}/host_lora"]
     assert case["patches"] == 1 and case["max_abs_diff"] <= 1e-5, case
+    assert report[f"{decoder}/decoder_untouched_while_patched"], "the host's LoRA patch reached the decoder itself"
     assert report[f"{decoder}/weights_restored"], "unloading did not restore the decoder's own weights"
 
 
