@@ -52,8 +52,8 @@ class FrameInterpolator:
             raise ValueError(f"images: interpolation needs at least 2 frames, got {frames.shape[0]} "
                              "(use mode 'extrapolate' to animate a single image)")
         cond = conditioning_dict(positive, "positive", model) if positive is not None else {}
-        if is_flow_interpolator(model):   # one step per pair of input frames, no sampled preview
-            progress = StepProgress(max(1, frames.shape[0] - 1), preview=False)
+        if is_flow_interpolator(model):   # one step per pair of input frames (preview: that pair's frames)
+            progress = StepProgress(max(1, frames.shape[0] - 1))
         else:                             # regression ↑F: one pass per window
             progress = StepProgress(1 if is_regression(model) else steps)
         how = InterpolationOptions(multiplier, mode, extra_frames or None)

@@ -10,12 +10,14 @@ import torch
 
 from ..data.world import heldout_prompts
 from ..eval.apps import eval_animation, eval_control, eval_two_image, eval_variations
-from ..eval.interpolation import eval_interpolation
+from ..eval.interpolation import (FlowTableOptions, eval_flow_interpolation, eval_interpolation, flow_table_methods,
+                                  print_flow_table)
 from ..eval.metrics import summarize
 from ..eval.text_to_video import eval_text_to_video, reference_motion
 from ..inference.pipeline import MakeAVideo
 from ..io.loader import load_model
 from ..models import family
+from ..models.flow_fusion import FLOW_INTERPOLATOR_FILE
 
 
 def add_eval_arguments(p):
@@ -27,7 +29,13 @@ def add_eval_arguments(p):
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     p.add_argument("--apps", action="store_true", help="also measure animation, two-image interpolation, "
                    "variations and control")
-    p.add_argument("--skip-interp", action="store_true", help="skip the ↑F comparison on real clips")
+    p.add_argument("--skip-interp", action="store_true", help="skip the 32x32 ↑F comparison on real clips (the size "
+                   "table runs unless --interp-sizes '')")
+    p.add_argument("--interp-windows", type=int, default=20, help="moving held-out windows of the ↑F size table")
+    p.add_argument("--interp-sizes", default="64,128,256", help="sizes of the ↑F table ('' to skip the table)")
+    p.add_argument("--diffusion-sizes", default="64,128", help="sizes of the table at which the diffusion ↑F runs")
+    p.add_argument("--diffusion-windows", type=int, default=None, help="windows the diffusion ↑F runs on in the "
+                   "table (default: all; minutes a window on a CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--cfg", type=float, default=4.0, help="decoder guidance scale")
 
@@ -60,6 +68,18 @@ def main_eval(args) -> int:
         print(f"{'method':20}{'PSNR dB':>9}{'SSIM':>8}{'frames/s':>10}")
         for name, r in interp.items():
             print(f"{name:20}{r['psnr']:9.2f}{r['ssim']:8.3f}{r['frames_per_second']:10.1f}")
+    if args.clips and args.interp_sizes:
+        flow_path = Path(args.weights or family.WEIGHTS_DIR) / FLOW_INTERPOLATOR_FILE
+        flow_model = load_model(flow_path, expect_stage="interpolator") if flow_path.exists() else None
+        sizes = tuple(int(v) for v in args.interp_sizes.split(","))
+        diffusion = tuple(int(v) for v in args.diffusion_sizes.split(",") if v)
+        table = eval_flow_interpolation(flow_table_methods(mav, flow_model, seed=args.seed), args.clips,
+                                        FlowTableOptions(windows=args.interp_windows, sizes=sizes,
+                                                         diffusion_sizes=diffusion, seed=args.seed,
+                                                         diffusion_windows=args.diffusion_windows),
+                                        diffusion={"mav_diffusion_interpolator"})
+        report["interpolation_table"] = table
+        print_flow_table(table)
     report["seconds"] = time.perf_counter() - t0
     if args.apps:
         apps = {"image_animation": eval_animation(mav, seed=args.seed),

@@ -48,8 +48,8 @@ def motion_compensated_frames(video: torch.Tensor, multiplier: int, net: FlowFus
     the input frames kept at every m-th position, the m-1 frames between each pair at t = k/m from one
     bidirectional flow estimate of the pair, fused by `net` (None: the visibility-weighted warped average).
     One pair at a time into the preallocated output (memory: the output plus one pair's working set);
-    callback({"step": i, "total": N-1}) after each pair (a Cancel check raises there). Output on the
-    input's device and in its dtype."""
+    callback({"step": i, "total": N-1, "denoised": the pair's output frames [B, 3, m+1, H, W]}) after each
+    pair (a Cancel check raises there). Output on the input's device and in its dtype."""
     check_video("video", video)
     b, c, n, h, w = video.shape
     check_frame_size("video", h, w)
@@ -66,7 +66,7 @@ def motion_compensated_frames(video: torch.Tensor, multiplier: int, net: FlowFus
             for k, frame in enumerate(frames, start=1):
                 result[:, :, i * m + k] = frame.clamp(-1, 1)
             if callback is not None:
-                callback({"step": i, "total": n - 1})
+                callback({"step": i, "total": n - 1, "denoised": result[:, :, i * m:(i + 1) * m + 1]})
     return result
 
 

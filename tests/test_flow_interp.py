@@ -1,0 +1,221 @@
+"""The motion-compensated ↑F: flow-warped in-between frames, the fusion network's start, sizes, multipliers,
+memory, Cancel, the recipe and the OpenCV baselines of the evaluation."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mav_core.errors import InputError
+from mav_core.eval.interpolation import opencv_flow_frame
+from mav_core.eval.metrics import flow_midpoint
+from mav_core.inference import InterpolationOptions, interpolate_video
+from mav_core.inference.flow import FlowOptions, estimate_flows, fusion_inputs, warp_pair
+from mav_core.inference.interpolate import motion_compensated_frames
+from mav_core.io.checkpoints import LoadedModel, save_model
+from mav_core.io.loader import load_model
+from mav_core.models.flow_fusion import FLOW_INTERPOLATOR_FILE, FlowFusionConfig, FlowFusionNet
+from mav_core.models import family
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIPS = ROOT / "data" / "clips"
+SHIPPED = family.WEIGHTS_DIR / FLOW_INTERPOLATOR_FILE
+
+
+def moving_texture(frames: int, h: int, w: int, step: tuple[float, float] = (1.5, 1.0), seed: int = 0):
+    """[1, 3, frames, h, w] in -1..1: a smooth random texture whose content moves by -`step` (x, y) px per
+    frame (the sampling window moves by +step)."""
+    g = torch.Generator().manual_seed(seed)
+    big = F.interpolate(torch.rand(1, 3, (h + 64) // 8, (w + 64) // 8, generator=g), size=(h + 64, w + 64),
+                        mode="bicubic", align_corners=False).clamp(0, 1) * 2 - 1
+    out = []
+    for i in range(frames):
+        theta = torch.tensor([[[1.0, 0, 2 * i * step[0] / (w + 64)], [0, 1.0, 2 * i * step[1] / (h + 64)]]])
+        grid = F.affine_grid(theta, (1, 3, h + 64, w + 64), align_corners=False)
+        shifted = F.grid_sample(big, grid, mode="bicubic", padding_mode="reflection", align_corners=False)
+        out.append(shifted[:, :, 32:32 + h, 32:32 + w])
+    return torch.stack(out, 2).clamp(-1, 1)
+
+
+def _model(net: torch.nn.Module) -> LoadedModel:
+    return LoadedModel("flow_interpolator.safetensors", "interpolator", "mav", net)
+
+
+def test_untrained_fusion_net_is_exactly_the_flow_warped_average():
+    torch.manual_seed(0)
+    video = moving_texture(4, 48, 64)
+    net = FlowFusionNet(FlowFusionConfig())
+    with_net = motion_compensated_frames(video, 3, net)
+    without = motion_compensated_frames(video, 3, None)
+    assert torch.equal(with_net, without)
+    # and a net whose head is not zero changes the frames between, never the known ones
+    torch.nn.init.normal_(net.head.weight, std=0.1)
+    moved = motion_compensated_frames(video, 3, net)
+    assert not torch.equal(moved[:, :, 1::3], without[:, :, 1::3])
+    assert torch.equal(moved[:, :, ::3], video)
+
+
+@pytest.mark.parametrize("h,w", [(32, 32), (37, 53), (45, 130), (97, 41)])
+def test_any_size_from_32_non_square_and_odd(h, w):
+    video = moving_texture(5, h, w, step=(1.0, 0.5))
+    net = FlowFusionNet()
+    torch.nn.init.normal_(net.head.weight, std=0.01)     # a non-trivial net: padding and cropping inside
+    out = interpolate_video(_model(net), video[:, :, ::2], {}, None, 8.0, InterpolationOptions(2))
+    assert out.shape == (1, 3, 5, h, w) and torch.isfinite(out).all()
+    assert torch.equal(out[:, :, ::2], video[:, :, ::2])
+
+
+def test_below_32_pixels_is_refused_naming_the_input():
+    with pytest.raises(InputError, match="32x32") as e:
+        interpolate_video(_model(FlowFusionNet()), torch.zeros(1, 3, 2, 31, 64), {}, None, 8.0, InterpolationOptions(2))
+    assert e.value.param == "video"
+
+
+def test_multiplier_3_keeps_known_frames_at_every_third_index_and_follows_motion():
+    truth = moving_texture(7, 64, 80, step=(1.2, 0.8))
+    known = truth[:, :, ::3]
+    out = interpolate_video(_model(FlowFusionNet()), known, {}, None, 8.0, InterpolationOptions(3))
+    assert out.shape[2] == 7
+    for i in range(3):
+        assert torch.equal(out[:, :, 3 * i], known[:, :, i])
+    inner = [j for j in range(7) if j % 3]
+    blend = torch.stack([known[:, :, j // 3] * (1 - (j % 3) / 3) + known[:, :, j // 3 + 1] * ((j % 3) / 3)
+                         for j in inner], 2)
+    err_flow = (out[:, :, inner] - truth[:, :, inner]).abs()[..., 8:-8, 8:-8].mean()
+    err_blend = (blend - truth[:, :, inner]).abs()[..., 8:-8, 8:-8].mean()
+    assert err_flow < 0.5 * err_blend, (float(err_flow), float(err_blend))
+    # the frame a third of the way is nearer frame 0's content than the frame two thirds of the way
+    d1 = (out[:, :, 1] - known[:, :, 0]).abs().mean()
+    d2 = (out[:, :, 2] - known[:, :, 0]).abs().mean()
+    assert d1 < d2
+
+
+def test_time_reversal_gives_the_same_frames_reversed():
+    video = moving_texture(2, 48, 48, step=(2.0, 1.0))
+    fwd = motion_compensated_frames(video, 4)
+    bwd = motion_compensated_frames(video.flip(2), 4)
+    assert (fwd - bwd.flip(2)).abs().max() < 0.05
+
+
+def test_visibility_weights_sum_to_one_and_follow_time():
+    video = moving_texture(2, 40, 56)
+    f0, f1 = video[:, :, 0], video[:, :, 1]
+    flows = estimate_flows(f0, f1, FlowOptions())
+    for t in (0.25, 0.5, 0.75):
+        pair = warp_pair(f0, f1, flows, t)
+        assert ((pair.weight0 >= 0) & (pair.weight0 <= 1)).all()
+        torch.testing.assert_close(pair.average, pair.weight0 * pair.warped0 + (1 - pair.weight0) * pair.warped1)
+        features, _, difference = fusion_inputs(pair, f0, f1, t)
+        assert features.shape[1] == 19 and torch.equal(difference, pair.warped0 - pair.warped1)
+    early, late = (warp_pair(f0, f1, flows, t).weight0.mean() for t in (0.25, 0.75))
+    assert early > late
+
+
+def test_flow_estimated_on_shrunk_frames_is_scaled_back():
+    video = moving_texture(2, 96, 160, step=(3.0, 1.0))
+    full = estimate_flows(video[:, :, 0], video[:, :, 1], FlowOptions())[0][..., 16:-16, 16:-16].mean((-1, -2))
+    small = estimate_flows(video[:, :, 0], video[:, :, 1], FlowOptions(max_side=80))[0][..., 16:-16, 16:-16].mean((-1, -2))
+    for flow in (full, small):   # content moves by (-3, -1) px a frame
+        assert abs(float(flow[0, 0]) + 3.0) < 0.3 and abs(float(flow[0, 1]) + 1.0) < 0.3, (full, small)
+
+
+def test_cancel_stops_within_one_pair():
+    video = moving_texture(6, 40, 40)
+    calls = []
+
+    class Cancelled(Exception):
+        pass
+
+    def callback(info):
+        calls.append(info["step"])
+        if len(calls) == 2:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        interpolate_video(_model(FlowFusionNet()), video, {}, None, 8.0, InterpolationOptions(4), callback=callback)
+    assert calls == [0, 1]
+
+
+def test_extrapolation_is_refused_naming_mode():
+    with pytest.raises(InputError) as e:
+        interpolate_video(_model(FlowFusionNet()), torch.zeros(1, 3, 2, 32, 32), {}, None, 8.0,
+                          InterpolationOptions(2, mode="extrapolate"))
+    assert e.value.param == "mode"
+
+
+def test_checkpoint_round_trip_through_the_loader(tmp_path):
+    net = FlowFusionNet(FlowFusionConfig(widths=(8, 8, 8), flow_preset="fast"))
+    torch.nn.init.normal_(net.head.weight, std=0.01)
+    path = tmp_path / FLOW_INTERPOLATOR_FILE
+    save_model(path, net, "interpolator")
+    loaded = load_model(path, expect_stage="interpolator")
+    assert loaded.config.flow_preset == "fast" and loaded.config.widths == (8, 8, 8)
+    video = moving_texture(3, 33, 47)
+    torch.testing.assert_close(motion_compensated_frames(video, 2, loaded.module),
+                               motion_compensated_frames(video, 2, net))
+
+
+def test_opencv_flow_baseline_at_half_time_is_the_midpoint_baseline():
+    rng = np.random.default_rng(0)
+    a = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+    b = np.roll(a, 2, axis=1)
+    assert np.array_equal(opencv_flow_frame(a, b, 0.5, "dis"), flow_midpoint(a, b))
+
+
+MEMORY_SCRIPT = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+from mav_core.inference.interpolate import motion_compensated_frames
+torch.set_num_threads(1)
+n = int(sys.argv[1])
+video = torch.rand(1, 3, n, 256, 256) * 2 - 1
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = motion_compensated_frames(video, 4)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+"""
+
+
+def test_memory_is_linear_in_frames(capsys):
+    """Peak resident memory over the input's own, for 3..24 input frames at 256x256 x4: a straight line
+    whose slope is about one output frame set (4 frames of 0.75 MiB) per input frame."""
+    script = MEMORY_SCRIPT.format(root=str(ROOT))
+    ns = [3, 8, 16, 24]
+    peaks = [int(subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True, text=True,
+                                check=True).stdout.split()[-1]) for n in ns]
+    slope, intercept = np.polyfit(ns, peaks, 1)
+    fit = np.polyval([slope, intercept], ns)
+    frame = 3 * 256 * 256 * 4
+    with capsys.disabled():
+        print(f"\nmemory fit: peak = {intercept / 2**20:.1f} MiB + {slope / 2**20:.2f} MiB x frames "
+              f"(one 256x256 output frame {frame / 2**20:.2f} MiB); measured {[round(p / 2**20, 1) for p in peaks]}")
+    assert np.abs(fit - peaks).max() < 0.1 * max(peaks) + 8 * 2**20, (peaks, fit)
+    assert 2 * frame < slope < 8 * frame, slope / frame
+
+
+@pytest.mark.skipif(not (CLIPS / "manifest.json").exists(), reason="no real clips: run scripts/fetch_clips.py")
+def test_recipe_trains_saves_and_resumes(tmp_path):
+    from mav_core.cli.main import main
+    args = ["train", "flow_interp", "--steps", "2", "--batch-size", "2", "--out", str(tmp_path), "--save-every", "1",
+            "--widths", "4,4,4", "--clips", str(CLIPS)]
+    assert main(args) == 0
+    state = torch.load(tmp_path / "flow_interp.state.pt", weights_only=False)
+    assert state["step"] == 2 and len(state["history"]) == 2
+    first = list(state["history"])
+    loaded = load_model(tmp_path / FLOW_INTERPOLATOR_FILE, expect_stage="interpolator")
+    assert not torch.equal(loaded.module.head.weight, torch.zeros_like(loaded.module.head.weight))
+    assert main(args[:3] + ["3"] + args[4:]) == 0          # resumed: one more step
+    state = torch.load(tmp_path / "flow_interp.state.pt", weights_only=False)
+    assert state["step"] == 3 and state["history"][:2] == first
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_half_follows_the_input():
+    net = FlowFusionNet().cuda().half()
+    video = moving_texture(3, 40, 72).cuda().half()
+    out = motion_compensated_frames(video, 2, net)
+    assert out.device.type == "cuda" and out.dtype == torch.float16
