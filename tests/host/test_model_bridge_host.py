@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
+import time
 
 import pytest
 
@@ -235,27 +236,45 @@ def test_host_lora_loader_patches_the_bridged_model_by_our_names(report, decoder
 
 # --- the node in a running server ---------------------------------------------------------------------
 
-def test_bridge_node_into_the_hosts_ksampler_in_a_server(comfy_server):
-    """Bundle Loader (shipped MAV-Tiny) -> Model Bridge -> the host's KSampler (karras) -> SaveLatent."""
-    assert comfy_server.pack_import_errors() == [], comfy_server.log_tail(80)
-    api = {
+def _bridge_graph(seed: int, prefix: str) -> dict:
+    """Bundle Loader (mav-tiny) -> Model Bridge -> the host's KSampler (euler, karras) -> SaveLatent."""
+    return {
         "1": {"class_type": "MakeAVideoBundleLoader", "inputs": {"folder": "mav-tiny"}},
         "2": {"class_type": "MakeAVideoTextEncode", "inputs": {"text_encoder": ["1", 0], "text": "a red circle on a black background"}},
         "3": {"class_type": "MakeAVideoTextEncode", "inputs": {"text_encoder": ["1", 0], "text": ""}},
         "4": {"class_type": "MakeAVideoPrior", "inputs": {"prior": ["1", 1], "conditioning": ["2", 0], "seed": 0, "steps": 2, "cfg": 1.0}},
         "5": {"class_type": "MakeAVideoModelBridge", "inputs": {"decoder": ["1", 2], "frames": 4, "width": 32, "height": 32,
                                                                 "batch_size": 1, "fps": 4.0}},
-        "6": {"class_type": "KSampler", "inputs": {"model": ["5", 0], "seed": 1, "steps": 3, "cfg": 4.0, "sampler_name": "euler",
+        "6": {"class_type": "KSampler", "inputs": {"model": ["5", 0], "seed": seed, "steps": 3, "cfg": 4.0, "sampler_name": "euler",
                                                    "scheduler": "karras", "positive": ["4", 0], "negative": ["3", 0],
                                                    "latent_image": ["5", 1], "denoise": 1.0}},
-        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "latents/bridge"}},
+        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": prefix}},
     }
-    history = comfy_server.run_prompt(api, timeout=300)
-    assert history_status(history) == "success", (history.get("status"), comfy_server.log_tail(40))
+
+
+def _run_and_log(server, api) -> str:
+    mark = len(server.log_text())
+    history = server.run_prompt(api, timeout=300)
+    assert history_status(history) == "success", (history.get("status"), server.log_tail(40))
+    return server.log_text()[mark:]
+
+
+def test_bridge_node_into_the_hosts_ksampler_in_a_server(comfy_server):
+    """The bridged MODEL samples in the host's KSampler, and the host's model management owns it: loaded
+    for the run, kept loaded for the next one, unloaded by /free (loaded again after)."""
     from safetensors.torch import load_file
-    files = sorted(comfy_server.output_dir.glob("latents/bridge*.latent"))
+    assert comfy_server.pack_import_errors() == [], comfy_server.log_tail(80)
+    assert comfy_server.free(unload_models=True, free_memory=False) == 200
+    time.sleep(1.0)   # the host's prompt worker handles /free asynchronously
+    assert "Requested to load MakeAVideoModel" in _run_and_log(comfy_server, _bridge_graph(1, "latents/bridge_a"))
+    files = sorted(comfy_server.output_dir.glob("latents/bridge_a*.latent"))
     assert files, list(comfy_server.output_dir.rglob("*"))
     samples = load_file(str(files[-1]))["latent_tensor"]
     assert tuple(samples.shape) == (1, 3, 4, 32, 32)
     assert bool(samples.isfinite().all()) and samples.std() > 0.05
-    assert "Requested to load MakeAVideoModel" in comfy_server.log_text()
+    assert "Requested to load MakeAVideoModel" not in _run_and_log(comfy_server, _bridge_graph(2, "latents/bridge_b")), \
+        "the loaded MODEL was not kept between prompts"
+    assert comfy_server.free(unload_models=True, free_memory=False) == 200
+    time.sleep(1.0)
+    assert "Requested to load MakeAVideoModel" in _run_and_log(comfy_server, _bridge_graph(3, "latents/bridge_c")), \
+        "/free did not unload the bridged MODEL"
