@@ -35,7 +35,7 @@ def test_loop_windows_wrap_cover_every_frame_and_hold_the_wrap_inside(frames, wi
         covered = np.zeros(frames, int)
         wrap_inside = False
         for start, n in spans:
-            assert n == min(window, frames)                      # every window full: no clip ends in a loop
+            assert n == (window if frames > window else (frames + 1) // 2)   # full windows, none holds the loop
             idx = (start + np.arange(n)) % frames
             covered[idx] += 1
             wrap_inside |= any(a == frames - 1 and b == 0 for a, b in zip(idx[:-1], idx[1:]))
@@ -66,9 +66,36 @@ def test_loop_blends_across_the_wrap_and_off_is_the_plain_windows():
     assert out_plain[0, 0, 0].item() < 3.0
     assert out_loop[0, 0, 0].item() > out_plain[0, 0, 0].item() + 1.0
     assert torch.equal(FrameWindows(Mean(), 6, 2, loop=False)(x, t), out_plain)
-    # one window: the whole clip, two rotations half a clip apart; a frame-wise mean over the clip is exact
+    # a loop that fits one window: windows of half the clip, so no window holds (and averages) the whole loop
     one = FrameWindows(Mean(), 16, 4, loop=True)
-    assert torch.allclose(one(x, t), x.mean().expand_as(x))
+    assert one.loop_layout(12) == (6, 3)
+    out = one(x, t)
+    assert out[0, 0, 0].item() > 3.0 and out.std() > 1.0
+
+
+@pytest.mark.parametrize("frames,window,overlap", [(12, 16, 4), (24, 8, 2)])
+def test_a_loop_has_no_start_rolling_the_input_rolls_the_output(tiny_unet_config, frames, window, overlap):
+    """Rotation equivariance on a temporal random-weight network: rolling the frames by a multiple of the
+    windows' stride rolls every step's output the same way (the same windows, relabelled), so the wrap is
+    denoised exactly like any other transition; without loop the clip has ends and the roll changes it."""
+    net = _tiny(tiny_unet_config).module
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 3, frames, 16, 16, generator=g)
+    ctx = torch.randn(1, 3, tiny_unet_config.context_dim, generator=g)
+    emb = torch.randn(1, tiny_unet_config.image_embed_dim, generator=g)
+    t = torch.tensor([500.0])
+    looped, shifted = FrameWindows(net, window, overlap, loop=True), FrameWindows(net, window, overlap, loop=True)
+    lw, lo = looped.loop_layout(frames)
+    k = lw - lo                                                   # one stride
+    with torch.no_grad():
+        for _ in range(3):                                        # three calls: three window placements
+            out = looped(x, t, context=ctx, image_embed=emb)
+            rolled = shifted(torch.roll(x, k, dims=2), t, context=ctx, image_embed=emb)
+            assert (rolled - torch.roll(out, k, dims=2)).abs().max().item() < 1e-4
+        plain = FrameWindows(net, window, overlap)
+        out = plain(x, t, context=ctx, image_embed=emb)
+        rolled = FrameWindows(net, window, overlap)(torch.roll(x, k, dims=2), t, context=ctx, image_embed=emb)
+    assert (rolled - torch.roll(out, k, dims=2)).abs().max().item() > 1e-3
 
 
 def _tiny(cfg):

@@ -53,9 +53,9 @@ class FrameWindows(torch.nn.Module):
     per-frame context / image_embed) is sliced with the window; everything else is passed through. Peak
     memory is that of one window.
 
-    loop=True: the clip is a closed loop. Windows wrap around its end (frame F-1 is followed by frame 0),
-    all of them full length (the whole clip, rotated, when it fits one window), and their start moves every
-    call, so the wrap transition is inside a window at most steps and is denoised like any other."""
+    loop=True: the clip is a closed loop. Windows wrap around its end (frame F-1 is followed by frame 0), all
+    of them full length and none holding the whole loop (loop_layout), and their start moves every call, so
+    the wrap transition is inside a window at every step and is denoised like any other."""
 
     def __init__(self, net: torch.nn.Module, window: int, overlap: int | None = None, loop: bool = False):
         super().__init__()
@@ -66,7 +66,6 @@ class FrameWindows(torch.nn.Module):
             raise ValueError(f"context_overlap must be an integer in [0, {window - 1}], got {overlap!r}")
         self.net, self.window, self.overlap, self.loop = net, window, overlap, bool(loop)
         self.calls = 0
-        self.loop_pair = True
 
     def spans(self, frames: int, shift: int = 0) -> list[tuple[int, int]]:
         """[start, end) of the windows covering the clip, each overlapping the previous by `overlap` frames.
@@ -83,21 +82,29 @@ class FrameWindows(torch.nn.Module):
             spans.append((start, min(start + self.window, frames)))
         return spans
 
+    def loop_layout(self, frames: int) -> tuple[int, int]:
+        """(window, overlap) of a closed loop of `frames`. A loop that fits one window is sampled in windows of
+        half the clip overlapping by half a window: a window holding the whole loop would ask the network for
+        one motion from its first frame to its last, which cannot close."""
+        if frames <= self.window:
+            window = max(2, -(-frames // 2))
+            return window, window // 2
+        return self.window, self.overlap
+
     def loop_spans(self, frames: int, shift: int = 0) -> list[tuple[int, int]]:
         """Wrapped windows of a closed loop: (start, length), start in [0, frames), frames start..start+length-1
-        modulo `frames`. One rotated window of the whole clip when it fits; else full windows every
-        window - overlap frames from `shift`, the last one overlapping the first by at least `overlap`."""
-        if frames <= self.window:
-            return [(shift % frames, frames), ((shift + frames // 2) % frames, frames)][:1 + self.loop_pair]
-        stride = self.window - self.overlap
+        modulo `frames`: full windows (loop_layout) every window - overlap frames from `shift`, the last one
+        overlapping the first by at least `overlap`."""
+        window, overlap = self.loop_layout(frames)
+        stride = window - overlap
         count = -(-frames // stride)
-        return [((shift + k * stride) % frames, self.window) for k in range(count)]
+        return [((shift + k * stride) % frames, window) for k in range(count)]
 
     def loop_step(self, frames: int) -> int:
-        """How far a closed loop's windows move per call: a quarter stride (a quarter clip for one window),
-        plus one when that would revisit the same few starts (so the starts run through every frame)."""
-        period = frames if frames <= self.window else self.window - self.overlap
-        step = max(1, period // 4)
+        """How far a closed loop's windows move per call: a quarter stride, plus one while that would revisit
+        the same few starts (so over the steps the starts run through every frame)."""
+        window, overlap = self.loop_layout(frames)
+        step = max(1, (window - overlap) // 4)
         while math.gcd(step, frames) != 1 and step < frames - 1:
             step += 1
         return step
