@@ -142,9 +142,11 @@ def empty_latent(decoder, frames: int, width: int, height: int, batch_size: int 
     """A zero LATENT [B, C, F, H, W] of the decoder's latent space for `frames` frames of width x height."""
     cfg = decoder.config
     scale = SD_LATENT_SCALE if cfg.in_channels == 4 else 1
+    multiple = scale * cfg.size_multiple   # one halving per UNet level below the first, in the latent
     for name, v in (("width", width), ("height", height)):
-        if v % scale:
-            raise ValueError(f"{name}: {v} must be a multiple of {scale} for this decoder's latent space")
+        if v % multiple:
+            raise ValueError(f"{name}: {v} must be a multiple of {multiple} for this decoder "
+                             f"({'latent 1/8 size, ' if scale > 1 else ''}{len(cfg.block_out_channels)} UNet levels)")
     return {"samples": torch.zeros(batch_size, cfg.in_channels, frames, height // scale, width // scale)}
 
 

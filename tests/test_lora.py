@@ -4,6 +4,7 @@ attention-processor, LoRACompatibleLinear and PEFT files; kohya names of the ori
 checked against a model whose weights the test merges itself from the same known deltas."""
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -293,3 +294,10 @@ def test_model_bridge_needs_the_host(pack, decoder):
     assert node.RETURN_TYPES == ("MODEL", "LATENT")
     with pytest.raises(RuntimeError, match="decoder: .*needs ComfyUI"):
         node().bridge(decoder, 4, 32, 32, 1, 4.0)
+
+
+def test_model_bridge_latent_size_is_checked_naming_the_input(pack, decoder):
+    bridge = importlib.import_module(pack.__name__ + ".model_bridge")
+    assert tuple(bridge.empty_latent(decoder, 3, 32, 16)["samples"].shape) == (1, 4, 3, 2, 4)
+    with pytest.raises(ValueError, match=r"height: 24 must be a multiple of 16"):
+        bridge.empty_latent(decoder, 3, 32, 24)
