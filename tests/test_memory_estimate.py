@@ -227,7 +227,7 @@ def clip(tmp_path_factory):
 
 
 @CI
-@given(frames=st.integers(1, 24), every_nth=st.integers(1, 3), size=st.sampled_from([None, (32, 48), (128, 192)]))
+@given(frames=st.integers(1, 24), every_nth=st.integers(1, 3), size=st.sampled_from([None, (32, 48), (128, 192), (480, 640)]))
 def test_load_video_peak_within_the_estimate(server, clip, frames, every_nth, size):
     check(server, dict(kind="load", path=str(clip), frames=frames, every_nth=every_nth, source=[64, 96],
                        height=size[0] if size else 0, width=size[1] if size else 0))
