@@ -50,3 +50,16 @@ def run_prior(prior: LoadedModel, tokens: torch.Tensor, pooled: torch.Tensor,
               options: SamplingOptions = SamplingOptions(steps=20), uncond: dict | None = None,
               callback: Callable | None = None) -> torch.Tensor:
     return sample_image_embed(prior.module, prior.schedule, tokens, pooled, options, uncond, callback)
+
+
+def encode_images(text_model: LoadedModel, video: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """The family's image embedding of `video` [B, 3, F, H, W] in -1..1 (the image encoder of the text
+    encoder's file), as the decoders and ↑F take it: [B, E], each frame's unit embedding, or with several
+    frames the unit mean of theirs (one embedding for a pair or a set of images). Frames are encoded
+    `chunk` at a time."""
+    b, _, f = video.shape[:3]
+    with torch.no_grad():
+        frames = video.transpose(1, 2).flatten(0, 1)                                      # [(B F), 3, H, W]
+        embeds = torch.cat([text_model.module.encode_image(frames[i:i + chunk]).float()
+                            for i in range(0, b * f, chunk)])
+    return F.normalize(embeds.reshape(b, f, -1).mean(dim=1), dim=-1)
