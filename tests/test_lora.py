@@ -5,6 +5,7 @@ checked against a model whose weights the test merges itself from the same known
 from __future__ import annotations
 
 import importlib
+import json
 import math
 
 import pytest
@@ -250,7 +251,7 @@ def test_stacked_loras_add_up(decoder, case, tmp_path):
     both = apply_lora(apply_lora(decoder, pa, 0.5), pb, 2.0)
     ref = merged_by_hand(merged_by_hand(decoder.module, a, 1.0, 0.5), b, 1.0, 2.0)
     assert (_output(both.module, case) - _output(ref, case)).abs().max().item() <= 1e-5
-    assert [e["file"] for e in __import__("json").loads(both.metadata["mav_loras"])] == ["a.safetensors", "b.safetensors"]
+    assert [e["file"] for e in json.loads(both.metadata["mav_loras"])] == ["a.safetensors", "b.safetensors"]
 
 
 # --- the node -------------------------------------------------------------------------------------
@@ -301,3 +302,34 @@ def test_model_bridge_latent_size_is_checked_naming_the_input(pack, decoder):
     assert tuple(bridge.empty_latent(decoder, 3, 32, 16)["samples"].shape) == (1, 4, 3, 2, 4)
     with pytest.raises(ValueError, match=r"height: 24 must be a multiple of 16"):
         bridge.empty_latent(decoder, 3, 32, 24)
+
+
+def test_peft_adapter_config_in_the_header_sets_the_scale(decoder, case, tmp_path):
+    """diffusers' save_lora_weights writes the PEFT adapter config (lora_alpha, alpha_pattern) into the
+    safetensors header; the scale alpha / rank comes from it (rsLoRA: alpha / sqrt(rank))."""
+    deltas = known_deltas(decoder.module, ATTENTION)
+    pattern_layer = ATTENTION[1]
+    config = {"r": RANK, "lora_alpha": 8, "alpha_pattern": {"attn2.to_k": 1}}
+    layers = {f"{name}.lora_{ab}.weight": t for name, (up, down) in deltas.items() for ab, t in (("A", down), ("B", up))}
+    try:
+        from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
+    except ImportError:
+        StableDiffusionLoraLoaderMixin = None
+    if StableDiffusionLoraLoaderMixin is not None:
+        StableDiffusionLoraLoaderMixin.save_lora_weights(tmp_path, unet_lora_layers=layers,
+                                                         unet_lora_adapter_metadata=config)
+        path = tmp_path / "pytorch_lora_weights.safetensors"
+    else:
+        path = tmp_path / "l.safetensors"
+        save_file({f"unet.{k}": v.contiguous() for k, v in layers.items()}, str(path),
+                  metadata={"lora_adapter_metadata": json.dumps({f"unet.{k}": v for k, v in config.items()})})
+    others = {k: v for k, v in deltas.items() if k != pattern_layer}
+    ref = merged_by_hand(merged_by_hand(decoder.module, others, 8 / RANK, 1.0), {pattern_layer: deltas[pattern_layer]},
+                         1 / RANK, 1.0)
+    assert (_output(apply_lora(decoder, path, 1.0).module, case) - _output(ref, case)).abs().max().item() <= 1e-5
+    # rsLoRA, and a malformed config named as such
+    from mav_core.io.lora import adapter_alphas
+    alpha_for = adapter_alphas({"lora_adapter_metadata": json.dumps({"unet.lora_alpha": 8, "unet.use_rslora": True})})
+    assert alpha_for("x.to_q", 4) / 4 == pytest.approx(8 / math.sqrt(4))
+    with pytest.raises(LoraFileError, match="lora_adapter_metadata"):
+        adapter_alphas({"lora_adapter_metadata": json.dumps({"unet.lora_alpha": "eight"})}, "f")

@@ -9,7 +9,9 @@ Layouts (one file may mix them; every key must be understood, or the file is ref
   diffusers      LoRACompatibleLinear / Conv: `[unet.]<module>.lora.down.weight` / `.lora.up.weight`, and
                  `.lora_linear_layer.down.weight` / `.up.weight`;
   peft           diffusers' PEFT-era files: `[unet.]<module>.lora_A.weight` / `.lora_B.weight` (also
-                 `.lora_A.default.weight`), scale 1 unless the file has `<module>.alpha`.
+                 `.lora_A.default.weight`), scale 1 unless the file has `<module>.alpha` or the adapter
+                 config diffusers writes into the header (`lora_adapter_metadata`: lora_alpha,
+                 alpha_pattern, use_rslora).
 Module paths are ours (= diffusers UNet3DConditionModel / UNet2DConditionModel names), or, for a UNet3D
 model, the original ModelScope names (`input_blocks.1.1.transformer_blocks.0.attn1.to_q`), or, for an image
 UNet inflated to video, the original LDM names of its spatial layers; all three also in kohya's
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from ..models.unet import is_temporal_key
 MAX_STRENGTH = 100.0
 LAYOUTS = ("kohya", "diffusers-attn", "diffusers", "peft")
 KOHYA_PREFIX = "lora_unet_"
+ADAPTER_METADATA_KEY = "lora_adapter_metadata"   # diffusers' PEFT adapter config in a safetensors header
 _PREFIXES = ("unet.", "base_model.model.", "model.diffusion_model.", "diffusion_model.")
 # (suffix, role, layout): the longest suffixes first, so '.lora_A.default.weight' is not read as '.weight'
 _SUFFIXES = ((".lora_linear_layer.down.weight", "down", "diffusers"),
@@ -126,10 +130,37 @@ def _named(keys: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def parse_lora(sd: dict, module: nn.Module, source: str = "LoRA") -> list[LoraDelta]:
+def adapter_alphas(metadata: dict | None, source: str = "LoRA"):
+    """alpha_for(module path, rank) -> alpha or None, from the PEFT adapter config diffusers writes into a
+    safetensors header (`lora_adapter_metadata`: `unet.lora_alpha`, `unet.alpha_pattern`, `unet.use_rslora`;
+    keys also without the `unet.` prefix). None when the file has no such config."""
+    raw = (metadata or {}).get(ADAPTER_METADATA_KEY)
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+        config = {k.removeprefix("unet."): v for k, v in config.items()} if isinstance(config, dict) else None
+        alpha, patterns = config.get("lora_alpha"), dict(config.get("alpha_pattern") or {})
+        rslora = bool(config.get("use_rslora", False))
+        numbers = [alpha, *patterns.values()] if alpha is not None else list(patterns.values())
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+            raise ValueError("lora_alpha / alpha_pattern values must be finite numbers")
+    except (ValueError, TypeError, AttributeError) as e:
+        raise LoraFileError(f"{source}: unreadable {ADAPTER_METADATA_KEY} in the header ({e})") from None
+
+    def alpha_for(name: str, rank: int) -> float | None:
+        hit = next((v for p, v in patterns.items() if re.fullmatch(rf"(.*\.)?(?:{p})", name)), alpha)
+        if hit is None:
+            return None
+        return float(hit) * math.sqrt(rank) if rslora else float(hit)   # rsLoRA scales by alpha / sqrt(rank)
+    return alpha_for
+
+
+def parse_lora(sd: dict, module: nn.Module, source: str = "LoRA", alpha_for=None) -> list[LoraDelta]:
     """The deltas of a LoRA state dict `sd` on `module`'s weights. Every key must be a LoRA key of a known
     layout naming a weight of `module`, with its up and down both present and fitting the weight;
-    otherwise LoraFileError names `source` and every key at fault."""
+    otherwise LoraFileError names `source` and every key at fault. alpha_for (adapter_alphas): the file's
+    adapter config, for layers without an alpha key of their own."""
     names = target_names(module)
     entries: dict[str, _Entry] = {}
     unknown, bad = [], []
@@ -159,6 +190,8 @@ def parse_lora(sd: dict, module: nn.Module, source: str = "LoRA") -> list[LoraDe
     deltas = []
     for target, e in entries.items():
         named = ", ".join(sorted(e.keys))
+        if e.alpha is None and alpha_for is not None and e.down is not None and e.down.dim() >= 1:
+            e.alpha = alpha_for(_strip(_split(e.keys[0])[0]), int(e.down.shape[0]))
         if e.up is None or e.down is None:
             bad.append(f"{named}: {'up' if e.up is None else 'down'} matrix missing for {target}")
         elif len(e.layouts) > 1:
@@ -172,23 +205,24 @@ def parse_lora(sd: dict, module: nn.Module, source: str = "LoRA") -> list[LoraDe
     return deltas
 
 
-def read_lora(path: str | Path) -> dict:
-    """The tensors of a LoRA file (.safetensors, header validated first; .pt/.pth/.bin/.ckpt read
-    weights-only)."""
+def read_lora(path: str | Path) -> tuple[dict, dict]:
+    """(tensors, safetensors header metadata) of a LoRA file (.safetensors, header validated first;
+    .pt/.pth/.bin/.ckpt read weights-only, no metadata)."""
     path = Path(path)
     if not path.is_file():
         raise LoraFileError(f"{path}: no such LoRA file")
-    sd, _ = read_weights(path)
+    sd, metadata = read_weights(path)
     if not sd:
         raise LoraFileError(f"{path}: holds no tensors")
-    return sd
+    return sd, metadata
 
 
 def apply_lora(model: LoadedModel, path: str | Path, strength: float) -> LoadedModel:
     """A new LoadedModel: `model` with the LoRA file at `path` merged at `strength` (in [-100, 100]; 0
     gives the model's own weights). `model` is left as it was; untouched weights are shared with it."""
     check_number("strength", strength, -MAX_STRENGTH, MAX_STRENGTH)
-    deltas = parse_lora(read_lora(path), model.module, str(path))
+    sd, metadata = read_lora(path)
+    deltas = parse_lora(sd, model.module, str(path), adapter_alphas(metadata, str(path)))
     module = merged(model.module, deltas, float(strength))
     applied = json.loads(model.metadata.get("mav_loras", "[]"))
     applied.append({"file": Path(path).name, "strength": float(strength), "layers": len(deltas)})
