@@ -178,6 +178,8 @@ def server():
 
 def check(server, request: dict) -> None:
     answer = server.measure(request)
+    if "clear_refs" in answer.get("error", ""):
+        pytest.skip("cannot reset peak RSS (/proc/self/clear_refs not writable)")
     assert "error" not in answer, (request, answer)
     grown, need = answer["grown"], answer["estimate"]
     assert grown <= UPPER * need, f"{request}: peak grew {grown / 2**20:.1f} MiB > {UPPER} x {need / 2**20:.1f} MiB"

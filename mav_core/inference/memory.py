@@ -40,7 +40,7 @@ WORKING_TENSORS = 4          # a ResBlock holds input, normed, conv output and t
 ATTENTION_TENSORS = 6        # a transformer block: input, normed, q, k, v, attention output
 FORWARD_FACTOR = 2.5         # peak RSS / counted tensors of a forward pass, measured (CPU, float32, MAV-Tiny)
 RUNTIME_BYTES = {"cpu": 36 << 20}             # measured: the first request of a fresh process, 1 thread
-RUNTIME_BYTES_PER_THREAD = {"cpu": 1 << 19}   # measured: + ~0.25 MiB per intra-op thread (1..16 threads)
+RUNTIME_BYTES_PER_THREAD = {"cpu": 1 << 20}   # measured: + 0.25 to 0.9 MiB per intra-op thread (1..16)
 SAMPLER_LATENTS = 8          # noise, x, denoised, the step's eps and x_prev, the previous estimate, the result
 
 
