@@ -25,7 +25,7 @@ import torch
 from common import ROOT, machine_info, table, write_json
 
 sys.path.insert(0, str(ROOT / "tests"))
-PROMPTS = ["a small red circle on a blue background", "a large yellow square on a gray background",
+PROMPTS = ["a small red circle on a dark blue background", "a large yellow square on a gray background",
            "a large green triangle on a black background"]
 
 

@@ -107,7 +107,8 @@ def test_sampler_node_noise_inputs(pack, shipped):
     """The node's noise choice maps to the core's share (shared = 1, independent = 0, correlated = the
     noise_share input); freeinit_iterations reaches the core and the progress bar counts every pass."""
     text, prior, decoder = shipped[0], shipped[1], shipped[2]
-    pos = pack.NODE_CLASS_MAPPINGS["MakeAVideoTextEncode"]().encode(text, "a small red circle on a blue background")[0]
+    prompt = "a small red circle on a dark blue background"
+    pos = pack.NODE_CLASS_MAPPINGS["MakeAVideoTextEncode"]().encode(text, prompt)[0]
     pos = pack.NODE_CLASS_MAPPINGS["MakeAVideoPrior"]().run(prior, pos, 0, 2, 1.0)[0]
     neg = pack.NODE_CLASS_MAPPINGS["MakeAVideoTextEncode"]().encode(text, "")[0]
     sampler = pack.NODE_CLASS_MAPPINGS["MakeAVideoSampler"]()
@@ -147,7 +148,7 @@ def test_shared_noise_moves_less_than_independent_on_mav_tiny():
     mav = MakeAVideo.load()
     res = {0.0: [], 0.5: [], 1.0: []}
     for seed in range(3):
-        cond, _ = mav.conditioning("a small red circle on a blue background", "", seed, 8, 1.0)
+        cond, _ = mav.conditioning("a small red circle on a dark blue background", "", seed, 8, 1.0)
         for share in res:
             out = generate_video(mav.decoder, cond, None, VideoShape(8, 32, 32, 8.0),
                                  SamplingOptions(seed=seed, steps=6, noise_share=share))

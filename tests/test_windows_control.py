@@ -113,7 +113,8 @@ def control_iou_with_windows(mav, adapter, clips: int, frames: int, windows: Win
         cond, uncond = mav.conditioning(caption(m.start), "", seed + i, 10, 1.0)
         shape = VideoShape(frames, family.BASE_SIZE, family.BASE_SIZE, 8.0)
         options = SamplingOptions(seed=seed + i, steps=steps, cfg=4.0)
-        for name, guides in (("without_control", Guides()), ("with_control", Guides(controls=(Control(adapter, hint),)))):
+        controlled = Guides(controls=(Control(adapter, hint),))
+        for name, guides in (("without_control", Guides()), ("with_control", controlled)):
             out = generate_video(mav.decoder, cond, uncond, shape, options, guides, windows)
             u8 = (video_to_frames(out).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
             ious[name].append(_iou(u8, truth))

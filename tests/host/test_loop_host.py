@@ -21,7 +21,7 @@ def _loop_graph(seed: int = 3, loop: bool = True, prefix: str = "mav/loop") -> d
     return {
         "1": {"class_type": "MakeAVideoBundleLoader", "inputs": {"folder": "mav-tiny"}},
         "2": {"class_type": "MakeAVideoTextEncode", "inputs": {"text_encoder": ["1", 0],
-                                                               "text": "a small red circle on a blue background"}},
+                                                               "text": "a small red circle on a dark blue background"}},
         "3": {"class_type": "MakeAVideoTextEncode", "inputs": {"text_encoder": ["1", 0], "text": ""}},
         "4": {"class_type": "MakeAVideoPrior", "inputs": {"prior": ["1", 1], "conditioning": ["2", 0], "seed": 0,
                                                           "steps": 4, "cfg": 1.0}},
