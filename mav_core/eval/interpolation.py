@@ -188,8 +188,8 @@ def eval_flow_interpolation(methods: dict, clips_folder: str | Path, options: Fl
 def flow_table_methods(mav: MakeAVideo | None, flow_model: LoadedModel | None, steps: int = 15,
                        seed: int = 0) -> dict:
     """The torch methods of the ↑F table: the motion-compensated ↑F (`flow_model`), the flow-warped average
-    it starts from (no network), and the diffusion ↑F of `mav` (blend_init from the motion-compensated
-    estimate, the empty prompt)."""
+    it starts from (no network), and the diffusion ↑F of `mav` (interpolate_video's defaults: from the linear
+    blend noised to 0.3, 15 steps, the empty prompt)."""
     methods = {}
     if flow_model is not None:
         methods["mav_flow_interpolator"] = lambda v, m: motion_compensated_frames(v, m, flow_model.module)

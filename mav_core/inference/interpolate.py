@@ -115,14 +115,6 @@ def _interpolate_flow(interpolator, video, m, callback):
     return motion_compensated_frames(video.to(device, torch.float32), m, interpolator.module, callback)
 
 
-def _motion_init(grid: torch.Tensor, m: int) -> torch.Tensor:
-    """The known frames of grid [B, C, T, H, W] (every m-th) and motion-compensated frames between them
-    (the diffusion ↑F's starting point); the linear blend where the frames are below 32 pixels."""
-    if min(grid.shape[-2:]) < 32:
-        return linear_blend_frames(grid, m)
-    return motion_compensated_frames(grid[:, :, ::m], m).to(grid)
-
-
 def _check_request(interpolator, video, cond, uncond, window: int, total: int, cfg: float):
     """The whole request fits before anything is built: one window's activations next to the output of
     `total` frames (on the model's device), the window's known frames, mask, blend and conditioning frames,
@@ -155,7 +147,7 @@ def _interpolate(interpolator, video, cond, uncond, fps, frames, options, callba
         window_options = options.replace(seed=derive_seed(options.seed, start), denoise=1.0)
         guides = Guides(known=grid, known_mask=interpolation_mask(t, m))
         if 0 < frames.blend_init < 1 and not is_regression(interpolator):
-            guides = guides.replace(init=_motion_init(grid, m))
+            guides = guides.replace(init=linear_blend_frames(grid, m))
             window_options = window_options.replace(denoise=frames.blend_init)
         out = generate_video(interpolator, cond, uncond, VideoShape(t, h, w, fps * m), window_options, guides,
                              callback=callback)
