@@ -117,4 +117,6 @@ def test_shipped_sr_video_chunk_seams_are_within_the_clips_own_spread():
         assert len(seams) >= 2
         for name, score in (("frame difference", frame_differences(v)), ("jerk", temporal_jerk(v))):
             s = seam_scores(score, seams)
+            print(f"frame_chunk {chunk}, {name}: largest of {len(seams)} chunk-edge transitions "
+                  f"{s['max_seam']:.2f}, the clip's other transitions' 95th percentile {s['inner_p95']:.2f}")
             assert s["invisible"], (chunk, name, np.round(score[seams], 2), round(s["inner_p95"], 2))
