@@ -67,7 +67,7 @@ def test_windows_and_loops_slice_hints_and_per_frame_prompts_exactly(tiny_unet_c
 
 
 def test_generate_with_windows_controls_and_prompt_travel(tiny_unet_config):
-    """The sampler takes windows + controls + prompt travel (refused before); strength 0 under windows is
+    """The sampler takes windows + controls + prompt travel together; strength 0 under windows is
     exactly the windowed uncontrolled sample; an active control changes it."""
     torch.manual_seed(0)
     dec = LoadedModel("tiny", "decoder", "mav", _random(SpaceTimeUNet(tiny_unet_config), 4),
