@@ -24,7 +24,7 @@ import torch
 
 from ..mav_core.inference.memory import available_bytes
 from ..mav_core.io.video import (AUDIO_FORMATS, WRITE_FORMATS, VideoSettings, check_audio, check_fps_for_format,
-                                  probe_video, read_audio, read_video, write_video_with_audio)
+                                  probe_video, read_audio, read_bytes, read_video, write_video_with_audio)
 from . import host
 from .common import CATEGORY, require_frames
 
@@ -321,9 +321,11 @@ def selected_count(total: int, cap: int, skip: int, nth: int) -> int:
     return min(count, cap) if cap else count
 
 
-def check_load_fits(frames: int, height: int, width: int, available: int | None) -> None:
-    """Refuse a load whose frames (uint8 while decoding + the float32 IMAGE) exceed the free memory."""
-    need = frames * height * width * 3 * 5
+def check_load_fits(frames: int, size: tuple[int, int], source: tuple[int, int], available: int | None) -> None:
+    """Refuse a load whose estimate (read_bytes: the kept frames while decoding + the float32 IMAGE, the
+    decoder's frames of the `source` size and its buffers) exceeds the free memory."""
+    height, width = size
+    need = read_bytes(frames, height, width, source)
     if available is not None and need > available:
         raise MemoryError(f"frame_load_cap: {frames} frames of {width}x{height} need about {need / 2**30:.2f} GiB, "
                           f"but only {available / 2**30:.2f} GiB is free; lower frame_load_cap, raise "
@@ -391,7 +393,7 @@ class LoadVideo:
             if probe["frames"]:
                 out_h, out_w = size or (probe["height"], probe["width"])
                 check_load_fits(selected_count(probe["frames"], frame_load_cap, skip_first_frames, select_every_nth),
-                                out_h, out_w, available)
+                                (out_h, out_w), (probe["height"], probe["width"]), available)
             # the header may not declare a frame count (live webm, MediaRecorder): decoding stops at the budget
             frames, fps = read_video(path, max_frames=frame_load_cap or None, skip_first=skip_first_frames,
                                      every_nth=select_every_nth, size=size, max_bytes=available)

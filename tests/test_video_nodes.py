@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mav_core.io.video import probe_video, read_metadata, read_video, write_video
+from mav_core.io.video import probe_video, read_bytes, read_metadata, read_video, write_video
 from synthetic_frames import moving_frames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,8 +211,8 @@ def test_nodes_are_registered(pack, video_io):
 def test_load_video_refuses_a_load_that_cannot_fit(video_io, folders, monkeypatch):
     write_video(moving_frames(count=12, height=24, width=32), folders["input"] / "clip.webm", fps=8.0)
     node = video_io.LoadVideo()
-    one_frame = 24 * 32 * 3 * 5
-    monkeypatch.setattr(video_io, "available_bytes", lambda device: 4 * one_frame)   # room for 4 frames
+    room_for_4 = read_bytes(4, 24, 32)
+    monkeypatch.setattr(video_io, "available_bytes", lambda device: room_for_4)
     with pytest.raises(MemoryError, match="frame_load_cap: 12 frames of 32x24"):
         node.load("clip.webm", 0, 0, 1, 0, 0)
     with pytest.raises(MemoryError, match="frame_load_cap: 6 frames"):
