@@ -8,7 +8,7 @@ from . import host
 from .common import CATEGORY, SAMPLERS, SEED, UPSCALER, StepProgress, frames_out, inputs_named, require_frames, require_model
 
 
-MIN_CHUNK = 3   # sr_video chunks overlap by 2 frames, so a chunk must hold more than 2
+MIN_CHUNK = 3   # sr_video chunks share frames with their neighbours (2 from frame_chunk 4), so they hold more than 2
 
 
 class Upscaler:
@@ -25,8 +25,9 @@ class Upscaler:
                 "upscaler": (UPSCALER,), "images": ("IMAGE",), "seed": SEED,
                 "steps": ("INT", {"default": 10, "min": 1, "max": 1000}),
                 "frame_chunk": ("INT", {"default": SR_VIDEO_CHUNK, "min": MIN_CHUNK, "max": 1024,
-                                        "tooltip": "frames per model call (lower = less memory); "
-                                                   "sr_video chunks overlap by 2 frames"}),
+                                        "tooltip": "frames per model call (lower = less memory); sr_video "
+                                                   "chunks share frames with their neighbours (2 or more from 4 "
+                                                   "frames), cross-faded from one chunk to the next"}),
             },
             "optional": {"sampler_name": (SAMPLERS, {"default": "ddim"})},
         }
