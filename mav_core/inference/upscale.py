@@ -91,7 +91,7 @@ def upscale_video(sr: LoadedModel, video: torch.Tensor, options: SamplingOptions
             out = up + out / residual_scale
         weight = chunk_weights(spans, i)
         total[start:end] += weight
-        result[:, :, start:end].add_(out * weight.to(device)[:, None, None])
+        result[:, :, start:end].add_(out.mul_(weight.to(device)[:, None, None]))   # in place: no chunk-sized temporary
     if len(spans) > 1 and not torch.equal(total, torch.ones(f)):   # a frame in three chunks (chunks of < 6 frames)
         result /= total.to(device)[:, None, None]
     return result
