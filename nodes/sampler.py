@@ -13,7 +13,7 @@ from .prompt_schedule import scheduled_conditioning
 from .common import (CATEGORY, DECODER, SAMPLERS, SEED, StepProgress, conditioning_dict, frames_out, inputs_named,
                      require_frames, require_model, widget_problem)
 
-NOISE_TYPES = ("independent", "shared", "correlated")
+NOISE_TYPES = ["independent", "shared", "correlated"]   # a combo: the host takes a list
 NOISE_SHARE = {"independent": 0.0, "shared": 1.0}   # correlated: the noise_share input
 LATENT_SCALE = 8   # latent families (UNet3D / ModelScope): pixel size / 8, as the host's Empty Latent Image
 SD_VAE_SCALING = 0.18215   # the SD VAE's latent scaling (ModelScope, Zeroscope, SD 1.x/2.x): the host's
@@ -103,7 +103,7 @@ class Sampler:
             height, width = height // LATENT_SCALE, width // LATENT_SCALE
         shape = VideoShape(frames, height, width, fps)
         if noise not in NOISE_TYPES:
-            raise InputError("noise", f"must be one of {list(NOISE_TYPES)}, got {noise!r}")
+            raise InputError("noise", f"must be one of {NOISE_TYPES}, got {noise!r}")
         options = SamplingOptions(seed=seed, steps=steps, cfg=cfg, sampler=sampler_name, denoise=denoise,
                                   noise_share=NOISE_SHARE.get(noise, noise_share),
                                   freeinit_iterations=freeinit_iterations)
