@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,3 +127,31 @@ def test_workflows_feed_the_interpolator_the_image_embedding(stem):
     loader = api[api[encode[0]]["inputs"]["text_encoder"][0]]
     assert loader["class_type"] == "MakeAVideoTextEncoderLoader"
     assert loader["inputs"]["ckpt_name"] == f"{family.WEIGHTS_DIR.name}/text.safetensors"
+
+
+def test_animation_scores_see_colour_shape_and_motion():
+    """The eval's per-animation scores on rendered stand-ins: the input's object sliding right keeps colour and
+    shape in every new frame and moves by the slide; another colour, then another shape, is not kept."""
+    from mav_core.eval.apps import _animation_scores
+    start = Scene(shape="square", colour="yellow", size="large", background="gray", x=0.35, y=0.5)
+    img = render_scenes([start], family.BASE_SIZE)
+    slide = render_scenes([Scene(**{**start.__dict__, "x": 0.35 + 0.02 * i}) for i in range(6)], family.BASE_SIZE)
+    kept = _animation_scores(slide, img)
+    assert kept["colour"] == kept["shape"] == kept["both"] == 1.0 and kept["psnr"] == float("inf")
+    assert abs(kept["move"] - 0.1 * family.BASE_SIZE) < 1.0
+    recoloured = np.concatenate([img, render_scenes([Scene(**{**start.__dict__, "colour": "blue"})] * 5, family.BASE_SIZE)])
+    scores = _animation_scores(recoloured, img)
+    assert scores["colour"] == 0.0 and scores["both"] == 0.0 and scores["shape"] == 1.0
+    reshaped = np.concatenate([img, render_scenes([Scene(**{**start.__dict__, "shape": "circle"})] * 5, family.BASE_SIZE)])
+    scores = _animation_scores(reshaped, img)
+    assert scores["shape"] == 0.0 and scores["colour"] == 1.0
+
+
+def test_eval_animation_reports_both_settings():
+    from mav_core.eval.apps import eval_animation
+    from mav_core.inference.pipeline import MakeAVideo
+    report = eval_animation(MakeAVideo.load(), n=1, frames=3)
+    for setting in ("with_embed", "without_embed"):
+        assert report[f"{setting}_first_frame_psnr_db"] == float("inf")   # the input is the first frame
+        for k in ("colour_kept_share", "shape_kept_share", "colour_and_shape_kept_share", "moving_share"):
+            assert 0.0 <= report[f"{setting}_{k}"] <= 1.0
