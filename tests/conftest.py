@@ -38,6 +38,15 @@ def folders(video_io, tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for the test (reductions in a fixed order), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny_unet_config():
     from mav_core.models.unet import UNetConfig
     return UNetConfig(block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, True),

@@ -17,12 +17,7 @@ from mav_core.io.checkpoints import LoadedModel
 from mav_core.models.unet import SpaceTimeUNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # bit-exact comparisons: one intra-op thread
 
 
 @pytest.mark.parametrize("frames,window,overlap", [(8, 16, 4), (16, 16, 4), (17, 8, 2), (40, 16, 4), (30, 10, 0)])

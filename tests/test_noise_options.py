@@ -16,12 +16,7 @@ from mav_core.io.checkpoints import LoadedModel
 from mav_core.models.unet import SpaceTimeUNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # bit-exact comparisons: one intra-op thread
 
 
 def test_lowpass_passes_dc_and_stops_the_highest_frequency():

@@ -18,12 +18,7 @@ from mav_core.inference import Guides, SamplingOptions, VideoShape, WindowOption
 from mav_core.models.unet import SpaceTimeUNet, UNetConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # bit-exact comparisons: one intra-op thread
 
 
 def _tiny_decoder(seed=0, extra=0):

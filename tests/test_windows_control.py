@@ -21,12 +21,7 @@ from mav_core.models.control import Control, ControlAdapter, ControlConfig, Cont
 from mav_core.models.unet import SpaceTimeUNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # bit-exact comparisons: one intra-op thread
 
 
 def _random(module, seed):
