@@ -167,3 +167,16 @@ class StepProgress:
 def frames_out(video: torch.Tensor) -> torch.Tensor:
     """Core video [B, 3, F, H, W] -> IMAGE [B*F, H, W, 3] on the host's intermediate device."""
     return video_to_frames(video).to(host.intermediate_device())
+
+
+def selection_inputs(noun: str) -> dict:
+    """The frame-selection widgets a loader of `noun`s ("frame", "image") shows, in the order its
+    workflows store them: cap, skip, every n-th, forced width and height."""
+    return {
+        f"{noun}_load_cap": ("INT", {"default": 0, "min": 0, "max": 100000,
+                                     "tooltip": f"at most this many {noun}s (0 = all; mind the memory)"}),
+        f"skip_first_{noun}s": ("INT", {"default": 0, "min": 0, "max": 1000000}),
+        "select_every_nth": ("INT", {"default": 1, "min": 1, "max": 1000}),
+        "force_width": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 1}),
+        "force_height": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 1}),
+    }

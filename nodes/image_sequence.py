@@ -12,10 +12,11 @@ from pathlib import Path
 
 from ..mav_core.errors import InputError
 from ..mav_core.inference.memory import available_bytes
+from ..mav_core.io.video import forced_size
 from ..mav_core.io.image_sequence import (READ_SUFFIXES, SAVE_FORMATS, SequenceNames, SequenceSelection, image_size,
                                           list_images, read_images, select, write_images)
 from . import host
-from .common import CATEGORY, require_frames
+from .common import CATEGORY, require_frames, selection_inputs
 from .video_io import MAX_LISTED_INPUTS, folder_of, host_metadata, save_location
 
 LOAD_ERRORS = {"max_frames": "image_load_cap", "skip_first": "skip_first_images", "every_nth": "select_every_nth",
@@ -71,12 +72,7 @@ class LoadImages:
         return {
             "required": {
                 "folder": (input_folders(), {"tooltip": "a subfolder of the input folder holding the images"}),
-                "image_load_cap": ("INT", {"default": 0, "min": 0, "max": 100000,
-                                           "tooltip": "at most this many images (0 = all; mind the memory)"}),
-                "skip_first_images": ("INT", {"default": 0, "min": 0, "max": 1000000}),
-                "select_every_nth": ("INT", {"default": 1, "min": 1, "max": 1000}),
-                "force_width": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 1}),
-                "force_height": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 1}),
+                **selection_inputs("image"),
             },
         }
 
@@ -118,23 +114,13 @@ class LoadImages:
                 if not picked:
                     raise InputError("skip_first", f"{skip_first_images} with every_nth {select_every_nth} "
                                                    f"leaves no image of {folder!r}")
-                size = _scaled_size(image_size(picked[0]), force_width, force_height)
+                size = forced_size(*image_size(picked[0]), force_width, force_height)
             selection = SequenceSelection(selection.max_frames, selection.skip_first, selection.every_nth, size)
             sequence = read_images(path, selection, available_bytes("cpu"), progress)
         except InputError as e:
             raise _named(e) from None
         device = host.intermediate_device()
         return (sequence.frames.to(device), sequence.masks.to(device), int(sequence.frames.shape[0]))
-
-
-def _scaled_size(source: tuple[int, int], force_width: int, force_height: int) -> tuple[int, int]:
-    """(height, width): both given, or one given and the other kept in proportion to `source`."""
-    src_h, src_w = source
-    if force_width > 0 and force_height > 0:
-        return int(force_height), int(force_width)
-    if force_width > 0:
-        return max(1, round(src_h * force_width / src_w)), int(force_width)
-    return int(force_height), max(1, round(src_w * force_height / src_h))
 
 
 class SaveImages:

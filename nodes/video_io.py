@@ -24,9 +24,10 @@ import torch
 
 from ..mav_core.inference.memory import available_bytes
 from ..mav_core.io.video import (AUDIO_FORMATS, WRITE_FORMATS, VideoSettings, check_audio, check_fps_for_format,
-                                  probe_video, read_audio, read_bytes, read_video, write_video_with_audio)
+                                  forced_size, probe_video, read_audio, read_bytes, read_video,
+                                  write_video_with_audio)
 from . import host
-from .common import CATEGORY, require_frames
+from .common import CATEGORY, require_frames, selection_inputs
 
 # the host's VIDEO type (ComfyUI >= 0.3.3x); older hosts only get the IMAGE nodes
 HAS_VIDEO_TYPE = host.has_video_type()
@@ -304,17 +305,6 @@ def input_path(name: str) -> Path:
     return path
 
 
-def _scaled_size(src_h: int, src_w: int, force_width: int, force_height: int) -> tuple[int, int] | None:
-    """(height, width) for read_video: both given, or one given and the other kept in proportion."""
-    if force_width <= 0 and force_height <= 0:
-        return None
-    if force_width > 0 and force_height > 0:
-        return int(force_height), int(force_width)
-    if force_width > 0:
-        return max(1, round(src_h * force_width / src_w)), int(force_width)
-    return int(force_height), max(1, round(src_w * force_height / src_h))
-
-
 def selected_count(total: int, cap: int, skip: int, nth: int) -> int:
     """How many frames read_video keeps from `total` (cap 0 = no cap)."""
     count = max(0, -(-(total - skip) // nth))
@@ -348,12 +338,7 @@ class LoadVideo:
         return {
             "required": {
                 "video": (input_videos(), {"video_upload": True}),
-                "frame_load_cap": ("INT", {"default": 0, "min": 0, "max": 100000,
-                                           "tooltip": "at most this many frames (0 = all; mind the memory)"}),
-                "skip_first_frames": ("INT", {"default": 0, "min": 0, "max": 1000000}),
-                "select_every_nth": ("INT", {"default": 1, "min": 1, "max": 1000}),
-                "force_width": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 1}),
-                "force_height": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 1}),
+                **selection_inputs("frame"),
             },
         }
 
@@ -389,7 +374,7 @@ class LoadVideo:
                 src_h, src_w = probe["height"], probe["width"]
                 if not (src_h and src_w):
                     src_h, src_w = read_video(path, max_frames=1)[0].shape[1:3]
-                size = _scaled_size(src_h, src_w, force_width, force_height)
+                size = forced_size(src_h, src_w, force_width, force_height)
             if probe["frames"]:
                 out_h, out_w = size or (probe["height"], probe["width"])
                 check_load_fits(selected_count(probe["frames"], frame_load_cap, skip_first_frames, select_every_nth),

@@ -36,7 +36,7 @@ from .containers import encode_png, png_text
 from .formats import DEFAULT_FOLDER_FPS, FPS_KEY, WRITE_FORMATS, check_fps_for_format, fps_limits  # noqa: F401
 from .formats import _BT709, _LIMITED_RANGE  # noqa: F401 - the colour tags, checked by tests/test_video.py
 from .probe import probe_video, read_metadata
-from .read import read_bytes, read_video
+from .read import forced_size, read_bytes, read_video
 from .write import VideoSettings, write_video, write_video_with_audio
 
 __all__ = ["write_video", "write_video_with_audio", "VideoSettings", "read_audio", "check_audio", "fit_to_duration",

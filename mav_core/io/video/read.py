@@ -71,6 +71,18 @@ DECODE_BYTES = 16 << 20  # measured: the decoder's own state and buffers next to
 DECODE_FRAMES = 8        # source frames (rgb24) the decoder and the conversion hold at once
 
 
+def forced_size(src_h: int, src_w: int, force_width: int, force_height: int) -> tuple[int, int] | None:
+    """(height, width) a loader resizes to: both given, or one given and the other kept in proportion to the
+    source; None when neither is given (> 0)."""
+    if force_width <= 0 and force_height <= 0:
+        return None
+    if force_width > 0 and force_height > 0:
+        return int(force_height), int(force_width)
+    if force_width > 0:
+        return max(1, round(src_h * force_width / src_w)), int(force_width)
+    return int(force_height), max(1, round(src_w * force_height / src_h))
+
+
 def read_bytes(frames: int, height: int, width: int, source: tuple[int, int] | None = None) -> int:
     """Peak memory of read_video keeping `frames` frames of height x width from a source of (height, width)
     `source` (default: the same size): the kept uint8 frames + the float32 output (BYTES_PER_KEPT_BYTE per
