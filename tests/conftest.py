@@ -37,9 +37,10 @@ def folders(video_io, tmp_path, monkeypatch):
     return dirs
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
-    """torch on one intra-op thread for the test (reductions in a fixed order), restored after."""
+    """torch on one intra-op thread for a test module (reductions in a fixed order; small models run faster
+    so on a shared machine), restored after."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

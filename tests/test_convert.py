@@ -22,13 +22,7 @@ SMALL_2D = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2, cross_a
 REAL_PARAMS = 1_411_233_860          # diffusers UNet3DConditionModel() (ModelScope T2V 1.7B's UNet)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these small models run faster so on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _diffusers():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pickle
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from mav_core.io.motion import apply_motion, read_motion, save_motion
 from mav_core.io.inflate import inflate_image_checkpoint
 from mav_core.models.unet import SpaceTimeUNet, UNetConfig, is_temporal_key
 from mav_core.io.video import write_video
+from synthetic_weights import randomise
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_3D = dict(block_out_channels=[32, 64], down_block_types=["CrossAttnDownBlock3D", "DownBlock3D"],
@@ -35,23 +35,7 @@ TINY_3D = dict(block_out_channels=[32, 64], down_block_types=["CrossAttnDownBloc
 REAL_PARAMS = 1_411_233_860   # ModelScope T2V / Zeroscope UNet (diffusers UNet3DConditionModel())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _randomise(module: torch.nn.Module, seed: int) -> None:
-    """Random weights everywhere (also the zero-initialised output layers), so every tensor matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.dim() == 1:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rel_l2(a, b) -> float:
@@ -73,7 +57,7 @@ def unet3d(tmp_path_factory):
     if diffusers is not None:
         torch.manual_seed(0)
         ref = diffusers.UNet3DConditionModel(**TINY_3D).eval()
-        _randomise(ref, seed=1)
+        randomise(ref, seed=1)
         ref.save_pretrained(root / "unet", safe_serialization=True)
         with torch.no_grad():
             expected = ref(x, t, encoder_hidden_states=context).sample
@@ -82,7 +66,7 @@ def unet3d(tmp_path_factory):
     else:
         cfg = UC.config_from_diffusers({"_class_name": "UNet3DConditionModel", **TINY_3D})
         model = SpaceTimeUNet(cfg).eval()
-        _randomise(model, seed=1)
+        randomise(model, seed=1)
         (root / "unet").mkdir()
         (root / "unet" / "config.json").write_text(json.dumps(UC.unet3d_config_to_diffusers(cfg)))
         save_file(C.ours_to_diffusers(model.state_dict()), str(root / "unet" / "diffusion_pytorch_model.safetensors"))
@@ -226,7 +210,7 @@ IMAGE_CFG = UNetConfig(in_channels=3, out_channels=3, block_out_channels=(16, 32
 def _image_checkpoint(path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model = SpaceTimeUNet(IMAGE_CFG)
-    _randomise(model, seed)
+    randomise(model, seed)
     save_model(path, model, "decoder")
     return path
 
@@ -249,7 +233,7 @@ def test_sd_image_unet_inflates_to_identity_video_model(tmp_path):
     ref = diffusers.UNet2DConditionModel(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
                                          cross_attention_dim=16, attention_head_dim=4, norm_num_groups=32).eval()
-    _randomise(ref, 4)
+    randomise(ref, 4)
     sd = C.ours_to_ldm(ref.state_dict(), prefix="model.diffusion_model.")
     loaded = inflate_image_checkpoint(sd, config=dict(ref.config))
     assert loaded.family == "sd-inflated" and loaded.stage == "decoder" and loaded.config.in_channels == 4

@@ -17,6 +17,7 @@ from mav_core.io.checkpoints import LoadedModel
 from mav_core.io.external import UNET3D_PREDICTION, UNET3D_SCHEDULE
 from mav_core.io.lora import LoraFileError, apply_lora, parse_lora, target_names
 from mav_core.models.unet import SpaceTimeUNet
+from synthetic_weights import randomise
 
 TINY_3D = dict(block_out_channels=[32, 64], down_block_types=["CrossAttnDownBlock3D", "DownBlock3D"],
                up_block_types=["UpBlock3D", "CrossAttnUpBlock3D"], layers_per_block=1, attention_head_dim=8,
@@ -33,29 +34,14 @@ OTHER = ("down_blocks.0.resnets.0.conv1", "up_blocks.1.attentions.0.proj_in", "d
 RANK, ALPHA = 2, 3.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _randomise(module: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.dim() == 1:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def decoder():
     cfg = UC.config_from_diffusers({"_class_name": "UNet3DConditionModel", **TINY_3D})
     module = SpaceTimeUNet(cfg).eval()
-    _randomise(module, seed=1)
+    randomise(module, seed=1)
     return LoadedModel("tiny-unet3d", "decoder", "unet3d-diffusers", module, UNET3D_SCHEDULE, UNET3D_PREDICTION)
 
 

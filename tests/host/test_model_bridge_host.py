@@ -55,15 +55,8 @@ SCRIPT = textwrap.dedent(r"""
     from mav_pack.mav_core.models import fused
     from mav_pack.mav_core.models.unet import SpaceTimeUNet, UNetConfig
     assert pack.nodes.host.HAS_COMFY and model_bridge.HAS_COMFY
-
-    def randomise(module, seed):
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                if p.dim() == 1:
-                    p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn(p.shape, generator=g))
-                else:
-                    p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+    sys.path.insert(0, REPO + "/tests")
+    from synthetic_weights import randomise
 
     def decoders():
         cfg = UC.config_from_diffusers({"_class_name": "UNet3DConditionModel", "block_out_channels": [32, 64],
