@@ -7,6 +7,7 @@ The WebSocket protocol is scripts/comfy_ws.py (scripts/ is put on sys.path here)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT / "scripts") not in sys.path:
@@ -196,6 +199,20 @@ class ComfyServer:
             f"ComfyUI did not answer /object_info within {self.startup_timeout_s:.0f} s; log tail:\n"
             + self.log_tail()
         )
+
+    @contextlib.contextmanager
+    def running(self, what: str):
+        """The server started for the with-block and stopped after it; one that cannot start skips the test,
+        saying `what` did not start and why."""
+        try:
+            self.start()
+        except HostUnavailable as reason:
+            self.stop()
+            pytest.skip(f"{what} did not start: {reason}")
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def stop(self, grace_s: float = 15.0) -> None:
         if self.process is None or self.process.poll() is not None:

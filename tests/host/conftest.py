@@ -28,12 +28,5 @@ def comfy_host_paths() -> HostPaths:
 def comfy_server(comfy_host_paths: HostPaths, tmp_path_factory: pytest.TempPathFactory):
     """A running ComfyUI with the pack symlinked into its custom_nodes; stopped after the session."""
     server = ComfyServer(host=comfy_host_paths, work_dir=tmp_path_factory.mktemp("comfy_host"))
-    try:
-        server.start()
-    except HostUnavailable as reason:
-        server.stop()
-        pytest.skip(f"ComfyUI {comfy_host_paths.version()} at {comfy_host_paths.root} did not start: {reason}")
-    try:
+    with server.running(f"ComfyUI {comfy_host_paths.version()} at {comfy_host_paths.root}"):
         yield server
-    finally:
-        server.stop()

@@ -528,15 +528,10 @@ def test_host_save_formats_and_metadata(host_with_models):
 def separate_server(comfy_host_paths, tmp_path_factory):
     """A second host for graphs that fail on purpose: their tracebacks (which name the pack's files) stay out
     of the shared server's log, where tests/host/test_host_smoke.py looks for import errors."""
-    from comfy_server import ComfyServer, HostUnavailable
+    from comfy_server import ComfyServer
     server = ComfyServer(host=comfy_host_paths, work_dir=tmp_path_factory.mktemp("comfy_host_errors"))
-    try:
-        server.start()
-    except HostUnavailable as reason:
-        server.stop()
-        pytest.skip(f"second ComfyUI did not start: {reason}")
-    yield server
-    server.stop()
+    with server.running("second ComfyUI"):
+        yield server
 
 
 def test_host_refuses_prefix_outside_output_folder(separate_server):

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from comfy_server import REPO_ROOT, ComfyServer, HostUnavailable, history_status
+from comfy_server import REPO_ROOT, ComfyServer, history_status
 
 LORA_FILE = "mav_style_kohya.safetensors"
 BAD_LORA_FILE = "mav_unknown_keys.safetensors"
@@ -57,15 +57,8 @@ def server(comfy_host_paths, tmp_path_factory):
     config = work / "host_lora_folder.yaml"
     config.write_text(f"makeavideo_lora_test:\n  base_path: {json.dumps(str(work))}\n  loras: models/loras\n")
     host = ComfyServer(host=comfy_host_paths, work_dir=work, extra_args=["--extra-model-paths-config", str(config)])
-    try:
-        host.start()
-    except HostUnavailable as reason:
-        host.stop()
-        pytest.skip(f"ComfyUI at {comfy_host_paths.root} did not start: {reason}")
-    try:
+    with host.running(f"ComfyUI at {comfy_host_paths.root}"):
         yield host
-    finally:
-        host.stop()
 
 
 def graph(prefix: str, lora: str | None = None, strength: float = 1.0, decoder_file: str | None = None) -> dict:

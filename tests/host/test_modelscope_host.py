@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from comfy_server import REPO_ROOT, ComfyServer, HostUnavailable, history_events, history_status
+from comfy_server import REPO_ROOT, ComfyServer, history_events, history_status
 
 WORKFLOWS = REPO_ROOT / "workflows"
 CLIP_FILE = "clip_l_random.safetensors"
@@ -179,15 +179,8 @@ def server(comfy_host_paths, tmp_path_factory):
                       "  text_encoders: models/text_encoders\n"
                       "  vae: models/vae\n")
     host = ComfyServer(host=comfy_host_paths, work_dir=work, extra_args=["--extra-model-paths-config", str(config)])
-    try:
-        host.start()
-    except HostUnavailable as reason:
-        host.stop()
-        pytest.skip(f"ComfyUI at {comfy_host_paths.root} did not start: {reason}")
-    try:
+    with host.running(f"ComfyUI at {comfy_host_paths.root}"):
         yield host
-    finally:
-        host.stop()
 
 
 # ------------------------------------------------------------------------------------------------
