@@ -10,7 +10,8 @@ from mav_core.io.checkpoints import save_model
 from mav_core.io.loader import load_model
 from mav_core.diffusion import Denoiser
 from mav_core.inference import SamplingOptions
-from mav_core.inference.text import sample_image_embed
+from mav_core.inference.text import prompt_warnings, sample_image_embed
+from mav_core.models import family
 from mav_core.models.prior import DiffusionPrior, PriorConfig
 from mav_core.models.text import BOS, EOS, PAD, UNK, TextImageConfig, TextImageEncoder, Tokenizer
 from mav_core.train import prior as prior_stage
@@ -202,3 +203,22 @@ def test_text_and_prior_stages_train_and_losses_fall(tmp_path):
 
 def _history(out, stage):
     return torch.load(f"{out}/{stage}.state.pt", weights_only=True)["history"]
+
+
+def test_prompt_warnings_name_unknown_words_cut_words_and_unseen_backgrounds(pack, caplog):
+    """The shipped text encoder: a prompt it fully knows gives no warning; unknown words are named with the
+    vocabulary, words past the token limit are counted, a background colour the world never had is named; the
+    Text Encode node logs the same warnings."""
+    text = load_model(family.WEIGHTS_DIR / family.STAGE_FILES["text"], expect_stage="text")
+    assert prompt_warnings(text, "a large red circle on a dark blue background") == []
+    unknown = prompt_warnings(text, "A small Dragon flying over the purple castle")
+    assert len(unknown) == 1 and "does not know" in unknown[0]
+    assert unknown[0].split(":")[1].split(";")[0].strip() == "dragon, flying, over, the, castle"
+    assert "it knows: " + ", ".join(text.config.vocab) in unknown[0]
+    background = prompt_warnings(text, "a small yellow triangle on a purple background")
+    assert background == ["the family never saw a purple background; it renders one of black, gray, dark blue"]
+    long = prompt_warnings(text, " ".join(["red"] * (text.config.max_tokens + 3)))
+    assert long == [f"only the first {text.config.max_tokens - 2} words are read ({text.config.max_tokens + 3} given)"]
+    with caplog.at_level("WARNING"):
+        pack.text_encode.TextEncode().encode(text, "a yellow triangle on a purple background")
+    assert "text: the family never saw a purple background" in caplog.text

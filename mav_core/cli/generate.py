@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..inference.pipeline import INTERPOLATORS, ChainSettings, MakeAVideo
+from ..inference.text import prompt_warnings
 from ..inference.precision import resolve_dtype
 from ..io.video import write_video
 from ..io.video.formats import _resolve_write_format as write_format
@@ -133,6 +134,8 @@ def main_generate(args):
             bar.reset(total)
         bar.update(step - bar.n)
 
+    for warning in prompt_warnings(mav.text, args.prompt):
+        print(f"warning: prompt: {warning}", file=sys.stderr)
     t0 = time.perf_counter()
     result = mav(args.prompt, settings, progress=progress)
     for bar in bars.values():

@@ -13,11 +13,11 @@ from .generate import generate_video
 from .interpolate import interpolate_video, linear_blend_frames
 from .options import (Guides, InterpolationOptions, SamplingOptions, UpscaleOptions, VideoShape, WindowOptions)
 from .sampling import estimate_unet, is_regression, sample_unet
-from .text import encode_prompt, run_prior
+from .text import encode_prompt, prompt_warnings, run_prior
 from .upscale import upscale_video
 
 __all__ = [
     "frames_to_video", "video_to_frames", "generate_video", "interpolate_video", "linear_blend_frames",
     "Guides", "InterpolationOptions", "SamplingOptions", "UpscaleOptions", "VideoShape", "WindowOptions",
-    "estimate_unet", "is_regression", "sample_unet", "encode_prompt", "run_prior", "upscale_video",
+    "estimate_unet", "is_regression", "sample_unet", "encode_prompt", "prompt_warnings", "run_prior", "upscale_video",
 ]

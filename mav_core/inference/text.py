@@ -2,6 +2,7 @@
 embedding (the diffusion prior P)."""
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import torch
@@ -10,8 +11,33 @@ import torch.nn.functional as F
 from ..diffusion import CFGDenoiser, Denoiser, NoiseSampler, sample, sampling_sigmas, seeded_noise
 from ..diffusion.schedule import NoiseSchedule
 from ..io.checkpoints import LoadedModel
+from ..data.world import BACKGROUND_WORDS
 from ..models.prior import DiffusionPrior
+from ..models.text import split_words
 from .options import SamplingOptions
+
+
+def prompt_warnings(text_model: LoadedModel, text: str) -> list[str]:
+    """What of `text` the text encoder will not read as written: words outside its vocabulary (read as <unk>),
+    words past its token limit, and -- for our family's world vocabulary -- a background it never saw (it
+    renders one it knows instead). Empty when the prompt is fully understood."""
+    config = text_model.config
+    words = split_words(text)
+    known = set(config.vocab)
+    warnings = []
+    unknown = list(dict.fromkeys(w for w in words if w not in known))
+    if unknown:
+        warnings.append(f"words the text encoder does not know (read as <unk>): {', '.join(unknown)}; "
+                        f"it knows: {', '.join(config.vocab)}")
+    if len(words) > config.max_tokens - 2:
+        warnings.append(f"only the first {config.max_tokens - 2} words are read ({len(words)} given)")
+    if text_model.family == "mav" and "background" in known:
+        backgrounds = list(BACKGROUND_WORDS.values())
+        for phrase in re.findall(r"\bon an? ([a-z ]+?) background\b", " ".join(words)):
+            if phrase not in backgrounds:
+                warnings.append(f"the family never saw a {phrase} background; it renders one of "
+                                f"{', '.join(backgrounds)}")
+    return warnings
 
 
 def encode_prompt(text_model: LoadedModel, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
