@@ -1,7 +1,7 @@
 """The whole Make-A-Video chain as one object: text -> prior -> D^t -> ↑F -> SR^t_l -> SR_h.
 
     mav = MakeAVideo.load()                     # the shipped MAV-Tiny weights
-    result = mav("a red circle on a blue background", seed=1)
+    result = mav("a red circle on a dark blue background", seed=1)
     write_video(result.frames, "out.mp4", result.fps)
 """
 from __future__ import annotations
