@@ -71,3 +71,26 @@ def test_generate_with_the_regression_interpolator(untrained, tmp_path):
         assert frames.shape == (5, 32, 32, 3)
         outs.append(frames)
     assert (outs[0] == outs[1]).all()      # the regression ↑F ignores the step count
+
+
+def test_generate_loop_noise_and_freeinit_options(tmp_path):
+    """--loop, --noise-share and --freeinit-iterations reach the decoder: a shared start noise (1.0) gives frames
+    that differ less from one another than independent noise; out-of-range values are refused naming the option."""
+    from mav_core.io.video import read_video
+    base = ["generate", "a red circle on a dark blue background", "--frames", "6", "--steps", "3", "--prior-steps", "2",
+            "--multiplier", "1", "--upscale", "0", "--quality", "100", "--seed", "5"]
+    spread = {}
+    for name, extra in (("independent", []), ("shared", ["--noise-share", "1.0"]),
+                        ("loop", ["--loop", "--freeinit-iterations", "1"])):
+        out = tmp_path / f"{name}.webp"
+        r = run(*base, *extra, "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        frames, _ = read_video(out)
+        assert frames.shape == (6, 32, 32, 3)
+        spread[name] = (frames - frames.mean(0)).abs().mean().item()
+    assert spread["shared"] < spread["independent"], spread
+    for bad, option in ((["--noise-share", "2"], "--noise-share"), (["--loop", "--frames", "1"], "--loop"),
+                        (["--freeinit-iterations", "99"], "--freeinit-iterations")):
+        r = run(*base, *bad, "-o", str(tmp_path / "bad.webp"))
+        assert r.returncode == 2 and option in r.stderr, (bad, r.stderr)
+        assert not (tmp_path / "bad.webp").exists()

@@ -1,6 +1,7 @@
 """`python -m mav_core generate PROMPT -o out.mp4`: the whole chain into a video file."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -45,8 +46,11 @@ def add_generate_arguments(p):
                         "highest PSNR on real clips; --interp-steps does not apply)")
     defaults = ChainSettings()
     for f in fields(ChainSettings):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name))
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):   # --loop / --no-loop
+            p.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=default)
+        else:
+            p.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default)
 
 
 def option_name(param: str) -> str:

@@ -21,7 +21,7 @@ from .frames import video_to_frames
 from .generate import generate_video
 from .interpolate import interpolate_video
 from .options import (MAX_CFG, MAX_FPS, MAX_FRAMES, MAX_MULTIPLIER, MAX_SEED, MAX_STEPS, InterpolationOptions,
-                      SamplingOptions, UpscaleOptions, VideoShape)
+                      SamplingOptions, UpscaleOptions, VideoShape, WindowOptions)
 from .sampling import is_regression
 from .text import encode_prompt, run_prior
 from .upscale import upscale_video
@@ -53,6 +53,18 @@ class ChainSettings:
     interp_steps: int = 15
     sr_steps: int = 10
     upscale: int = 2             # 0: none, 1: SR^t_l only, 2: SR^t_l and SR_h
+    loop: bool = False           # closed loop: the decoder's windows wrap around, the last frame flows into the first
+    noise_share: float = 0.0     # decoder start noise shared between frames (0: independent, 1: the same noise)
+    freeinit_iterations: int = 0  # FreeInit passes of the decoder (each samples the clip once more)
+
+    def decoder_options(self) -> SamplingOptions:
+        """How D^t samples: seed, steps, guidance, sampler, start noise and FreeInit."""
+        return SamplingOptions(seed=self.seed, steps=self.steps, cfg=self.cfg, sampler=self.sampler,
+                               noise_share=self.noise_share, freeinit_iterations=self.freeinit_iterations)
+
+    def decoder_windows(self) -> WindowOptions | None:
+        """A closed loop samples the clip as one window rotated every step; otherwise no windows."""
+        return WindowOptions(self.frames, None, loop=True) if self.loop else None
 
     def validate(self) -> "ChainSettings":
         """Raise an InputError naming the first setting out of range (before any model runs)."""
@@ -68,6 +80,11 @@ class ChainSettings:
         check_choice("sampler", self.sampler, SAMPLERS)
         check_int("multiplier", self.multiplier, 1, MAX_MULTIPLIER)
         check_int("upscale", self.upscale, 0, 2)
+        if not isinstance(self.loop, bool):
+            raise InputError("loop", f"must be true or false, got {self.loop!r}")
+        if self.loop and self.frames < 2:
+            raise InputError("loop", f"needs a clip of at least 2 frames to close, got frames={self.frames}")
+        self.decoder_options().validate()
         if self.fps * self.multiplier > MAX_FPS:
             raise InputError("multiplier", f"{self.multiplier} at fps {self.fps} exceeds {MAX_FPS:g} frames per "
                                            f"second (fps {self.fps} x multiplier {self.multiplier})")
@@ -152,7 +169,7 @@ class MakeAVideo:
         t0 = time.perf_counter()
         size = family.BASE_SIZE
         video = generate_video(self.decoder, cond, uncond, VideoShape(s.frames, size, size, s.fps),
-                               SamplingOptions(seed=s.seed, steps=s.steps, cfg=s.cfg, sampler=s.sampler),
+                               s.decoder_options(), windows=s.decoder_windows(),
                                callback=cb("decoder", s.steps))
         video = between_stages(video)
         timings["decoder"] = time.perf_counter() - t0
