@@ -7,6 +7,7 @@ serve the tests without ComfyUI.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from ..mav_core.io.image_sequence import (READ_SUFFIXES, SAVE_FORMATS, SequenceN
                                           list_images, read_images, select, write_images)
 from . import host
 from .common import CATEGORY, require_frames, selection_inputs
-from .video_io import MAX_LISTED_INPUTS, folder_of, host_metadata, save_location
+from .video_io import MAX_LISTED_INPUTS, folder_of, host_metadata, save_location, walk_input
 
 LOAD_ERRORS = {"max_frames": "image_load_cap", "skip_first": "skip_first_images", "every_nth": "select_every_nth",
                "size": "folder", "folder": "folder"}
@@ -25,18 +26,8 @@ LOAD_ERRORS = {"max_frames": "image_load_cap", "skip_first": "skip_first_images"
 
 def input_folders() -> list[str]:
     """Subfolders of the input folder ('/'-separated, relative) that hold at least one image."""
-    try:
-        root = folder_of("input")
-    except RuntimeError:
-        return []
-    names = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if Path(folder) != root and any(f.lower().endswith(READ_SUFFIXES) and not f.startswith(".") for f in files):
-            names.append(Path(folder).relative_to(root).as_posix())
-            if len(names) >= MAX_LISTED_INPUTS:
-                break
-    return sorted(names)
+    names = (folder.as_posix() for folder, files in walk_input(READ_SUFFIXES) if files and folder != Path("."))
+    return sorted(itertools.islice(names, MAX_LISTED_INPUTS))
 
 
 def input_folder(name: str) -> Path:

@@ -13,6 +13,7 @@ subfolder, type) plus container, fps, frame_count, width and height. The pack's 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -270,21 +271,23 @@ class VideoPreview(VideoSave):
 # loading
 
 
-def input_videos() -> list[str]:
-    """Video files ('/'-separated, relative) in the input folder and its subfolders."""
+def walk_input(suffixes: tuple[str, ...]):
+    """(folder relative to the input folder, its visible files ending in one of `suffixes`, sorted) for the
+    input folder and each visible subfolder, in sorted order; nothing when the host has no input folder."""
     try:
         root = folder_of("input")
     except RuntimeError:
-        return []
-    names = []
+        return
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if name.lower().endswith(READABLE_SUFFIXES) and not name.startswith("."):
-                names.append(Path(folder, name).relative_to(root).as_posix())
-                if len(names) >= MAX_LISTED_INPUTS:
-                    return sorted(names)
-    return sorted(names)
+        yield (Path(folder).relative_to(root),
+               sorted(f for f in files if f.lower().endswith(suffixes) and not f.startswith(".")))
+
+
+def input_videos() -> list[str]:
+    """Video files ('/'-separated, relative) in the input folder and its subfolders (at most MAX_LISTED_INPUTS)."""
+    names = (Path(folder, name).as_posix() for folder, files in walk_input(READABLE_SUFFIXES) for name in files)
+    return sorted(itertools.islice(names, MAX_LISTED_INPUTS))
 
 
 def input_path(name: str) -> Path:
