@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import math
+import os
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -180,3 +182,46 @@ def selection_inputs(noun: str) -> dict:
         "force_width": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 1}),
         "force_height": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 1}),
     }
+
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+"""The pack's example inputs (the shipped workflows' images and clip), listed by the loaders next to the
+input folder's files as `examples/<name>`."""
+EXAMPLES_PREFIX = "examples/"
+
+
+def example_names(suffixes: tuple[str, ...], folders: bool = False) -> list[str]:
+    """`examples/<name>` for each visible file of the examples folder ending in one of `suffixes` (folders:
+    each visible subfolder holding such files instead), sorted."""
+    if not EXAMPLES_DIR.is_dir():
+        return []
+    names = []
+    for entry in sorted(EXAMPLES_DIR.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if folders and entry.is_dir() and any(f.name.lower().endswith(suffixes) for f in entry.iterdir()):
+            names.append(EXAMPLES_PREFIX + entry.name)
+        elif not folders and entry.is_file() and entry.name.lower().endswith(suffixes):
+            names.append(EXAMPLES_PREFIX + entry.name)
+    return names
+
+
+def example_path(name) -> Path | None:
+    """The shipped example `examples/<name>` (a file or folder directly inside the examples folder), or None
+    for any other name: nested, hidden, '..' or anything that would resolve outside the examples folder."""
+    if not isinstance(name, str) or not name.startswith(EXAMPLES_PREFIX):
+        return None
+    rest = name[len(EXAMPLES_PREFIX):]
+    if not rest or rest.startswith(".") or any(c in rest for c in "/\\\0:"):
+        return None
+    path = EXAMPLES_DIR / rest
+    root = os.path.realpath(EXAMPLES_DIR)
+    if os.path.dirname(os.path.realpath(path)) != root or not path.exists():
+        return None
+    return path
+
+
+def with_examples(listed: list[str], examples: list[str]) -> list[str]:
+    """A loader's list: the input folder's names, then the examples the input folder does not shadow."""
+    own = set(listed)
+    return listed + [name for name in examples if name not in own]

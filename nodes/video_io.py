@@ -28,7 +28,7 @@ from ..mav_core.io.video import (AUDIO_FORMATS, WRITE_FORMATS, VideoSettings, ch
                                   forced_size, probe_video, read_audio, read_bytes, read_video,
                                   write_video_with_audio)
 from . import host
-from .common import CATEGORY, require_frames, selection_inputs
+from .common import CATEGORY, example_names, example_path, require_frames, selection_inputs, with_examples
 
 # the host's VIDEO type (ComfyUI >= 0.3.3x); older hosts only get the IMAGE nodes
 HAS_VIDEO_TYPE = host.has_video_type()
@@ -55,6 +55,11 @@ def folder_of(kind: str) -> Path:
     if kind not in standin_dirs:
         raise RuntimeError(f"no {kind} folder: ComfyUI is absent and video_io.standin_dirs[{kind!r}] is not set")
     return Path(standin_dirs[kind])
+
+
+def has_input_folder() -> bool:
+    """Whether there is an input folder: the host's, or the stand-in."""
+    return host.io_folder("input") is not None or "input" in standin_dirs
 
 
 def save_location(filename_prefix: str, kind: str, width: int, height: int) -> tuple[Path, str, int, str]:
@@ -285,26 +290,33 @@ def walk_input(suffixes: tuple[str, ...]):
 
 
 def input_videos() -> list[str]:
-    """Video files ('/'-separated, relative) in the input folder and its subfolders (at most MAX_LISTED_INPUTS)."""
+    """Video files ('/'-separated, relative) in the input folder and its subfolders (at most MAX_LISTED_INPUTS),
+    then the pack's example clips (`examples/<name>`) that no input file of the same name shadows."""
     names = (Path(folder, name).as_posix() for folder, files in walk_input(READABLE_SUFFIXES) for name in files)
-    return sorted(itertools.islice(names, MAX_LISTED_INPUTS))
+    return with_examples(sorted(itertools.islice(names, MAX_LISTED_INPUTS)), example_names(READABLE_SUFFIXES))
 
 
-def input_path(name: str) -> Path:
-    """The file `name` in the input folder ('name [output]' annotations as the host's); refuses escapes."""
+def input_path(name: str, input_name: str = "video") -> Path:
+    """The file `name` in the input folder ('name [output]' annotations as the host's), else the pack's example
+    of that name (`examples/<name>`); refuses escapes. Errors name `input_name`."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"video: expected a file name from the input folder, got {name!r}")
+        raise ValueError(f"{input_name}: expected a file name from the input folder, got {name!r}")
     hosted = host.annotated_input_file(name)
+    example = example_path(name)
     if hosted is not None:
         path, bases = hosted
+    elif example is not None and example.is_file() and not has_input_folder():
+        return example   # no input folder at all (ComfyUI absent): the shipped example
     else:
         path = folder_of("input") / name
         bases = [str(folder_of("input"))]
     real = os.path.realpath(path)
     if not any(os.path.commonpath((os.path.realpath(b), real)) == os.path.realpath(b) for b in bases):
-        raise ValueError(f"video: {name!r} is outside the input folder")
+        raise ValueError(f"{input_name}: {name!r} is outside the input folder")
     if not path.is_file():
-        raise FileNotFoundError(f"video: no file {name!r} in the input folder {bases[0]}")
+        if example is not None and example.is_file():
+            return example
+        raise FileNotFoundError(f"{input_name}: no file {name!r} in the input folder {bases[0]}")
     return path
 
 
