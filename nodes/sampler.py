@@ -1,8 +1,7 @@
 """MakeAVideo Sampler: the spatiotemporal decoder D^t, text/image-embedding conditioned video."""
 from __future__ import annotations
 
-from einops import rearrange
-
+from ..mav_core.inference.generate import LatentVideo, conditioning_batch, generate_latent, latent_samples, latent_video
 from ..mav_core.inference.memory import activation_bytes
 from ..mav_core.inference.options import MAX_FREEINIT
 from ..mav_core.errors import InputError
@@ -27,8 +26,10 @@ class Sampler:
     RETURN_NAMES = ("frames", "fps", "latent")
     DESCRIPTION = ("Spatiotemporal sampler (D^t). Pixel-space decoders fill `frames` (IMAGE [F, H, W, 3]); "
                    "latent-space decoders (UNet3D / ModelScope) fill `latent` as a batch of F frame latents "
-                   "[F, 4, H/8, W/8] for the host's VAE Decode. With init_frames, frames/width/height come "
-                   "from init_frames and denoise < 1 keeps part of them (video variation). context_window > 0 samples long "
+                   "[F, 4, H/8, W/8] for the host's VAE Decode. With init_frames (pixel decoders) or latent "
+                   "(latent decoders: VAE Encode of frames, this node's latent, or either through Upscale Latent), "
+                   "frames/width/height come from it and denoise < 1 keeps part of it (video variation / "
+                   "video-to-video; 0 returns it unchanged, 1 is text-to-video). context_window > 0 samples long "
                    "videos in overlapping sliding windows (memory of one window), with controls and prompt travel "
                    "sliced per window. loop makes a closed loop (the last frame flows into the first). noise: "
                    "independent, shared or correlated start noise between frames; freeinit_iterations re-samples "
@@ -47,10 +48,16 @@ class Sampler:
                 "fps": ("FLOAT", {"default": 4.0, "min": 0.1, "max": 240.0, "step": 0.1}),
                 "width": ("INT", {"default": 32, "min": 8, "max": 4096, "step": 4}),
                 "height": ("INT", {"default": 32, "min": 8, "max": 4096, "step": 4}),
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                            "with init_frames / latent: how much of it is re-sampled (0 = returned unchanged, "
+                            "1 = ignored: text-to-video of the same seed)"}),
             },
             "optional": {
-                "init_frames": ("IMAGE", {"tooltip": "frames to vary (video variation); sets frames, width, height"}),
+                "init_frames": ("IMAGE", {"tooltip": "frames to vary (video variation, pixel decoders); sets "
+                                "frames, width, height"}),
+                "latent": ("LATENT", {"tooltip": "latent decoders: a video latent to re-sample (video-to-video), "
+                           "[frames, 4, h, w] as VAE Encode gives or [1, 4, frames, h, w]; sets frames, width, "
+                           "height (x8)"}),
                 "context_window": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip":
                                    "sliding temporal windows for long videos: denoise this many frames at a time "
                                    "(0 = the whole clip at once); memory stays that of one window"}),
@@ -84,19 +91,28 @@ class Sampler:
 
     def sample(self, decoder, positive, negative, seed, steps, cfg, sampler_name, frames, fps, width, height,
                denoise, init_frames=None, context_window=0, context_overlap=4, loop=False, noise="independent",
-               noise_share=0.5, freeinit_iterations=0):
+               noise_share=0.5, freeinit_iterations=0, latent=None):
         model = require_model(decoder, "decoder", ("decoder",))
-        latent = model.config.in_channels == 4
+        latent_model = model.config.in_channels == 4
         cond = conditioning_dict(positive, "positive", model)
         uncond = conditioning_dict(negative, "negative", model, negative_of=cond)
-        init = None
+        init = source = None
         if init_frames is not None:
-            if latent:
+            if latent is not None:
+                raise ValueError("latent: init_frames are connected too; connect one video to start from")
+            if latent_model:
                 raise ValueError("init_frames: video variation from frames needs a pixel-space decoder; "
-                                 f"{model.path} samples latents")
+                                 f"{model.path} samples latents: VAE Encode the frames into `latent` instead")
             init = frames_to_video(require_frames(init_frames, "init_frames"))
             frames, height, width = init.shape[2:]
-        if latent:
+        if latent is not None:
+            if not isinstance(latent, dict) or "samples" not in latent:
+                raise ValueError(f"latent: expected a LATENT (a dict with 'samples'), got {type(latent).__name__}")
+            source = LatentVideo(latent["samples"], SD_VAE_SCALING, float(fps))
+            with inputs_named():
+                frames, height, width = latent_video(model, source, conditioning_batch(cond)).shape[2:]
+            height, width = height * LATENT_SCALE, width * LATENT_SCALE
+        if latent_model:
             for name, v in (("width", width), ("height", height)):
                 if v % LATENT_SCALE:
                     raise ValueError(f"{name}: {v} must be a multiple of {LATENT_SCALE} for a latent decoder")
@@ -113,26 +129,31 @@ class Sampler:
         if context_window or loop:   # loop without a window: the whole clip is one window, rotated every step
             windows = WindowOptions(context_window or frames, context_overlap if context_window else None,
                                     loop=bool(loop))
-        names = {"sampler": "sampler_name", "cond": "positive", "uncond": "negative", "init": "init_frames",
-                 "controls": "positive",
-                 **({"height": "init_frames", "width": "init_frames"} if init is not None else {})}
+        given = "init_frames" if init is not None else "latent" if source is not None else None
+        names = {"sampler": "sampler_name", "cond": "positive", "uncond": "negative",
+                 "init": given or "init_frames", "controls": "positive",
+                 **({"height": given, "width": given} if given else {})}
         with inputs_named(**names):
             shape.validate(model.config.size_multiple)
             options.validate()
             if windows is not None:
                 windows.validate()
-            if denoise < 1.0 and init is None:
-                raise InputError("denoise", f"{denoise} < 1 needs init_frames to start from")
+            if denoise < 1.0 and given is None:
+                raise InputError("denoise", f"{denoise} < 1 needs {'latent' if latent_model else 'init_frames'} "
+                                            "to start from")
         cond, uncond = scheduled_conditioning(positive, model, frames, cond, uncond)
         guides = Guides(init=init, controls=tuple(core_controls(positive, model, frames, height, width)))
         progress = StepProgress(steps * (1 + freeinit_iterations))
         need = activation_bytes(model.config, 2 if cfg != 1.0 else 1, min(frames, context_window or frames), height,
                                 width, next(model.module.parameters()).element_size())
         with inputs_named(**names), host.models_on_device(model, *control_models(positive), memory_required=need):
+            if source is not None:
+                samples = generate_latent(model, cond, uncond, source, options, guides, windows, progress)
+                return (None, float(fps), {"samples": samples.to(host.intermediate_device()).float()})
             video = generate_video(model, cond, uncond, shape, options, guides, windows, progress)
-        if latent:
-            samples = rearrange(video, "b c f h w -> (b f) c h w").to(host.intermediate_device()).float()
-            return (None, float(fps), {"samples": samples / SD_VAE_SCALING})
+        if latent_model:
+            samples = latent_samples(video.to(host.intermediate_device()).float(), SD_VAE_SCALING)
+            return (None, float(fps), {"samples": samples})
         return (frames_out(video), float(fps), None)
 
 

@@ -1,9 +1,12 @@
-"""D^t: a video from text / image-embedding conditioning (and, for ↑F checkpoints, from known frames)."""
+"""D^t: a video from text / image-embedding conditioning (and, for ↑F checkpoints, from known frames), and
+video-to-video for latent decoders from a host LATENT (`LatentVideo`, `generate_latent`)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from einops import rearrange
 
 from ..errors import InputError, check_finite
 from ..io.checkpoints import LoadedModel
@@ -93,3 +96,81 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, shape:
         return guess + out / residual_scale
     out = sample_unet(decoder, out_shape, cond, uncond, options, init=init, windows=windows, callback=callback)
     return out if guess is None else guess + out / residual_scale
+
+
+PIXEL_CHANNELS = 3
+LATENT_LAYOUTS = ("[frames, C, h, w] (a batch of frame latents, as VAE Encode gives) or "
+                  "[batch, C, frames, h, w] (a video latent)")
+
+
+@dataclass(frozen=True)
+class LatentVideo:
+    """A video in a latent decoder's space, as the host's LATENT holds it. samples: [N, C, h, w], a batch of
+    frame latents (what the host's VAE Encode makes of N frames and its VAE Decode turns back into N frames;
+    with a conditioning batch of B clips, N = B x frames, clip after clip, as `latent_samples` writes them),
+    or [B, C, F, h, w], a video latent (the host's Upscale Latent keeps this layout, scaling every frame).
+    The LATENT is unscaled: the model works on samples * scaling (the SD VAE's 0.18215 for UNet3D and
+    inflated SD decoders). fps: the frame rate the decoder is conditioned on."""
+    samples: torch.Tensor
+    scaling: float = 1.0
+    fps: float = 8.0
+
+
+def latent_samples(video: torch.Tensor, scaling: float = 1.0) -> torch.Tensor:
+    """A model-space latent video [B, C, F, h, w] as LATENT samples [B x F, C, h, w] (unscaled)."""
+    return rearrange(video, "b c f h w -> (b f) c h w") / scaling
+
+
+def _latent_layout(samples, clips: int) -> torch.Tensor:
+    """samples as [B, C, F, h, w] (no arithmetic: the same values), checked against the conditioning's clips."""
+    if not isinstance(samples, torch.Tensor) or not samples.is_floating_point():
+        raise InputError("latent", f"must be a floating-point tensor {LATENT_LAYOUTS}, got {type(samples).__name__}")
+    if samples.dim() == 4:
+        if samples.shape[0] % clips:
+            raise InputError("latent", f"holds {samples.shape[0]} frame latents, which the conditioning's {clips} "
+                                       "clips cannot share equally (frames of each clip one after the other)")
+        return rearrange(samples, "(b f) c h w -> b c f h w", b=clips)
+    if samples.dim() == 5:
+        if samples.shape[0] != clips:
+            raise InputError("latent", f"holds {samples.shape[0]} videos, but the conditioning asks for {clips}")
+        return samples
+    raise InputError("latent", f"must be {LATENT_LAYOUTS}, got shape {tuple(samples.shape)}")
+
+
+def latent_video(decoder: LoadedModel, latent: LatentVideo, clips: int = 1) -> torch.Tensor:
+    """The LATENT as the decoder's init video [B, C, F, h, w] (float32, samples * scaling); InputError naming
+    `latent` for a pixel decoder, the wrong channel count or layout, sides the decoder cannot take, NaN/inf."""
+    cfg = decoder.config
+    if cfg.out_channels == PIXEL_CHANNELS:
+        raise InputError("latent", f"is for latent decoders; {decoder.path} samples pixels: give it frames to "
+                                   "start from instead (init frames)")
+    video = _latent_layout(latent.samples, clips)
+    if video.shape[1] != cfg.out_channels:
+        raise InputError("latent", f"has {video.shape[1]} channels, but {decoder.path} samples {cfg.out_channels}-"
+                                   f"channel latents (shape {tuple(latent.samples.shape)}, expected {LATENT_LAYOUTS})")
+    for name, side in (("height", video.shape[3]), ("width", video.shape[4])):
+        if side % cfg.size_multiple:
+            raise InputError("latent", f"{name} {side} must be a multiple of {cfg.size_multiple} latent pixels "
+                                       f"for {decoder.path} (shape {tuple(latent.samples.shape)})")
+    check_finite("latent", video)
+    return video.float() * latent.scaling
+
+
+def generate_latent(decoder: LoadedModel, cond: dict, uncond: dict | None, latent: LatentVideo,
+                    options: SamplingOptions = SamplingOptions(), guides: Guides = Guides(),
+                    windows: WindowOptions | None = None, callback: Callable | None = None) -> torch.Tensor:
+    """Video-to-video for a latent decoder: `latent` noised to options.denoise and sampled as
+    generate_video samples (frames, height and width are the latent's). Returns LATENT samples
+    [B x F, C, h, w] (unscaled, on the model's device). denoise 0: the input latent's own values, unchanged;
+    denoise 1: the text-to-video sample of the same seed (the latent only sets the size)."""
+    if guides.init is not None:
+        raise InputError("latent", "and init frames were both given: give one video to start from")
+    init = latent_video(decoder, latent, conditioning_batch(cond))
+    options.validate()
+    if options.denoise == 0.0:   # nothing to sample: the input itself, not a round trip through the scaling
+        check_inputs(cond, uncond, guides)
+        samples = latent.samples
+        return (rearrange(samples, "b c f h w -> (b f) c h w") if samples.dim() == 5 else samples).clone()
+    shape = VideoShape(init.shape[2], init.shape[3], init.shape[4], latent.fps)
+    video = generate_video(decoder, cond, uncond, shape, options, guides.replace(init=init), windows, callback)
+    return latent_samples(video, latent.scaling)

@@ -41,7 +41,8 @@ class SamplingOptions(_Options):
     cfg: float = 1.0
     sampler: str = "ddim"
     schedule: str = "trailing"      # sigma spacing: see diffusion.sampling_sigmas
-    denoise: float = 1.0            # < 1: start from init frames noised to this strength (needs Guides.init)
+    denoise: float = 1.0            # < 1: start from init frames noised to this strength (needs Guides.init);
+                                    # 0: the init as it is, 1: noise alone (the init is not used)
     precision: str = "fp32"         # 'fp32', 'bf16' (autocast) or 'auto' (bf16 where it is fast)
     noise_share: float = 0.0        # correlation of the starting noise between frames (1: the same noise)
     nan_check_every: int | None = None   # steps between NaN checks (None: 1 on the CPU, 8 on GPUs; 0: end only)
@@ -54,7 +55,7 @@ class SamplingOptions(_Options):
         check_number("cfg", self.cfg, 0.0, MAX_CFG)
         check_choice("sampler", self.sampler, SAMPLERS)
         check_choice("schedule", self.schedule, SIGMA_SCHEDULES)
-        check_number("denoise", self.denoise, 0.0, 1.0, lo_open=True)
+        check_number("denoise", self.denoise, 0.0, 1.0)
         check_choice("precision", self.precision, PRECISIONS)
         check_number("noise_share", self.noise_share, 0.0, 1.0)
         if self.nan_check_every is not None:

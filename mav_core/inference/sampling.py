@@ -106,7 +106,8 @@ def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = Non
                 windows: WindowOptions | None = None, callback: Callable | None = None) -> torch.Tensor:
     """Draw a sample of `shape` ([B, C, F, H, W]) from a SpaceTimeUNet with guidance (options.cfg; uncond
     None or cfg 1: no guidance). init + options.denoise < 1: start from `init` noised to the matching level
-    (vid2vid / variations). windows: sliding temporal windows, or a closed loop (windows.FrameWindows).
+    (vid2vid / variations); denoise 0 returns `init` itself (float32), denoise 1 starts from the noise alone,
+    exactly as without an init. windows: sliding temporal windows, or a closed loop (windows.FrameWindows).
     options.freeinit_iterations: that many more passes, each started from the previous result's low
     frequencies (diffusion.noise.freeinit_start); the callback sees every pass's steps. Returns float32 on
     the model's device."""
@@ -116,6 +117,11 @@ def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = Non
     if model.schedule is None:
         raise ValueError(f"{model.path}: checkpoint has no noise schedule; it is not a diffusion model")
     device, dtype = model_device_dtype(model.module)
+    init = None if options.denoise >= 1.0 else init
+    if init is not None and tuple(init.shape) != tuple(shape):
+        raise ValueError(f"init frames of shape {tuple(init.shape)} do not match the requested {tuple(shape)}")
+    if init is not None and options.denoise == 0.0:
+        return init.to(device, torch.float32)
     # every input on the model's device once; conditioning in the model's dtype, the sampling state
     # (x, sigmas, noise, init) in float32: half precision only inside the network (see Denoiser)
     cond, uncond = to_model(cond, device, dtype), to_model(uncond, device, dtype)
@@ -126,8 +132,6 @@ def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = Non
     noise = seeded_noise(shape, options.seed, device=device, dtype=torch.float32, shared_frames=options.noise_share)
     x = noise * float(sigmas[0])
     if init is not None:
-        if tuple(init.shape) != tuple(shape):
-            raise ValueError(f"init frames of shape {tuple(init.shape)} do not match the requested {tuple(shape)}")
         x = init.to(device, torch.float32) + x
     every = default_nan_check_every(device) if options.nan_check_every is None else options.nan_check_every
     for iteration in range(options.freeinit_iterations + 1):
