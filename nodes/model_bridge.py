@@ -14,10 +14,22 @@ frame rate under `fps` (else the node's `fps`). LATENT: [B, C, F, H, W] as the h
 C = 4 at 1/8 size in the SD VAE's space (UNet3D / inflated SD decoders: latent = model space / 0.18215, the
 host's SD latent format) or the pixel channels at full size (pixel decoders, scale 1).
 
+Memory: the host's model management owns the MODEL (listed among its loaded models while it samples; its
+`/free` unloads it). Once the bridged model and its decoder are gone, the C library is asked to hand its freed
+heap back to the system (glibc's malloc_trim, a moment after the last of them is collected): the weights are
+many tensors of 0.1-10 MB, which glibc keeps in its heap after they are freed (its mmap threshold rises to 32 MB
+as large blocks are freed), so without it the server's resident memory stays up by most of the model's size.
+
 This module touches ComfyUI's model classes directly (the host's BaseModel / model_sampling / conds are
 what a MODEL is); without ComfyUI the node is registered but says it needs the host.
 """
 from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import threading
+import weakref
 
 import torch
 
@@ -39,6 +51,38 @@ except ImportError:
 
 SD_LATENT_SCALE = 8
 DEFAULT_FPS = 4.0
+TRIM_DELAY_S = 1.0   # after a finalizer: the collection that runs it frees the tensors right after
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    """glibc's malloc_trim, or None (another C library, another system)."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "malloc_trim", None)
+    except OSError:
+        return None
+
+
+_trim_pending = threading.Lock()
+
+
+def _trim_heap():
+    if _malloc_trim() is not None:
+        _malloc_trim()(0)
+
+
+def _trim_heap_soon():
+    """Return freed heap pages to the system TRIM_DELAY_S from now (once per burst of finalizers). A finalizer
+    runs before the object's own tensors are freed, so the trim waits for them."""
+    if _malloc_trim() is None or not _trim_pending.acquire(blocking=False):
+        return
+
+    def trim():
+        _trim_pending.release()
+        _trim_heap()
+    timer = threading.Timer(TRIM_DELAY_S, trim)
+    timer.daemon = True
+    timer.start()
 
 if HAS_COMFY:
     class PixelVideoFormat(_latent_formats.LatentFormat):
@@ -134,8 +178,10 @@ def bridged_model(decoder, fps: float = DEFAULT_FPS):
     """The host's MODEL (a ModelPatcher its model management loads, offloads and frees) for a decoder."""
     if not HAS_COMFY:
         raise RuntimeError("decoder: the MODEL bridge needs ComfyUI (the host's model classes)")
-    return _patcher.ModelPatcher(MakeAVideoModel(decoder, fps), load_device=host.torch_device(),
-                                 offload_device=host.offload_device())
+    model = MakeAVideoModel(decoder, fps)
+    for owner in (model, decoder.module):   # the weights are shared: the heap is free once both are gone
+        weakref.finalize(owner, _trim_heap_soon)
+    return _patcher.ModelPatcher(model, load_device=host.torch_device(), offload_device=host.offload_device())
 
 
 def empty_latent(decoder, frames: int, width: int, height: int, batch_size: int = 1) -> dict:
