@@ -7,7 +7,8 @@
   Video Save; our Load Video's audio feeds the host's Create Video + Save Video.
 - Load Images -> Save Images on a folder of the input folder: order, selection, workflow in the first PNG.
 - With CHROMIUM set (or chromium on PATH): the browser decodes the saved file's sound track
-  (decodeAudioData: 440 Hz, its length) and plays the <video> unmuted with audio bytes decoded. Skipped
+  (decodeAudioData: 440 Hz, its length) and plays the <video> unmuted with audio bytes decoded: the file the
+  host saved through Frame Interpolator ×2 (acceptance: it plays with sound in Chromium). Skipped
   otherwise, saying why (see tests/host/test_browser.py).
 """
 from __future__ import annotations
@@ -28,10 +29,9 @@ import torch
 from comfy_server import REPO_ROOT, history_status
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
-from test_audio import (FPS, FRAMES, TONE_HZ, audio_seconds, peak_hz, tone,  # noqa: E402
-                        write_tone_clip)
+from test_audio import FPS, FRAMES, TONE_HZ, audio_seconds, peak_hz, write_tone_clip  # noqa: E402
 
-from mav_core.io.video import VideoSettings, png_text, read_audio, read_video, write_video_with_audio  # noqa: E402
+from mav_core.io.video import png_text, read_audio, read_video  # noqa: E402
 
 REGRESSION = "mav-tiny/interpolator_regression.safetensors"
 
@@ -199,16 +199,19 @@ def sound_page(tmp_path_factory):
 
 
 @pytest.mark.parametrize("fmt", ["mp4", "webm"])
-def test_chromium_decodes_and_plays_the_sound(sound_page, fmt):
+def test_chromium_decodes_and_plays_the_sound(host, sound_page, fmt):
+    """The file the host saved (Load Video -> Frame Interpolator x2 -> Video Save with the clip's audio) decodes
+    in Chromium to the 440 Hz tone as long as its video, and its <video> plays unmuted, decoding sound."""
     page, root, base = sound_page
-    frames = torch.rand(24, 32, 32, 3, generator=torch.Generator().manual_seed(0))
-    audio = {"waveform": torch.from_numpy(tone(3.0, 44100))[None], "sample_rate": 44100}
-    path = write_video_with_audio(frames, root / f"tone.{fmt}", 8.0, audio, VideoSettings(quality=80))
-    shutil.copy(path, root / f"copy.{fmt}")
-    sound = page.evaluate(f"window.mavDecodeSound({json.dumps(f'{base}/tone.{fmt}')})")
+    (saved,) = host.output_files(run(host, tone_graph(fmt)))
+    frames, fps = 2 * FRAMES - 1, 2 * FPS
+    shutil.copy(saved, root / f"saved.{fmt}")
+    shutil.copy(saved, root / f"copy.{fmt}")
+    sound = page.evaluate(f"window.mavDecodeSound({json.dumps(f'{base}/saved.{fmt}')})")
     samples = np.frombuffer(base64.b64decode(sound["samples"]), dtype=np.float32)
-    assert abs(sound["duration"] - 3.0) <= 1 / 8, sound["duration"]
+    assert abs(sound["duration"] - frames / fps) <= 1 / fps, sound["duration"]
     assert abs(peak_hz(samples[None], sound["rate"]) - TONE_HZ) <= 1.0
     played = page.evaluate(f"window.mavPlaySound({json.dumps(f'{base}/copy.{fmt}')})")
     assert not played["muted"] and not played["paused"] and played["time"] > 0.5, played
+    assert abs(played["duration"] - frames / fps) <= 1 / fps, played
     assert played["audioBytes"] > 0, f"no audio decoded while playing: {played}"
