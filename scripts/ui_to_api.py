@@ -5,10 +5,11 @@
     python scripts/ui_to_api.py workflows/*.json --object-info object_info.json --check   # validate only
 
 Widget values are matched to inputs in the node's declared input order (required, then optional);
-inputs with `control_after_generate` (seeds) and upload widgets (`image_upload`, `video_upload`) hold
-one extra value in the UI file. A widget input with a link (a widget turned into an input) takes the
-link. `check_ui_workflow` lists problems: unknown node types, links whose type differs from the
-source output or the target input. Standard library only.
+inputs with `control_after_generate` (seeds) hold one extra value right after theirs, and an upload
+widget (`image_upload`, `video_upload`) one extra value after all the others, where the front end puts
+it. A widget input with a link (a widget turned into an input) takes the link. `check_ui_workflow` lists
+problems: unknown node types, links whose type differs from the source output or the target input.
+Standard library only.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import urllib.request
 from pathlib import Path
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-EXTRA_WIDGET_FLAGS = ("control_after_generate", "image_upload", "video_upload")
+EXTRA_WIDGET_FLAGS = ("control_after_generate",)
+UPLOAD_FLAGS = ("image_upload", "video_upload")
 MUTED, BYPASSED = 2, 4
 
 
@@ -102,6 +104,7 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         values = n.get("widgets_values", [])
         by_name = values if isinstance(values, dict) else None
         pos = 0
+        uploads = 0
         inputs = {}
         for name, kind, opts, required in input_definitions(info):
             if is_widget(kind):
@@ -111,6 +114,7 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
                     present = pos < len(values)
                     value = values[pos] if present else None
                     pos += 1 + sum(bool(opts.get(flag)) for flag in EXTRA_WIDGET_FLAGS)
+                uploads += any(opts.get(flag) for flag in UPLOAD_FLAGS)
                 if name in linked:
                     _, src, slot, *_ = linked[name]
                     inputs[name] = [str(src), slot]
@@ -123,8 +127,9 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
                 inputs[name] = [str(src), slot]
             elif required:
                 raise ValueError(f"node {n['id']} ({n['type']}): required input {name!r} is not connected")
-        if by_name is None and pos < len(values):
-            raise ValueError(f"node {n['id']} ({n['type']}): {len(values)} widget values, {pos} expected")
+        if by_name is None and pos + min(uploads, 1) < len(values):
+            raise ValueError(f"node {n['id']} ({n['type']}): {len(values)} widget values, "
+                             f"{pos + min(uploads, 1)} expected")
         api[str(n["id"])] = {"inputs": inputs, "class_type": n["type"],
                              "_meta": {"title": n.get("title") or info.get("display_name") or n["type"]}}
     return api

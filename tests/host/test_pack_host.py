@@ -275,9 +275,33 @@ def test_client_queues_with_overrides_and_downloads(host, tmp_path):
     assert rejected.returncode == 2 and "frames" in rejected.stderr and "400" in rejected.stderr
 
 
+INPUT_FILE_LOADERS = ("MakeAVideoLoadImage", "MakeAVideoLoadVideo", "MakeAVideoLoadImages")
+
+
+def with_optional_defaults(api: dict, info: dict) -> dict:
+    """`api` with each optional widget input it leaves out set to its declared default (a combo without one:
+    its first choice), as the front end fills a workflow saved before that input existed; the host runs
+    both graphs the same way."""
+    api = json.loads(json.dumps(api))
+    for node in api.values():
+        optional = info.get(node["class_type"], {}).get("input", {}).get("optional", {})
+        for name, spec in optional.items():
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if name in node["inputs"] or not (isinstance(spec[0], list) or spec[0] in ("INT", "FLOAT", "BOOLEAN",
+                                                                                        "STRING", "COMBO")):
+                continue
+            if "default" in options:
+                node["inputs"][name] = options["default"]
+            elif isinstance(spec[0], list) and spec[0]:
+                node["inputs"][name] = spec[0][0]
+    return api
+
+
 def test_front_end_exports_each_ui_workflow_as_its_api_file(host, tmp_path):
     """The real ComfyUI front end (headless Chromium) loads every UI workflow and its own API export equals
-    the committed *_api.json: the UI files are what the front end reads, not only what our converter reads."""
+    the committed *_api.json (with the defaults of optional inputs the files leave out): the UI files are what
+    the front end reads, not only what our converter reads. Every node of the file is created (none unknown to
+    the front end) and every file the pack's loaders load is one the host lists (the examples/ inputs)."""
     try:
         from test_browser import Browser, chromium_path, open_front_end
     except ImportError as error:
@@ -288,15 +312,31 @@ def test_front_end_exports_each_ui_workflow_as_its_api_file(host, tmp_path):
         browser = Browser(chromium_path(), tmp_path)
     except RuntimeError as error:
         pytest.skip(f"chromium does not start headless here: {error}")
+    info = host.object_info()
+    checked = []
     try:
         open_front_end(host, browser.page)
         for ui_path in UI_FILES:
             ui = json.loads(ui_path.read_text())
-            exported = browser.page.evaluate(
+            loaded = browser.page.evaluate(
                 f"(async () => {{ await window.app.loadGraphData({json.dumps(ui)}); "
-                "return (await window.app.graphToPrompt()).output; })()")
+                "const nodes = window.app.graph.nodes; "
+                "return { types: nodes.map(n => n.type), missing: nodes.filter(n => !n.constructor.comfyClass)"
+                ".map(n => n.type), output: (await window.app.graphToPrompt()).output }; })()")
+            assert loaded["missing"] == [], f"{ui_path.name}: node types the front end does not know"
+            assert sorted(loaded["types"]) == sorted(n["type"] for n in ui["nodes"])
+            exported = loaded["output"]
             api = json.loads(ui_path.with_name(ui_path.stem + "_api.json").read_text())
-            assert exported == api, f"{ui_path.name}: the front end exports a different API graph"
+            assert exported == with_optional_defaults(api, info), \
+                f"{ui_path.name}: the front end exports a different API graph"
+            for key, node in exported.items():
+                required = info[node["class_type"]]["input"].get("required", {})
+                for name, value in node["inputs"].items():
+                    choices = required.get(name, [None])[0]
+                    if isinstance(choices, list) and node["class_type"] in INPUT_FILE_LOADERS:
+                        assert value in choices, f"{ui_path.name} node {key}: {name}={value!r} is not listed"
+                        checked.append(value)
+        assert len(checked) >= 6, checked   # the image and video workflows' input files
     finally:
         browser.close()
 
