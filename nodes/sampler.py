@@ -146,6 +146,10 @@ class Sampler:
         progress = StepProgress(steps * (1 + freeinit_iterations))
         need = activation_bytes(model.config, 2 if cfg != 1.0 else 1, min(frames, context_window or frames), height,
                                 width, next(model.module.parameters()).element_size())
+        if source is not None and denoise == 0.0:   # nothing to sample: the latent as it is, the model not moved
+            with inputs_named(**names):
+                samples = generate_latent(model, cond, uncond, source, options, guides, windows, progress)
+            return (None, float(fps), {"samples": samples.to(host.intermediate_device())})
         with inputs_named(**names), host.models_on_device(model, *control_models(positive), memory_required=need):
             if source is not None:
                 samples = generate_latent(model, cond, uncond, source, options, guides, windows, progress)
