@@ -7,6 +7,7 @@ import posixpath
 
 from ..mav_core.models import family
 from ..mav_core.io.loader import check_declared, load_model
+from ..mav_core.inference.pipeline import INTERPOLATOR_FILES, INTERPOLATORS
 from . import host
 from .common import CATEGORY, DECODER, INTERPOLATOR, PRIOR, TEXT, UPSCALER
 
@@ -143,25 +144,40 @@ class BundleLoader:
     RETURN_TYPES = (TEXT, PRIOR, DECODER, INTERPOLATOR, UPSCALER, UPSCALER)
     RETURN_NAMES = ("text_encoder", "prior", "decoder", "interpolator", "sr_video", "sr_frame")
     DESCRIPTION = ("Loads every stage file (text, prior, decoder, interpolator, sr_video, sr_frame .safetensors) "
-                   "of one folder; interpolator and upscalers are optional (None when missing).")
+                   "of one folder; interpolator and upscalers are optional (None when missing). The interpolator "
+                   "input picks the ↑F file: flow (flow_interpolator, the motion-compensated ↑F; the diffusion "
+                   "file where the folder has none), diffusion (interpolator: also extrapolates) or regression "
+                   "(interpolator_regression).")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"folder": (bundle_folders(), {
             "tooltip": "a folder of MAV-Tiny-layout stage files (mav-tiny = the shipped weights)"})},
-                "optional": {"precision": PRECISION}}
+                "optional": {"precision": PRECISION,
+                             "interpolator": (list(INTERPOLATORS), {"default": INTERPOLATORS[0], "tooltip":
+                                 "the ↑F file: flow = motion-compensated (best on real clips, interpolation "
+                                 "only), diffusion = the paper's ↑F (also extrapolates: image animation), "
+                                 "regression = one pass"})}}
 
     @classmethod
     def IS_CHANGED(cls, folder, **_other_inputs):
         prefix = "" if folder == TOP_LEVEL else f"{folder}/"
-        return _stamp([prefix + name for name in family.STAGE_FILES.values()])
+        return _stamp([prefix + name for name in (*family.STAGE_FILES.values(), *INTERPOLATOR_FILES.values())])
 
-    def load(self, folder, precision="auto"):
+    def load(self, folder, precision="auto", interpolator=INTERPOLATORS[0]):
+        if interpolator not in INTERPOLATORS:
+            raise ValueError(f"interpolator: must be one of {', '.join(INTERPOLATORS)}, got {interpolator!r}")
         files = set(host.model_files())
+        prefix = "" if folder == TOP_LEVEL else f"{folder}/"
+        interp_file = INTERPOLATOR_FILES[interpolator]
+        if interpolator == "flow" and prefix + interp_file not in files:
+            interp_file = INTERPOLATOR_FILES["diffusion"]
         out = []
         for stage in ("text", "prior", "decoder", "interpolator", "sr_video", "sr_frame"):
-            name = family.STAGE_FILES[stage] if folder == TOP_LEVEL else f"{folder}/{family.STAGE_FILES[stage]}"
+            name = prefix + (interp_file if stage == "interpolator" else family.STAGE_FILES[stage])
             if name not in files:
+                if stage == "interpolator" and interpolator == "regression":
+                    raise FileNotFoundError(f"interpolator: {folder!r} has no {interp_file}")
                 if stage in ("text", "prior", "decoder"):
                     raise FileNotFoundError(f"folder: {folder!r} has no {family.STAGE_FILES[stage]} "
                                             f"(the {stage!r} stage is required)")

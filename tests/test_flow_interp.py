@@ -225,3 +225,26 @@ def test_cuda_half_follows_the_input():
     video = moving_texture(3, 40, 72).cuda().half()
     out = motion_compensated_frames(video, 2, net)
     assert out.device.type == "cuda" and out.dtype == torch.float16
+
+
+def test_chain_default_is_the_motion_compensated_interpolator(tmp_path):
+    """MakeAVideo.load() and the CLI use the motion-compensated ↑F: the chain doubles the decoder's frames
+    with it (progress once per pair, the decoder's frames kept); a folder without its file gets the
+    diffusion ↑F."""
+    import argparse
+    from mav_core.cli.generate import add_generate_arguments
+    from mav_core.inference.interpolate import is_flow_interpolator
+    from mav_core.inference.pipeline import INTERPOLATORS, MakeAVideo
+    assert add_generate_arguments(p := argparse.ArgumentParser()) is None and p.parse_args(["x"]).interpolator == "flow"
+    mav = MakeAVideo.load()
+    assert INTERPOLATORS[0] == "flow" and is_flow_interpolator(mav.interpolator)
+    seen = []
+    kw = dict(frames=3, steps=2, prior_steps=2, upscale=0, seed=1)
+    out = mav("a red circle on a dark blue background", progress=lambda *a: seen.append(a), **kw)
+    assert out.frames.shape == (5, 32, 32, 3) and out.fps == 8.0
+    assert [a for a in seen if a[0] == "interpolator"] == [("interpolator", 1, 2), ("interpolator", 2, 2)]
+    decoded = mav("a red circle on a dark blue background", multiplier=1, **kw).frames
+    torch.testing.assert_close(out.frames[::2], decoded, atol=1e-6, rtol=0)
+    for name in family.STAGE_FILES.values():
+        (tmp_path / name).symlink_to(family.WEIGHTS_DIR / name)
+    assert not is_flow_interpolator(MakeAVideo.load(tmp_path).interpolator)

@@ -150,7 +150,7 @@ def test_animation_scores_see_colour_shape_and_motion():
 def test_eval_animation_reports_both_settings():
     from mav_core.eval.apps import eval_animation
     from mav_core.inference.pipeline import MakeAVideo
-    report = eval_animation(MakeAVideo.load(), n=1, frames=3)
+    report = eval_animation(MakeAVideo.load(interpolator="diffusion"), n=1, frames=3)
     for setting in ("with_embed", "without_embed"):
         assert report[f"{setting}_first_frame_psnr_db"] == float("inf")   # the input is the first frame
         for k in ("colour_kept_share", "shape_kept_share", "colour_and_shape_kept_share", "moving_share"):

@@ -44,7 +44,7 @@ def main_eval(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    mav = MakeAVideo.load(args.weights)
+    mav = MakeAVideo.load(args.weights, interpolator="diffusion")   # the paper's ↑F: scored and used by --apps
     prompts = heldout_prompts()[: args.videos]
     t0 = time.perf_counter()
     report = {"prompts": len(prompts), "heldout_prompts": prompts}

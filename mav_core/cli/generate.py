@@ -41,9 +41,10 @@ def add_generate_arguments(p):
                         "capability >= 8, fp16 on older ones and on MPS (sampling state stays float32)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quality", type=int, default=85, help="0-100: mp4/webm CRF from it, webp quality (100 = lossless)")
-    p.add_argument("--interpolator", choices=INTERPOLATORS, default="diffusion",
-                   help="↑F: the paper's sampled diffusion ↑F, or the one-pass regression ↑F (deterministic, "
-                        "highest PSNR on real clips; --interp-steps does not apply)")
+    p.add_argument("--interpolator", choices=INTERPOLATORS, default=INTERPOLATORS[0],
+                   help="↑F: flow = the motion-compensated ↑F (optical flow + fusion network, deterministic, "
+                        "the best on held-out real clips; --interp-steps does not apply), diffusion = the paper's "
+                        "sampled ↑F started from the motion-compensated estimate, regression = one-pass ↑F")
     defaults = ChainSettings()
     for f in fields(ChainSettings):
         default = getattr(defaults, f.name)

@@ -76,7 +76,8 @@ class FlowTableOptions:
     when the mean DIS flow between its first two frames at 64x64 is at least `min_motion` px), each scored
     at every size in `sizes` for every multiplier; the diffusion ↑F only at
     `diffusion_sizes` and on the first `diffusion_windows` windows (None: all; it takes minutes a window
-    on a CPU), so its rows hold fewer frames (the table's "frames" says how many)."""
+    on a CPU), so its rows hold fewer frames (the table's "frames" says how many). `split`: the clips'
+    split the windows come from."""
     windows: int = 20
     frames: int = 17
     sizes: tuple = (64, 128, 256)
@@ -85,6 +86,7 @@ class FlowTableOptions:
     diffusion_windows: int | None = None
     seed: int = 0
     min_motion: float = 0.5
+    split: str = "heldout"       # "train" only to choose settings (the diffusion ↑F's start strength)
 
 
 def opencv_flow_frame(f0: np.ndarray, f1: np.ndarray, t: float, method: str = "dis") -> np.ndarray:
@@ -107,9 +109,9 @@ def opencv_flow_frame(f0: np.ndarray, f1: np.ndarray, t: float, method: str = "d
 
 def moving_windows(clips_folder: str | Path, options: FlowTableOptions) -> list[tuple[str, np.ndarray]]:
     """(clip name, uint8 [F, S, S, 3] at the largest size) of the first `options.windows` moving windows
-    drawn from the held-out clips (distinct (clip, start) pairs)."""
+    drawn from the clips of `options.split` (distinct (clip, start) pairs)."""
     size = max(options.sizes)
-    clips = RealClips(clips_folder, num_frames=options.frames, size=size, seed=options.seed, split="heldout",
+    clips = RealClips(clips_folder, num_frames=options.frames, size=size, seed=options.seed, split=options.split,
                       strides=(1,))
     out, seen = [], set()
     dis = cv2.DISOpticalFlow_create(DIS_PRESETS["medium"])
@@ -126,7 +128,7 @@ def moving_windows(clips_folder: str | Path, options: FlowTableOptions) -> list[
         if np.linalg.norm(dis.calc(small[0], small[1], None), axis=-1).mean() >= options.min_motion:
             out.append((draw[0].path.name, frames))
     if len(out) < options.windows:
-        raise ValueError(f"only {len(out)} moving held-out windows of {options.frames} frames in {clips_folder}, "
+        raise ValueError(f"only {len(out)} moving {options.split} windows of {options.frames} frames in {clips_folder}, "
                          f"need {options.windows}")
     return out
 
@@ -188,8 +190,8 @@ def eval_flow_interpolation(methods: dict, clips_folder: str | Path, options: Fl
 def flow_table_methods(mav: MakeAVideo | None, flow_model: LoadedModel | None, steps: int = 15,
                        seed: int = 0) -> dict:
     """The torch methods of the ↑F table: the motion-compensated ↑F (`flow_model`), the flow-warped average
-    it starts from (no network), and the diffusion ↑F of `mav` (interpolate_video's defaults: from the linear
-    blend noised to 0.3, 15 steps, the empty prompt)."""
+    it starts from (no network), and the diffusion ↑F of `mav` (interpolate_video's defaults: from the
+    motion-compensated estimate noised to InterpolationOptions().blend_init, 15 steps, the empty prompt)."""
     methods = {}
     if flow_model is not None:
         methods["mav_flow_interpolator"] = lambda v, m: motion_compensated_frames(v, m, flow_model.module)

@@ -11,7 +11,7 @@ from ..diffusion import derive_seed
 from ..errors import InputError, check_finite
 from ..io.checkpoints import LoadedModel
 from ..models.flow_fusion import FlowFusionNet
-from .flow import FlowOptions, check_frame_size, in_between
+from .flow import MIN_SIDE, FlowOptions, check_frame_size, in_between
 from .frame_masks import extrapolation_mask, frame_guess, interpolation_mask
 from .frames import check_video
 from .generate import check_inputs, conditioning_batch, generate_video
@@ -24,6 +24,16 @@ from .sampling import is_regression
 def linear_blend_frames(grid: torch.Tensor, multiplier: int) -> torch.Tensor:
     """Fill the frames between every m-th (known) frame of grid [B, C, T, H, W] by linear blending."""
     return frame_guess(grid, interpolation_mask(grid.shape[2], multiplier))
+
+
+def start_estimate(grid: torch.Tensor, multiplier: int) -> torch.Tensor:
+    """The diffusion ↑F's start for grid [B, C, T, H, W] (every m-th frame known): the motion-compensated
+    estimate of the frames between (optical flow both ways, both known frames warped to each in-between
+    time, the visibility-weighted average; no network), the known frames kept; frames below MIN_SIDE px,
+    where flow is not estimated, get the linear blend."""
+    if grid.shape[-2] < MIN_SIDE or grid.shape[-1] < MIN_SIDE:
+        return linear_blend_frames(grid, multiplier)
+    return motion_compensated_frames(grid[:, :, ::multiplier], multiplier).to(grid)
 
 
 PAIR_FLOATS_PER_PIXEL = 160   # flows, warps, features and the fusion net's activations of one pair
@@ -76,8 +86,9 @@ def interpolate_video(interpolator: LoadedModel, video: torch.Tensor, cond: dict
                       callback: Callable | None = None) -> torch.Tensor:
     """↑F on video [B, 3, N, H, W] at `fps`. interpolate: N -> (N-1)·m+1 frames, the input frames kept at
     every m-th position, in windows of at most `frames.window` frames that share their end frames; with
-    blend_init in (0, 1) each window starts from the linear blend of its known frames noised to that
-    strength (SDEdit-style), so the model refines the blend instead of inventing the in-between frames.
+    blend_init in (0, 1) each window starts from the motion-compensated estimate of its in-between frames
+    (start_estimate; the linear blend below 32 px) noised to that strength (SDEdit-style), so the model
+    refines the estimate instead of inventing the in-between frames.
     extrapolate: `extra_frames` new frames, window by window, each conditioned on the last frames so far.
     A regression ↑F checkpoint (is_regression) interpolates in one deterministic pass per window (seed,
     steps, sampler, cfg and blend_init do not apply) and cannot extrapolate. Returns [B, 3, T, H, W]."""
@@ -147,7 +158,7 @@ def _interpolate(interpolator, video, cond, uncond, fps, frames, options, callba
         window_options = options.replace(seed=derive_seed(options.seed, start), denoise=1.0)
         guides = Guides(known=grid, known_mask=interpolation_mask(t, m))
         if 0 < frames.blend_init < 1 and not is_regression(interpolator):
-            guides = guides.replace(init=linear_blend_frames(grid, m))
+            guides = guides.replace(init=start_estimate(grid, m))
             window_options = window_options.replace(denoise=frames.blend_init)
         out = generate_video(interpolator, cond, uncond, VideoShape(t, h, w, fps * m), window_options, guides,
                              callback=callback)

@@ -17,9 +17,10 @@ from ..errors import InputError, check_choice, check_int, check_number
 from ..io.checkpoints import LoadedModel
 from ..io.loader import load_model
 from ..models import family
+from ..models.flow_fusion import FLOW_INTERPOLATOR_FILE
 from .frames import video_to_frames
 from .generate import generate_video
-from .interpolate import interpolate_video
+from .interpolate import interpolate_video, is_flow_interpolator
 from .options import (MAX_CFG, MAX_FPS, MAX_FRAMES, MAX_MULTIPLIER, MAX_SEED, MAX_STEPS, InterpolationOptions,
                       SamplingOptions, UpscaleOptions, VideoShape, WindowOptions)
 from .sampling import is_regression
@@ -27,7 +28,9 @@ from .text import encode_prompt, run_prior
 from .upscale import upscale_video
 
 
-INTERPOLATORS = ("diffusion", "regression")
+INTERPOLATORS = ("flow", "diffusion", "regression")   # the first: best on held-out real clips (docs/interpolation.md)
+INTERPOLATOR_FILES = {"flow": FLOW_INTERPOLATOR_FILE, "diffusion": family.STAGE_FILES["interpolator"],
+                      "regression": family.REGRESSION_INTERPOLATOR_FILE}
 SR_VIDEO_CHUNK = 16   # SR^t_l frames per model call: the Upscaler node's default, so both make the same video
 
 
@@ -109,9 +112,12 @@ class MakeAVideo:
 
     @classmethod
     def load(cls, folder: str | Path | None = None, device="cpu", dtype=None,
-             interpolator: str = "diffusion") -> "MakeAVideo":
-        """interpolator: 'diffusion' (the paper's ↑F, interpolator.safetensors, optional) or 'regression'
-        (one-pass ↑F, interpolator_regression.safetensors, required once asked for).
+             interpolator: str = INTERPOLATORS[0]) -> "MakeAVideo":
+        """interpolator: 'flow' (the motion-compensated ↑F, flow_interpolator.safetensors; the diffusion ↑F
+        where the folder has no such file), 'diffusion' (the paper's ↑F, interpolator.safetensors, started
+        from the motion-compensated estimate; optional: no ↑F stage without it; needed for extrapolation /
+        image animation) or 'regression' (one-pass ↑F, interpolator_regression.safetensors, required once
+        asked for).
         dtype: the diffusion UNets' dtype (D^t, ↑F, SR; None: float32, or a half-precision file's own dtype
         on CUDA); the text encoder and the prior stay float32 (small, and their outputs condition the rest)."""
         if interpolator not in INTERPOLATORS:
@@ -129,8 +135,12 @@ class MakeAVideo:
             unet = stage in ("decoder", "interpolator", "sr_video", "sr_frame")
             return load_model(path, device=device, dtype=dtype if unet else None, expect_stage=stage)
 
-        interp = (get("interpolator", False) if interpolator == "diffusion"
-                  else get("interpolator", True, family.REGRESSION_INTERPOLATOR_FILE))
+        interp = None
+        if interpolator == "flow":
+            interp = get("interpolator", False, INTERPOLATOR_FILES["flow"])
+        if interp is None:
+            interp = get("interpolator", interpolator == "regression", INTERPOLATOR_FILES[
+                "regression" if interpolator == "regression" else "diffusion"])
         return cls(get("text"), get("prior"), get("decoder"), interp, get("sr_video", False), get("sr_frame", False))
 
     def untrained(self) -> list[str]:
@@ -160,8 +170,8 @@ class MakeAVideo:
             raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
         timings = {}
 
-        def cb(stage, total):
-            return (lambda info: progress(stage, info["i"] + 1, total)) if progress else None
+        def cb(stage, total):   # sampling callbacks count "i", the motion-compensated ↑F's pairs "step"
+            return (lambda info: progress(stage, info.get("i", info.get("step", 0)) + 1, total)) if progress else None
 
         t0 = time.perf_counter()
         cond, uncond = self.conditioning(prompt, s.negative, s.seed, s.prior_steps, s.prior_cfg, cb("prior", s.prior_steps))
@@ -176,9 +186,11 @@ class MakeAVideo:
         fps = s.fps
         if self.interpolator is not None and s.multiplier > 1:
             t0 = time.perf_counter()
+            total = (s.frames - 1 if is_flow_interpolator(self.interpolator)
+                     else 1 if is_regression(self.interpolator) else s.interp_steps)
             video = interpolate_video(self.interpolator, video, cond, None, s.fps, InterpolationOptions(s.multiplier),
                                       SamplingOptions(seed=s.seed, steps=s.interp_steps),
-                                      callback=cb("interpolator", 1 if is_regression(self.interpolator) else s.interp_steps))
+                                      callback=cb("interpolator", total))
             video = between_stages(video)
             fps = s.fps * s.multiplier
             timings["interpolator"] = time.perf_counter() - t0
