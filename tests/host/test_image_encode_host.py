@@ -1,6 +1,6 @@
 """MakeAVideo Image Encode inside a real ComfyUI: the shipped image_animation and image_interpolation API
-workflows (LoadImage -> Image Encode -> Frame Interpolator positive) run from the API with a rendered start
-image in the host's input folder; the embedding changes the animation; a wrong model type is refused in
+workflows (Load Image -> Image Encode -> Frame Interpolator positive) run from the API with a rendered start
+image in the host's input folder (as input/examples/<name>, which takes precedence over the pack's example); the embedding changes the animation; a wrong model type is refused in
 validation. Step counts are cut to 2 so each graph takes seconds on a CPU."""
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ def host(comfy_server):
     scenes = {"mav_start.png": Scene(shape="square", colour="yellow", size="large", background="gray", x=0.4, y=0.45),
               "mav_first.png": Scene(shape="circle", colour="red", size="large", background="black", x=0.3, y=0.3),
               "mav_last.png": Scene(shape="circle", colour="red", size="large", background="black", x=0.7, y=0.7)}
+    folder = comfy_server.input_dir / "examples"
+    folder.mkdir(exist_ok=True)
     for name, scene in scenes.items():
-        Image.fromarray(render_scenes([scene], 64)[0]).save(comfy_server.input_dir / name)
+        Image.fromarray(render_scenes([scene], 64)[0]).save(folder / name)
     return comfy_server
 
 
