@@ -131,7 +131,8 @@ class LoadImages:
     FUNCTION = "load"
     RETURN_TYPES = ("IMAGE", "MASK", "INT")
     RETURN_NAMES = ("images", "masks", "frame_count")
-    DESCRIPTION = ("Loads a folder of images (png, jpg, webp, bmp, tif) from the input folder as one batch, in "
+    DESCRIPTION = ("Loads a folder of images (png, jpg, webp, bmp, tif) from the input folder, or the pack's example "
+                   "folder (examples/...), as one batch, in "
                    "natural order (2 before 10). Kept: skip_first_images, then every select_every_nth, at most "
                    "image_load_cap (0 = all). All images share one size unless force_width/height resize them "
                    "(one of them alone keeps the aspect ratio). masks: 1 - alpha, as the host's Load Image.")

@@ -342,7 +342,8 @@ class LoadVideo:
     FUNCTION = "load"
     RETURN_TYPES = ("IMAGE", "FLOAT", "INT", "AUDIO")
     RETURN_NAMES = ("frames", "fps", "frame_count", "audio")
-    DESCRIPTION = ("Loads a video (mp4, webm, mkv, mov, avi, gif, webp) from the input folder as frames. Frames "
+    DESCRIPTION = ("Loads a video (mp4, webm, mkv, mov, avi, gif, webp) from the input folder, or the pack's example "
+                   "clip (examples/...), as frames. Frames "
                    "kept: skip_first_frames, then every select_every_nth, at most frame_load_cap (0 = all). "
                    "fps is the source rate divided by select_every_nth. force_width/height resize (0 = keep; "
                    "one of them alone keeps the aspect ratio). audio: the sound of the selected span (None when "

@@ -3,7 +3,9 @@ input folder and no models of its own (the loaders list the shipped MAV-Tiny fil
 runs each API workflow to its output file. The graphs are the shipped ones with fewer steps and frames
 (set on a copy here; the shipped defaults stay as they are). Also through the host: the loaders list the
 examples next to the input folder's files, refuse names that leave the examples folder, and a file of the
-same name in the input folder takes precedence over the shipped example."""
+same name in the input folder takes precedence over the shipped example. The same rules on the node code
+without ComfyUI (these run without COMFYUI_ROOT): names and links out of the examples folder are refused,
+the loaders read the examples with no input folder at all, and an input file shadows its example."""
 from __future__ import annotations
 
 import json
@@ -174,3 +176,45 @@ def test_an_input_file_of_the_same_name_takes_precedence(bare_host):
         assert outputs[1].shape == (20, 24, 3) and (outputs[1] == (10, 200, 30)).all()
     finally:
         shutil.rmtree(shadow.parent, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# without ComfyUI: the same resolution rules on the node code itself
+
+
+@pytest.mark.parametrize("name", ["examples/../README.md", "examples/mav_sequence/frame_01.png", "examples/.hidden.png",
+                                  "examples/", "examples/..", "other/mav_start.png", "mav_start.png",
+                                  "examples/mav_start.png\0", "examples\\mav_start.png", None, 3])
+def test_example_path_refuses_names_outside_the_examples(pack, name):
+    assert pack.common.example_path(name) is None
+
+
+def test_example_path_refuses_a_link_out_of_the_examples_folder(pack, tmp_path, monkeypatch):
+    examples, outside = tmp_path / "examples", tmp_path / "secret.png"
+    examples.mkdir()
+    outside.write_bytes((EXAMPLES / "mav_start.png").read_bytes())
+    (examples / "link.png").symlink_to(outside)
+    (examples / "real.png").write_bytes(outside.read_bytes())
+    monkeypatch.setattr(pack.common, "EXAMPLES_DIR", examples)
+    assert pack.common.example_path("examples/link.png") is None
+    assert pack.common.example_path("examples/real.png") == examples / "real.png"
+    assert pack.common.example_names((".png",)) == ["examples/link.png", "examples/real.png"]
+
+
+def test_loaders_read_the_examples_and_an_input_file_shadows_them(pack, monkeypatch, tmp_path):
+    from PIL import Image
+    load_image, load_video = pack.image_sequence.LoadImage(), pack.video_io.LoadVideo()
+    monkeypatch.setattr(pack.video_io, "standin_dirs", {})          # no input folder at all
+    image, mask = load_image.load("examples/mav_start.png")
+    shipped = np.asarray(Image.open(EXAMPLES / "mav_start.png").convert("RGB"))
+    assert np.array_equal((image[0].numpy() * 255).round().astype(np.uint8), shipped) and float(mask.abs().max()) == 0
+    frames, fps, count, audio = load_video.load("examples/mav_source.mp4", 3, 0, 1, 0, 0)
+    assert (count, tuple(frames.shape[1:])) == (3, shipped.shape) and fps > 0 and audio is None
+    monkeypatch.setattr(pack.video_io, "standin_dirs", {"input": tmp_path})
+    assert pack.image_sequence.LoadImage.INPUT_TYPES()["required"]["image"][0][-1] == "examples/mav_start.png"
+    (tmp_path / "examples").mkdir()
+    Image.fromarray(np.full((5, 7, 4), (1, 2, 3, 0), np.uint8)).save(tmp_path / "examples" / "mav_start.png")
+    image, mask = load_image.load("examples/mav_start.png")
+    assert tuple(image.shape) == (1, 5, 7, 3) and float(mask.min()) == 1.0     # the input file, alpha 0 -> mask 1
+    assert pack.image_sequence.LoadImage.INPUT_TYPES()["required"]["image"][0].count("examples/mav_start.png") == 1
+    assert "outside the input folder" in pack.image_sequence.LoadImage.VALIDATE_INPUTS("../secret.png")
