@@ -5,7 +5,9 @@ same moving windows (frames dropped and restored, as in `python -m mav_core eval
 
     python bench/bench_flow_diffusion_strength.py --threads 1 [--strengths 0.05,0.1,0.2,0.3] [--windows 4]
 
-Writes bench/results/flow_diffusion_strength.json. The held-out split is never used here.
+Writes bench/results/flow_diffusion_strength.json (after every size). The held-out split is never used here.
+The default strength (InterpolationOptions.blend_init) is the largest measured strength whose PSNR is
+clearly above blending (by >= 0.25 dB) at 64x64 on the train split.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def main():
         for name, r in row.items():
             print(f"  {name:34}{r['psnr']:8.2f} dB {r['ssim']:7.3f}  vs blend {r['psnr'] - base:+6.2f} dB"
                   f"{r['frames_per_second']:9.2f} frames/s")
-    path = write_json(report, "flow_diffusion_strength", args.out)
+        path = write_json(report, "flow_diffusion_strength", args.out)   # after every row: a stopped run keeps its rows
     print(f"\nwrote {path}")
 
 

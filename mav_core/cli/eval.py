@@ -34,6 +34,7 @@ def add_eval_arguments(p):
     p.add_argument("--interp-windows", type=int, default=20, help="moving held-out windows of the ↑F size table")
     p.add_argument("--interp-sizes", default="64,128,256", help="sizes of the ↑F table ('' to skip the table)")
     p.add_argument("--diffusion-sizes", default="64,128", help="sizes of the table at which the diffusion ↑F runs")
+    p.add_argument("--diffusion-multipliers", default="2,4", help="multipliers at which the diffusion ↑F runs")
     p.add_argument("--diffusion-windows", type=int, default=None, help="windows the diffusion ↑F runs on in the "
                    "table (default: all; minutes a window on a CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -73,9 +74,11 @@ def main_eval(args) -> int:
         flow_model = load_model(flow_path, expect_stage="interpolator") if flow_path.exists() else None
         sizes = tuple(int(v) for v in args.interp_sizes.split(","))
         diffusion = tuple(int(v) for v in args.diffusion_sizes.split(",") if v)
+        diffusion_m = tuple(int(v) for v in args.diffusion_multipliers.split(",") if v)
         table = eval_flow_interpolation(flow_table_methods(mav, flow_model, seed=args.seed), args.clips,
                                         FlowTableOptions(windows=args.interp_windows, sizes=sizes,
                                                          diffusion_sizes=diffusion, seed=args.seed,
+                                                         diffusion_multipliers=diffusion_m,
                                                          diffusion_windows=args.diffusion_windows),
                                         diffusion={"mav_diffusion_interpolator"})
         report["interpolation_table"] = table

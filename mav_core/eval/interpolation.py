@@ -75,7 +75,7 @@ class FlowTableOptions:
     """The ↑F table: `windows` moving windows of `frames` frames from the held-out clips (a window moves
     when the mean DIS flow between its first two frames at 64x64 is at least `min_motion` px), each scored
     at every size in `sizes` for every multiplier; the diffusion ↑F only at
-    `diffusion_sizes` and on the first `diffusion_windows` windows (None: all; it takes minutes a window
+    `diffusion_sizes` x `diffusion_multipliers` and on the first `diffusion_windows` windows (None: all; it takes minutes a window
     on a CPU), so its rows hold fewer frames (the table's "frames" says how many). `split`: the clips'
     split the windows come from."""
     windows: int = 20
@@ -83,6 +83,7 @@ class FlowTableOptions:
     sizes: tuple = (64, 128, 256)
     multipliers: tuple = (2, 4)
     diffusion_sizes: tuple = (64, 128)
+    diffusion_multipliers: tuple = (2, 4)
     diffusion_windows: int | None = None
     seed: int = 0
     min_motion: float = 0.5
@@ -166,7 +167,7 @@ def eval_flow_interpolation(methods: dict, clips_folder: str | Path, options: Fl
     for size, m in tqdm(rows, desc="↑F table"):
         row = {}
         for name in names:
-            if name in diffusion and size not in options.diffusion_sizes:
+            if name in diffusion and (size not in options.diffusion_sizes or m not in options.diffusion_multipliers):
                 continue
             scores = {"psnr": [], "ssim": [], "seconds": 0.0, "frames": 0}
             limit = options.diffusion_windows if name in diffusion else None
