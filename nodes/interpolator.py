@@ -51,7 +51,8 @@ class FrameInterpolator:
         if mode == "interpolate" and frames.shape[0] < 2:
             raise ValueError(f"images: interpolation needs at least 2 frames, got {frames.shape[0]} "
                              "(use mode 'extrapolate' to animate a single image)")
-        cond = conditioning_dict(positive, "positive", model) if positive is not None else {}
+        conditioned = positive is not None and not is_flow_interpolator(model)   # the motion-compensated ↑F takes none
+        cond = conditioning_dict(positive, "positive", model) if conditioned else {}
         if is_flow_interpolator(model):   # one step per pair of input frames (preview: that pair's frames)
             progress = StepProgress(max(1, frames.shape[0] - 1))
         else:                             # regression ↑F: one pass per window
