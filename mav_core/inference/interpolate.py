@@ -40,8 +40,9 @@ PAIR_FLOATS_PER_PIXEL = 160   # flows, warps, features and the fusion net's acti
 
 
 def is_flow_interpolator(interpolator: LoadedModel) -> bool:
-    """The motion-compensated ↑F (optical flow + FlowFusionNet), not a SpaceTimeUNet."""
-    return isinstance(interpolator.module, FlowFusionNet)
+    """The motion-compensated ↑F (optical flow + FlowFusionNet), not a SpaceTimeUNet. By class name too: the
+    pack inside ComfyUI and a script beside it may import the core under two package names."""
+    return isinstance(interpolator.module, FlowFusionNet) or type(interpolator.module).__name__ == FlowFusionNet.__name__
 
 
 def flow_options(net: FlowFusionNet | None) -> FlowOptions:
