@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from ..data.clips import RealClips
 from ..data.world import to_tensor
 from ..inference.flow import FlowOptions, estimate_flows, fusion_inputs, warp_pair
+from ..errors import check_int
 from ..io.checkpoints import save_model
+from ..io.loader import load_model
 from ..models.flow_fusion import FLOW_INTERPOLATOR_FILE, FlowFusionConfig, FlowFusionNet
 from .common import StreamBatches, add_common_arguments, settings_from_args
 from .loop import train_loop
@@ -37,14 +39,19 @@ def add_arguments(p):
     p.set_defaults(out="runs/flow-interp", save_every=200)
     p.add_argument("--flow-preset", default="medium", choices=("ultrafast", "fast", "medium"))
     p.add_argument("--widths", default="12,24,32", help="fusion channels at 1, 1/2, 1/4 resolution")
+    p.add_argument("--sides", default=",".join(map(str, SIDES)), help="square crop sides examples are resized to")
+    p.add_argument("--init", default=None, help="a flow_interpolator file to start from (its widths and flow "
+                   "settings are kept; default: the zero-head net, the flow-warped average)")
 
 
 class FlowTriplets:
     """Endless (frame0, frame1, truth, t) examples from real training clips (see the module docstring);
     draws() are the cheap random choices, make(draw) decodes, crops and estimates the flow."""
 
-    def __init__(self, folder, seed: int, flow: FlowOptions):
-        self.clips = RealClips(folder, num_frames=WINDOW, size=max(SIDES), seed=seed, split="train", strides=(1, 2))
+    def __init__(self, folder, seed: int, flow: FlowOptions, sides: tuple = SIDES):
+        self.sides = tuple(sides)
+        self.clips = RealClips(folder, num_frames=WINDOW, size=max(self.sides), seed=seed, split="train",
+                               strides=(1, 2))
         self.rng = np.random.default_rng(seed + 1)
         self.flow = flow
 
@@ -52,7 +59,7 @@ class FlowTriplets:
         for clip_draw in self.clips.draws():
             gap = int(self.rng.choice(GAPS))
             yield (clip_draw, gap, int(self.rng.integers(1, gap)), int(self.rng.integers(0, WINDOW - gap)),
-                   int(self.rng.choice(SIDES)), bool(self.rng.integers(2)), bool(self.rng.integers(2)),
+                   int(self.rng.choice(self.sides)), bool(self.rng.integers(2)), bool(self.rng.integers(2)),
                    float(self.rng.uniform(0.8, 1.2)), float(self.rng.uniform(-0.1, 0.1)))
 
     def make(self, draw):
@@ -86,12 +93,21 @@ def run(args) -> str:
     widths = tuple(int(w) for w in args.widths.split(","))
     torch.manual_seed(args.seed)
     config = FlowFusionConfig(widths=widths, flow_preset=args.flow_preset)
+    start = load_model(args.init, expect_stage="interpolator").module.float() if args.init else None
+    if start is not None:
+        if not isinstance(start, FlowFusionNet):
+            raise ValueError(f"--init {args.init}: not a flow_interpolator file")
+        config = start.config
+    sides = tuple(int(v) for v in args.sides.split(","))
+    for side in sides:
+        check_int("sides", side, 32, 1024)
     flow = FlowOptions(method=config.flow_method, preset=config.flow_preset, max_side=config.flow_max_side,
                        sigma=config.flow_sigma)
     if not (Path(args.clips) / "manifest.json").exists():
         raise FileNotFoundError(f"--clips {args.clips}: no manifest.json (run scripts/fetch_clips.py first)")
-    net = FlowFusionNet(config)
-    data = StreamBatches(FlowTriplets(args.clips, args.seed * 100, flow), args.batch_size, collate=_collate_by_side)
+    net = start if start is not None else FlowFusionNet(config)
+    data = StreamBatches(FlowTriplets(args.clips, args.seed * 100, flow, sides), args.batch_size,
+                         collate=_collate_by_side)
 
     def loss_fn(step, gen, shard):
         features, average, difference, truth = data(step, shard)
