@@ -37,6 +37,12 @@ except ImportError:
     _mm = _patcher = _cu = _fp = _args = _PreviewMethod = None
     HAS_COMFY = False
 
+try:  # the host's web server (present when ComfyUI runs as a server; not in plain Python or a bare import)
+    from aiohttp import web as _web
+    from server import PromptServer as _PromptServer
+except ImportError:
+    _web = _PromptServer = None
+
 PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -305,3 +311,33 @@ def video_from_frames(frames: torch.Tensor, frame_rate):
         raise RuntimeError("this ComfyUI has no VIDEO type (comfy_api.input_impl); use Video Save / Load Video")
     video_from_components, video_components = _video_type()
     return video_from_components(video_components(images=frames, frame_rate=frame_rate))
+
+
+# the front end's thumbnails of input files: /view?type=input&subfolder=...&filename=...
+
+VIEW_PATHS = ("/view", "/api/view")
+
+
+def register_input_fallback(subfolder: str, resolve) -> bool:
+    """Let the host's /view answer `type=input&subfolder=<subfolder>&filename=<name>` from `resolve`, when its
+    input folder has no such file: the front end asks that URL for the thumbnail of a combo value
+    `<subfolder>/<name>` (the loaders' `examples/<name>`), and the host serves input / output / temp only.
+    resolve("<subfolder>/<name>") returns the file to send, or None (the host's own answer, 404, stands). A
+    middleware on the host's server, which sees only those requests and only after the host answered 404.
+    Returns whether it was registered (False without a running host's server)."""
+    server = getattr(_PromptServer, "instance", None) if _PromptServer is not None else None
+    if server is None or server.app.frozen:
+        return False
+
+    @_web.middleware
+    async def input_fallback(request, handler):
+        response = await handler(request)
+        query = request.rel_url.query
+        if (response.status != 404 or request.method != "GET" or request.path not in VIEW_PATHS
+                or query.get("type") != "input" or query.get("subfolder") != subfolder):
+            return response
+        path = resolve(f"{subfolder}/{query.get('filename', '')}")
+        return response if path is None else _web.FileResponse(path)
+
+    server.app.middlewares.append(input_fallback)
+    return True

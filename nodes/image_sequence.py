@@ -22,7 +22,8 @@ from ..mav_core.io.video import forced_size
 from ..mav_core.io.image_sequence import (READ_SUFFIXES, SAVE_FORMATS, SequenceNames, SequenceSelection, image_size,
                                           list_images, read_images, select, write_images)
 from . import host
-from .common import CATEGORY, example_names, example_path, require_frames, selection_inputs, with_examples
+from .common import (CATEGORY, EXAMPLES_PREFIX, example_names, example_path, require_frames, selection_inputs,
+                     with_examples)
 from .video_io import (MAX_LISTED_INPUTS, folder_of, has_input_folder, host_metadata, input_path, save_location,
                        walk_input)
 
@@ -84,6 +85,16 @@ def read_image(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _named(error: InputError) -> ValueError:
     return ValueError(f"{LOAD_ERRORS.get(error.param, error.param)}: {error.message}")
+
+
+def example_image(name: str):
+    """The example image `examples/<name>` (names checked by common.example_path), or None."""
+    path = example_path(name)
+    return path if path is not None and path.is_file() and path.name.lower().endswith(READ_SUFFIXES) else None
+
+
+# the front end's thumbnail of an `examples/<name>` value is /view?type=input&subfolder=examples&filename=<name>
+host.register_input_fallback(EXAMPLES_PREFIX.rstrip("/"), example_image)
 
 
 class LoadImage:
