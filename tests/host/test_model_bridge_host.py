@@ -107,6 +107,12 @@ SCRIPT = textwrap.dedent(r"""
     def as64(d):
         return {k: v.double() for k, v in d.items()}
 
+    def frames_of(video):   # our [1, C, F, h, w] -> the bridge's LATENT layout, frames in the batch [F, C, h, w]
+        return video[0].transpose(0, 1)
+
+    def video_of(frames):   # the bridge's [F, C, h, w] -> our [1, C, F, h, w]
+        return frames.transpose(0, 1)[None]
+
     report = {}
     reference_kernels = fused.inference
     for name, decoder, width, embed_dim in decoders():
@@ -121,7 +127,7 @@ SCRIPT = textwrap.dedent(r"""
             cond["image_embed"], uncond["image_embed"] = embed, torch.zeros_like(embed)
             positive[0][1]["mav_image_embed"] = embed
         model, latent = model_bridge.ModelBridge().bridge(decoder, 3, 16, 16, 1, fps)
-        shape = tuple(latent["samples"].shape)
+        shape = tuple(video_of(latent["samples"]).shape)
         scale = model.get_model_object("latent_format").scale_factor
         guider = comfy.samplers.CFGGuider(model)
         guider.set_conds(positive, negative)
@@ -145,11 +151,12 @@ SCRIPT = textwrap.dedent(r"""
             guided64 = CFGDenoiser(Denoiser(decoder64.module, decoder.schedule, decoder.prediction), as64(cond), as64(uncond), 3.0)
             ours64 = core_sample("ddim", guided64, noise.double() * float(sigmas[0]), sigmas)
             for host_sampler in ("ddim", "euler"):
-                out64, _ = SamplerCustomAdvanced().sample(GivenNoise(noise.double()), guider64,
+                out64, _ = SamplerCustomAdvanced().sample(GivenNoise(frames_of(noise).double()), guider64,
                                                           comfy.samplers.sampler_object(host_sampler), sigmas.double(), latent64)
                 fused.inference = reference_kernels
-                out, _ = SamplerCustomAdvanced().sample(GivenNoise(noise), guider, comfy.samplers.sampler_object(host_sampler),
+                out, _ = SamplerCustomAdvanced().sample(GivenNoise(frames_of(noise)), guider, comfy.samplers.sampler_object(host_sampler),
                                                         sigmas, latent)
+                out, out64 = {"samples": video_of(out["samples"])}, {"samples": video_of(out64["samples"])}
                 fused.inference = lambda: False
                 report[f"{name}/{spacing}/{host_sampler}"] = {
                     "fp32_max_abs_diff": float((out["samples"].float() * scale - ours).abs().max()),
@@ -287,7 +294,7 @@ def test_bridge_node_into_the_hosts_ksampler_in_a_server(comfy_server):
     files = sorted(comfy_server.output_dir.glob("latents/bridge_a*.latent"))
     assert files, list(comfy_server.output_dir.rglob("*"))
     samples = load_file(str(files[-1]))["latent_tensor"]
-    assert tuple(samples.shape) == (1, 3, 4, 32, 32)
+    assert tuple(samples.shape) == (4, 3, 32, 32)   # frames in the batch
     assert bool(samples.isfinite().all()) and samples.std() > 0.05
     assert "Requested to load MakeAVideoModel" not in _run_and_log(comfy_server, _bridge_graph(2, "latents/bridge_b")), \
         "the loaded MODEL was not kept between prompts"
