@@ -2,7 +2,8 @@
 /view?type=input&subfolder=examples&filename=<name> (the combo value split at its last '/'), which the host
 answers from its input folder only; the pack's fallback (nodes/host.py register_input_fallback, registered by
 nodes/image_sequence.py) answers it with the example file when the host has none, with the names
-nodes/common.py example_path accepts, and nothing else."""
+nodes/common.py example_path accepts, and nothing else. In headless Chromium the real front end's Load Image
+node then shows the example as its thumbnail."""
 from __future__ import annotations
 
 import urllib.error
@@ -10,8 +11,10 @@ import urllib.parse
 import urllib.request
 
 import pytest
+from PIL import Image
 
 from comfy_server import REPO_ROOT
+from test_browser import browser, open_front_end   # noqa: F401 (browser: the headless Chromium fixture)
 
 EXAMPLES = REPO_ROOT / "examples"
 
@@ -74,3 +77,28 @@ def test_an_input_file_shadows_its_example(comfy_server):
         own.unlink()
     status, body, _ = view(comfy_server, filename="mav_last.png", type="input", subfolder="examples")
     assert status == 200 and body == (EXAMPLES / "mav_last.png").read_bytes()
+
+
+THUMBNAIL_JS = """(async () => {
+  const node = LiteGraph.createNode("MakeAVideoLoadImage");
+  window.app.graph.add(node);
+  const widget = node.widgets.find(w => w.name === "image");
+  widget.value = NAME;
+  widget.callback?.(widget.value);
+  for (let i = 0; i < 200; i++) {
+    const img = node.imgs?.[0];
+    if (img && img.complete && img.naturalWidth) break;
+    await new Promise(r => setTimeout(r, 100));
+  }
+  const img = node.imgs?.[0];
+  return {src: img?.src ?? null, width: img?.naturalWidth ?? 0, height: img?.naturalHeight ?? 0};
+})()"""
+
+
+def test_the_front_end_shows_the_example_as_the_nodes_thumbnail(comfy_server, browser):
+    open_front_end(comfy_server, browser)
+    shown = browser.evaluate(THUMBNAIL_JS.replace("NAME", '"examples/mav_first.png"'))
+    print(shown)
+    with Image.open(EXAMPLES / "mav_first.png") as image:
+        assert (shown["width"], shown["height"]) == image.size, shown
+    assert "subfolder=examples" in shown["src"] and "type=input" in shown["src"], shown
