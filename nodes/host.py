@@ -1,6 +1,6 @@
 """Where the nodes touch ComfyUI's model side: progress, Cancel, devices, dtypes, memory, previews and the
 model folder (the one other place is nodes/model_bridge.py, whose MODEL is built from the host's own model
-classes).
+classes); and its web server, once: the /view fallback that shows the pack's example inputs as thumbnails.
 
 With ComfyUI present these call comfy.utils / comfy.model_management / comfy.model_patcher / folder_paths:
 models are loaded and offloaded by the host's model management (each behind a ModelPatcher, so the host
