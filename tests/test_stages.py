@@ -12,6 +12,17 @@ from mav_core.inference import (InterpolationOptions, SamplingOptions, VideoShap
 from mav_core.models.unet import SpaceTimeUNet
 
 
+
+def _zero_output_interpolator_net() -> SpaceTimeUNet:
+    """A tiny ↑F network (seed 0) whose output layer is zero: it predicts 0 whatever its input."""
+    torch.manual_seed(0)
+    cfg = family.interpolator_config(text_width=16, embed_dim=8)
+    cfg.block_out_channels, cfg.norm_num_groups, cfg.attention_head_dim = (8, 16, 16), 8, 8
+    net = SpaceTimeUNet(cfg).eval()
+    torch.nn.init.zeros_(net.conv_out.weight)
+    torch.nn.init.zeros_(net.conv_out.bias)
+    return net
+
 def test_linear_blend_frames():
     grid = torch.zeros(1, 1, 5, 1, 1)
     grid[:, :, 0], grid[:, :, 2], grid[:, :, 4] = 0.0, 1.0, 3.0
@@ -50,12 +61,7 @@ def test_residual_interpolator_starts_from_the_guess():
     """A residual ↑F checkpoint (mav_interp_residual_scale) adds its sample to the blend guess: with a
     network predicting x0 = 0, the in-between frames are the blend; without the flag they are 0."""
     from mav_core.inference.frame_masks import frame_guess, interpolation_mask
-    torch.manual_seed(0)
-    cfg = family.interpolator_config(text_width=16, embed_dim=8)
-    cfg.block_out_channels, cfg.norm_num_groups, cfg.attention_head_dim = (8, 16, 16), 8, 8
-    net = SpaceTimeUNet(cfg).eval()
-    torch.nn.init.zeros_(net.conv_out.weight)
-    torch.nn.init.zeros_(net.conv_out.bias)
+    net = _zero_output_interpolator_net()
     video = torch.rand(1, 3, 3, 8, 8) * 2 - 1
     blend = frame_guess(torch.repeat_interleave(video, 2, dim=2)[:, :, :5], interpolation_mask(5, 2))
     blend[:, :, ::2] = video
@@ -148,12 +154,7 @@ def _texture_moving(frames: int, size: int, step: int = 3) -> torch.Tensor:
 
 def _zero_eps_interpolator() -> LoadedModel:
     """A diffusion ↑F predicting eps = 0: sampling returns its start (the init noised and un-noised)."""
-    torch.manual_seed(0)
-    cfg = family.interpolator_config(text_width=16, embed_dim=8)
-    cfg.block_out_channels, cfg.norm_num_groups, cfg.attention_head_dim = (8, 16, 16), 8, 8
-    net = SpaceTimeUNet(cfg).eval()
-    torch.nn.init.zeros_(net.conv_out.weight)
-    torch.nn.init.zeros_(net.conv_out.bias)
+    net = _zero_output_interpolator_net()
     return LoadedModel("interp", "interpolator", "mav", net, NoiseSchedule("cosine"), "eps")
 
 

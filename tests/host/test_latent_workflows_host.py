@@ -37,8 +37,8 @@ import time
 
 import pytest
 
-from comfy_server import REPO_ROOT, ComfyServer, history_events, history_status
-from test_modelscope_host import VAE_FILE, node_id, run_to_video, taesd_state_dict, tiny_unet3d
+from comfy_server import REPO_ROOT, history_events, history_status
+from test_modelscope_host import VAE_FILE, node_id, run_to_video, serve_host_models, taesd_state_dict, tiny_unet3d
 
 WORKFLOWS = REPO_ROOT / "workflows"
 MODELSCOPE_FILE = "modelscope-tiny/text2video_pytorch_model.safetensors"
@@ -102,18 +102,7 @@ def write_models(root) -> None:
 
 @pytest.fixture(scope="module")
 def server(comfy_host_paths, tmp_path_factory):
-    work = tmp_path_factory.mktemp("latent_workflows_host")
-    started = time.monotonic()
-    write_models(work)
-    print(f"synthesised the model files in {time.monotonic() - started:.1f} s")
-    config = work / "host_model_folders.yaml"
-    config.write_text("makeavideo_host_models:\n"
-                      f"  base_path: {json.dumps(str(work))}\n"
-                      "  text_encoders: models/text_encoders\n"
-                      "  vae: models/vae\n")
-    host = ComfyServer(host=comfy_host_paths, work_dir=work, extra_args=["--extra-model-paths-config", str(config)])
-    with host.running(f"ComfyUI at {comfy_host_paths.root}"):
-        yield host
+    yield from serve_host_models(comfy_host_paths, tmp_path_factory.mktemp("latent_workflows_host"), write_models)
 
 
 def _load(name: str, prefix: str) -> dict:

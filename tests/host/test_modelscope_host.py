@@ -166,12 +166,11 @@ def write_models(root) -> None:
     save_motion(inflated, ours / MOTION_FILE)
 
 
-@pytest.fixture(scope="module")
-def server(comfy_host_paths, tmp_path_factory):
-    """A ComfyUI whose text_encoders / vae / makeavideo folders hold the synthesised files."""
-    work = tmp_path_factory.mktemp("modelscope_host")
+def serve_host_models(comfy_host_paths, work, write):
+    """A running ComfyUI (a generator for a fixture) whose text_encoders / vae / makeavideo folders hold the
+    files write(work) synthesises."""
     started = time.monotonic()
-    write_models(work)
+    write(work)
     print(f"synthesised the model files in {time.monotonic() - started:.1f} s")
     config = work / "host_model_folders.yaml"
     config.write_text("makeavideo_host_models:\n"
@@ -181,6 +180,12 @@ def server(comfy_host_paths, tmp_path_factory):
     host = ComfyServer(host=comfy_host_paths, work_dir=work, extra_args=["--extra-model-paths-config", str(config)])
     with host.running(f"ComfyUI at {comfy_host_paths.root}"):
         yield host
+
+
+@pytest.fixture(scope="module")
+def server(comfy_host_paths, tmp_path_factory):
+    """A ComfyUI whose text_encoders / vae / makeavideo folders hold the synthesised files."""
+    yield from serve_host_models(comfy_host_paths, tmp_path_factory.mktemp("modelscope_host"), write_models)
 
 
 # ------------------------------------------------------------------------------------------------
