@@ -82,6 +82,18 @@ class HostPaths:
         match = re.search(r'__version__\s*=\s*"([^"]+)"', (self.root / "comfyui_version.py").read_text())
         return match.group(1) if match else "unknown"
 
+    def run_report(self, script: str, timeout: float) -> dict:
+        """Run `script` in the host's own Python (one thread, in the ComfyUI checkout, as the host imports a
+        custom node package) and return the JSON it printed last on a line starting with "REPORT "."""
+        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+        done = subprocess.run([str(self.python), "-c", script], cwd=self.root, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT ")]
+        assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-6000:]
+        result = json.loads(lines[-1][len("REPORT "):])
+        print(json.dumps(result, indent=1))
+        return result
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -31,7 +31,6 @@ start, files, six tests; the encoder loads once and the prompts' encodings are c
 from __future__ import annotations
 
 import json
-import subprocess
 import textwrap
 import time
 
@@ -359,14 +358,7 @@ REGROUP_SCRIPT = textwrap.dedent(r"""
 @pytest.fixture(scope="module")
 def regroup(comfy_host_paths):
     script = f"REPO = {json.dumps(str(REPO_ROOT))}\n" + REGROUP_SCRIPT
-    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([str(comfy_host_paths.python), "-c", script], cwd=comfy_host_paths.root, env=env,
-                          capture_output=True, text=True, timeout=600)
-    lines = [l for l in done.stdout.splitlines() if l.startswith("REPORT ")]
-    assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-6000:]
-    result = json.loads(lines[-1][len("REPORT "):])
-    print(json.dumps(result, indent=1))
-    return result
+    return comfy_host_paths.run_report(script, timeout=600)
 
 
 def test_the_bridge_latent_holds_the_frames_in_the_batch(regroup):

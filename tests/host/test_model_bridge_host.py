@@ -27,7 +27,6 @@ the pack imported as ComfyUI imports a custom node package), on three decoders:
 from __future__ import annotations
 
 import json
-import subprocess
 import textwrap
 import time
 
@@ -197,14 +196,7 @@ SCRIPT = textwrap.dedent(r"""
 @pytest.fixture(scope="module")
 def report(comfy_host_paths):
     script = f"REPO = {json.dumps(str(REPO_ROOT))}\nTRAINING_STEPS = {TRAINING_STEPS}\n" + SCRIPT
-    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([str(comfy_host_paths.python), "-c", script], cwd=comfy_host_paths.root, env=env,
-                          capture_output=True, text=True, timeout=900)
-    lines = [l for l in done.stdout.splitlines() if l.startswith("REPORT ")]
-    assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-6000:]
-    result = json.loads(lines[-1][len("REPORT "):])
-    print(json.dumps(result, indent=1))
-    return result
+    return comfy_host_paths.run_report(script, timeout=900)
 
 
 DECODERS = ("unet3d-eps", "pixel-v", "mav-tiny-v")
