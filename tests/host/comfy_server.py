@@ -338,6 +338,16 @@ class ComfyServer:
     def queue(self) -> dict:
         return self._request("GET", "/queue")[1]
 
+    def wait_idle(self, timeout: float = 300.0) -> None:
+        """Return once nothing is running or pending in the queue; fail after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            queue = self.queue()
+            if not queue["queue_running"] and not queue["queue_pending"]:
+                return
+            assert time.monotonic() < deadline, f"queue not empty: {queue}"
+            time.sleep(0.2)
+
     def system_stats(self) -> dict:
         """GET /system_stats (raises ValueError unless it answers 200)."""
         status, body = self._request("GET", "/system_stats")

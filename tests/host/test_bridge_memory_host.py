@@ -118,20 +118,10 @@ def probe(host) -> dict:
     return body
 
 
-def wait_idle(host, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        queue = host.queue()
-        if not queue["queue_running"] and not queue["queue_pending"]:
-            return
-        assert time.monotonic() < deadline, f"queue not empty: {queue}"
-        time.sleep(0.2)
-
-
 def settled_rss(host, free: bool) -> int:
     """Server RSS with the queue empty (after POST /free has been handled, when `free`): the lowest of
     five readings 0.3 s apart, 3 s after the worker settled (the worker runs gc.collect right after /free)."""
-    wait_idle(host)
+    host.wait_idle()
     if free:
         assert host.free(unload_models=True, free_memory=True) == 200
     time.sleep(3.0)

@@ -222,13 +222,7 @@ def frames_digest(path: Path) -> str:
 def settled_rss(host, after_free: bool) -> int:
     """Server RSS once the queue is empty (and after POST /free has been handled): the lowest of a few
     readings a moment apart."""
-    deadline = time.monotonic() + 120
-    while True:
-        queue = host.queue()
-        if not queue["queue_running"] and not queue["queue_pending"]:
-            break
-        assert time.monotonic() < deadline, f"queue not empty: {queue}"
-        time.sleep(0.2)
+    host.wait_idle(120)
     if after_free:
         assert host.free() == 200
     time.sleep(2.0)
