@@ -1,6 +1,9 @@
 """MakeAVideo Sampler: the spatiotemporal decoder D^t, text/image-embedding conditioned video."""
 from __future__ import annotations
 
+import torch
+
+from ..mav_core.inference.frame_masks import extrapolation_mask
 from ..mav_core.inference.generate import LatentVideo, conditioning_batch, generate_latent, latent_samples, latent_video
 from ..mav_core.inference.memory import activation_bytes
 from ..mav_core.inference.options import MAX_FREEINIT
@@ -31,7 +34,8 @@ class Sampler:
                    "frames/width/height come from it and denoise < 1 keeps part of it (video variation / "
                    "video-to-video; 0 returns it unchanged, 1 is text-to-video). context_window > 0 samples long "
                    "videos in overlapping sliding windows (memory of one window), with controls and prompt travel "
-                   "sliced per window. loop makes a closed loop (the last frame flows into the first). noise: "
+                   "sliced per window. start_images animates an image: the video starts with it and D^t continues it "
+                   "(condition on it with Image Encode). loop makes a closed loop (the last frame flows into the first). noise: "
                    "independent, shared or correlated start noise between frames; freeinit_iterations re-samples "
                    "from the result's low frequencies (steadier motion, that many times the sampling time).")
 
@@ -55,6 +59,9 @@ class Sampler:
             "optional": {
                 "init_frames": ("IMAGE", {"tooltip": "frames to vary (video variation, pixel decoders); sets "
                                 "frames, width, height"}),
+                "start_images": ("IMAGE", {"tooltip": "image animation: the video starts with these frames (one "
+                                 "image, or a few), kept exactly, and the decoder continues them; sets width and "
+                                 "height. Condition it on the image with Image Encode (prompt_from_image)"}),
                 "latent": ("LATENT", {"tooltip": "latent decoders: a video latent to re-sample (video-to-video), "
                            "[frames, 4, h, w] as VAE Encode gives or [1, 4, frames, h, w]; sets frames, width, "
                            "height (x8)"}),
@@ -91,7 +98,7 @@ class Sampler:
 
     def sample(self, decoder, positive, negative, seed, steps, cfg, sampler_name, frames, fps, width, height,
                denoise, init_frames=None, context_window=0, context_overlap=4, loop=False, noise="independent",
-               noise_share=0.5, freeinit_iterations=0, latent=None):
+               noise_share=0.5, freeinit_iterations=0, latent=None, start_images=None):
         model = require_model(decoder, "decoder", ("decoder",))
         latent_model = model.config.in_channels == 4
         cond = conditioning_dict(positive, "positive", model)
@@ -112,6 +119,19 @@ class Sampler:
             with inputs_named():
                 frames, height, width = latent_video(model, source, conditioning_batch(cond)).shape[2:]
             height, width = height * LATENT_SCALE, width * LATENT_SCALE
+        known = None
+        if start_images is not None:
+            if latent_model:
+                raise ValueError("start_images: image animation needs a pixel-space decoder; "
+                                 f"{model.path} samples latents")
+            known = frames_to_video(require_frames(start_images, "start_images"))
+            if init is not None and tuple(known.shape[-2:]) != tuple(init.shape[-2:]):
+                raise ValueError(f"start_images: {known.shape[-1]}x{known.shape[-2]} frames, but init_frames are "
+                                 f"{init.shape[-1]}x{init.shape[-2]}; both must have one size")
+            if known.shape[2] >= frames:
+                raise ValueError(f"start_images: {known.shape[2]} frames given and frames={frames}; ask for more "
+                                 "frames than the start images to animate them")
+            height, width = known.shape[-2:]
         if latent_model:
             for name, v in (("width", width), ("height", height)):
                 if v % LATENT_SCALE:
@@ -130,7 +150,7 @@ class Sampler:
             windows = WindowOptions(context_window or frames, context_overlap if context_window else None,
                                     loop=bool(loop))
         given = "init_frames" if init is not None else "latent" if source is not None else None
-        names = {"sampler": "sampler_name", "cond": "positive", "uncond": "negative",
+        names = {"sampler": "sampler_name", "cond": "positive", "uncond": "negative", "known": "start_images",
                  "init": given or "init_frames", "controls": "positive",
                  **({"height": given, "width": given} if given else {})}
         with inputs_named(**names):
@@ -142,7 +162,8 @@ class Sampler:
                 raise InputError("denoise", f"{denoise} < 1 needs {'latent' if latent_model else 'init_frames'} "
                                             "to start from")
         cond, uncond = scheduled_conditioning(positive, model, frames, cond, uncond)
-        guides = Guides(init=init, controls=tuple(core_controls(positive, model, frames, height, width)))
+        guides = Guides(init=init, controls=tuple(core_controls(positive, model, frames, height, width)),
+                        **(start_guides(known, frames) if known is not None else {}))
         progress = StepProgress(steps * (1 + freeinit_iterations))
         need = activation_bytes(model.config, 2 if cfg != 1.0 else 1, min(frames, context_window or frames), height,
                                 width, next(model.module.parameters()).element_size())
@@ -159,6 +180,13 @@ class Sampler:
             samples = latent_samples(video.to(host.intermediate_device()).float(), SD_VAE_SCALING)
             return (None, float(fps), {"samples": samples})
         return (frames_out(video), float(fps), None)
+
+
+def start_guides(start: torch.Tensor, frames: int) -> dict:
+    """Guides' known frames for start images [1, 3, S, H, W]: the first S of `frames` frames."""
+    known = start.new_zeros(*start.shape[:2], frames, *start.shape[-2:])
+    known[:, :, :start.shape[2]] = start
+    return {"known": known, "known_mask": extrapolation_mask(frames, start.shape[2])}
 
 
 NODE_CLASS_MAPPINGS = {"MakeAVideoSampler": Sampler}

@@ -116,7 +116,16 @@ def test_bad_inputs_name_the_input(pack, text_encoder, interpolator):
         node.encode(text_encoder, images, [["tokens", {}]])
 
 
-@pytest.mark.parametrize("stem", ["image_animation", "image_interpolation"])
+def test_image_animation_workflow_feeds_the_decoder_the_image_and_its_caption():
+    api = json.loads((ROOT / "workflows" / "image_animation_api.json").read_text())
+    encode = next(k for k, n in api.items() if n["class_type"] == "MakeAVideoImageEncode")
+    sampler = next(n for n in api.values() if n["class_type"] == "MakeAVideoSampler")
+    assert sampler["inputs"]["positive"] == [encode, 0] and api[encode]["inputs"]["prompt_from_image"] is True
+    assert sampler["inputs"]["start_images"] == api[encode]["inputs"]["images"]   # the image it animates
+    assert api[sampler["inputs"]["decoder"][0]]["inputs"]["ckpt_name"] == f"{family.WEIGHTS_DIR.name}/decoder.safetensors"
+
+
+@pytest.mark.parametrize("stem", ["image_interpolation"])
 def test_workflows_feed_the_interpolator_the_image_embedding(stem):
     api = json.loads((ROOT / "workflows" / f"{stem}_api.json").read_text())
     encode = [k for k, n in api.items() if n["class_type"] == "MakeAVideoImageEncode"]
@@ -151,7 +160,7 @@ def test_eval_animation_reports_both_settings():
     from mav_core.eval.apps import eval_animation
     from mav_core.inference.pipeline import MakeAVideo
     report = eval_animation(MakeAVideo.load(interpolator="diffusion"), n=1, frames=3)
-    for setting in ("with_embed", "without_embed"):
+    for setting in ("decoder_with_image_encode", "decoder_without_image_encode", "with_embed", "without_embed"):
         assert report[f"{setting}_first_frame_psnr_db"] == float("inf")   # the input is the first frame
         for k in ("colour_kept_share", "shape_kept_share", "colour_and_shape_kept_share", "moving_share"):
             assert 0.0 <= report[f"{setting}_{k}"] <= 1.0

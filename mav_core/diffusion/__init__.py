@@ -5,10 +5,11 @@ from .schedule import NoiseSchedule
 from .noise import NoiseSampler, derive_seed, seeded_noise
 from .denoiser import Denoiser
 from .guidance import CFGDenoiser
+from .known_frames import KnownFrames
 from .loss import diffusion_loss
 from .samplers import SAMPLERS, SIGMA_SCHEDULES, sample, sampling_sigmas
 
 __all__ = [
-    "NoiseSchedule", "seeded_noise", "NoiseSampler", "derive_seed", "Denoiser", "CFGDenoiser", "diffusion_loss",
+    "NoiseSchedule", "seeded_noise", "NoiseSampler", "derive_seed", "Denoiser", "CFGDenoiser", "KnownFrames", "diffusion_loss",
     "SAMPLERS", "SIGMA_SCHEDULES", "sample", "sampling_sigmas",
 ]

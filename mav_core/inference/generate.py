@@ -45,8 +45,9 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, shape:
                    windows: WindowOptions | None = None, callback: Callable | None = None) -> torch.Tensor:
     """D^t: text/image-embedding-conditioned video [B, 3, F, H, W] (float32, on the model's device).
 
-    guides.init + options.denoise < 1: a variation of the init frames; guides.known + known_mask
-    (interpolator checkpoints): frames to keep, as in ↑F; guides.controls: Control adapters and hints.
+    guides.init + options.denoise < 1: a variation of the init frames; guides.known + known_mask: frames
+    to keep (↑F checkpoints take them as conditioning channels; D^t puts them into every denoised estimate,
+    diffusion.KnownFrames: image animation); guides.controls: Control adapters and hints.
     windows: sliding temporal windows for long videos (their hint videos and per-frame prompts sliced per
     window), or a closed loop (windows.loop). Every input is checked before sampling starts."""
     cfgm = decoder.config
@@ -73,16 +74,17 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, shape:
     if guides.controls:
         per_latent["controls"] = list(to_model(tuple(guides.controls), device))
     residual_scale = float(decoder.metadata.get("mav_interp_residual_scale", 0) or 0)
-    guess = None
+    guess = pinned = None
     if known is not None:
-        if residual_scale:   # residual ↑F: conditioned on the guess, diffusing (frames - guess) * scale
-            extra = guess_condition(known, known_mask)
-            guess = extra[:, :-1]
+        if not cfgm.extra_in_channels:   # D^t: the known frames are put into every denoised estimate
+            pinned = _pinned_frames(known, guides.known_mask, (b, cfgm.out_channels, shape.frames, shape.height, shape.width))
+        elif residual_scale:   # residual ↑F: conditioned on the guess, diffusing (frames - guess) * scale
+            per_latent["extra"] = guess_condition(known, known_mask)
+            guess = per_latent["extra"][:, :-1]
             if init is not None:
                 init = (init - guess) * residual_scale
         else:
-            extra = masked_condition(known, known_mask)
-        per_latent["extra"] = extra
+            per_latent["extra"] = masked_condition(known, known_mask)
     cond = {**cond, **per_latent}
     uncond = None if uncond is None else {**uncond, **per_latent}
     out_shape = (b, cfgm.out_channels, shape.frames, shape.height, shape.width)
@@ -94,8 +96,24 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, shape:
         cond = {**cond, "image_embed": torch.zeros_like(cond["image_embed"])} if "image_embed" in cond else cond
         out = estimate_unet(decoder, out_shape, cond, windows=windows, precision=options.precision, callback=callback)
         return guess + out / residual_scale
-    out = sample_unet(decoder, out_shape, cond, uncond, options, init=init, windows=windows, callback=callback)
+    out = sample_unet(decoder, out_shape, cond, uncond, options, init=init, windows=windows, callback=callback,
+                      known=pinned)
+    if pinned is not None:
+        return torch.where(pinned[1].reshape(-1, 1, shape.frames, 1, 1), pinned[0], out)
     return out if guess is None else guess + out / residual_scale
+
+
+def _pinned_frames(known: torch.Tensor, mask: torch.Tensor | None, out_shape: tuple) -> tuple:
+    """(known frames, mask [F] or [B, F]) checked against the video asked for, for KnownFrames."""
+    if known.dim() != 5 or tuple(known.shape[1:]) != tuple(out_shape[1:]) or known.shape[0] not in (1, out_shape[0]):
+        raise InputError("known", f"frames of shape {tuple(known.shape)} do not match the video asked for "
+                                  f"{tuple(out_shape)} ([B, C, frames, height, width])")
+    if mask is None or mask.dim() not in (1, 2) or mask.shape[-1] != out_shape[2]:
+        raise InputError("known", f"needs a known_mask of [frames] = [{out_shape[2]}] booleans")
+    if bool(mask.bool().all().cpu()):
+        raise InputError("known", f"all {out_shape[2]} frames are known: there is nothing to generate; ask for "
+                                  "more frames than the known ones")
+    return known.expand(out_shape[0], -1, -1, -1, -1), mask.bool().to(known.device)
 
 
 PIXEL_CHANNELS = 3

@@ -9,12 +9,13 @@ state (x, sigmas, noise, init) stays float32; only the network runs in the model
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Callable
 
 import torch
 
-from ..diffusion import CFGDenoiser, Denoiser, NoiseSampler, sample, sampling_sigmas, seeded_noise
+from ..diffusion import CFGDenoiser, Denoiser, KnownFrames, NoiseSampler, sample, sampling_sigmas, seeded_noise
 from ..diffusion.noise import freeinit_start
 from ..io.checkpoints import LoadedModel
 from ..models.control import ControlledUNet
@@ -103,9 +104,12 @@ def _network(model: LoadedModel, cond: dict, windows: WindowOptions | None) -> t
 
 def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = None,
                 options: SamplingOptions = SamplingOptions(), *, init: torch.Tensor | None = None,
-                windows: WindowOptions | None = None, callback: Callable | None = None) -> torch.Tensor:
+                windows: WindowOptions | None = None, callback: Callable | None = None,
+                known: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Draw a sample of `shape` ([B, C, F, H, W]) from a SpaceTimeUNet with guidance (options.cfg; uncond
-    None or cfg 1: no guidance). init + options.denoise < 1: start from `init` noised to the matching level
+    None or cfg 1: no guidance). known: (frames [B, C, F, H, W], mask [F] or [B, F]) put into every
+    denoised estimate (diffusion.KnownFrames), for models without frame-conditioning channels.
+    init + options.denoise < 1: start from `init` noised to the matching level
     (vid2vid / variations); denoise 0 returns `init` itself (float32), denoise 1 starts from the noise alone,
     exactly as without an init. windows: sliding temporal windows, or a closed loop (windows.FrameWindows).
     options.freeinit_iterations: that many more passes, each started from the previous result's low
@@ -127,6 +131,8 @@ def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = Non
     cond, uncond = to_model(cond, device, dtype), to_model(uncond, device, dtype)
     den = Denoiser(_network(model, cond, windows), model.schedule, model.prediction or "eps", dtype=dtype).to(device)
     guided = CFGDenoiser(den, cond, uncond, options.cfg)
+    if known is not None:
+        guided = KnownFrames(guided, known[0].to(device, torch.float32), known[1])
     denoise = options.denoise if init is not None else 1.0
     sigmas = sampling_sigmas(model.schedule, options.steps, denoise, options.schedule)   # stays on the CPU
     noise = seeded_noise(shape, options.seed, device=device, dtype=torch.float32, shared_frames=options.noise_share)
@@ -134,12 +140,32 @@ def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = Non
     if init is not None:
         x = init.to(device, torch.float32) + x
     every = default_nan_check_every(device) if options.nan_check_every is None else options.nan_check_every
+    with weights_frozen(model.module):   # guidance takes gradients for x only, never for the weights
+        return _sample_passes(model, guided, x, sigmas, noise, options, every, callback)
+
+
+@contextlib.contextmanager
+def weights_frozen(module: torch.nn.Module):
+    """The module's parameters with requires_grad off inside, as they were after. A gradient with respect to
+    the input (reconstruction guidance) then saves no activation for a weight's gradient: none is built,
+    and inputs made under a host's torch.inference_mode are never saved for backward."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _sample_passes(model, guided, x, sigmas, noise, options, every, callback):
     for iteration in range(options.freeinit_iterations + 1):
         if iteration:
             x = freeinit_start(out, noise, float(sigmas[0]), options.seed, iteration, options.noise_share,
                                options.freeinit_cutoff)
         watch = FiniteWatch(model.path, len(sigmas) - 1, every, callback)
-        with autocast(options.precision, device):
+        with autocast(options.precision, x.device):
             out = sample(options.sampler, guided, x, sigmas, callback=watch,
                          noise_sampler=NoiseSampler(options.seed, shared_frames=options.noise_share))
         watch.finish(out)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..diffusion import CFGDenoiser, Denoiser, NoiseSampler, sample, sampling_sigmas, seeded_noise
 from ..diffusion.schedule import NoiseSchedule
 from ..io.checkpoints import LoadedModel
-from ..data.world import BACKGROUND_WORDS
+from ..data.world import BACKGROUNDS, BACKGROUND_WORDS, COLOURS, SHAPES, SIZES, Scene, caption
 from ..models.prior import DiffusionPrior
 from ..models.text import split_words
 from .options import SamplingOptions
@@ -89,3 +89,23 @@ def encode_images(text_model: LoadedModel, video: torch.Tensor, chunk: int = 64)
         embeds = torch.cat([text_model.module.encode_image(frames[i:i + chunk]).float()
                             for i in range(0, b * f, chunk)])
     return F.normalize(embeds.reshape(b, f, -1).mean(dim=1), dim=-1)
+
+
+def family_captions(text_model: LoadedModel) -> list[str]:
+    """Every caption of the MAV family's world ('a <size> <colour> <shape> on a <background> background'),
+    the candidates `describe_images` picks from; ValueError for text encoders of other families."""
+    if text_model.family != "mav":
+        raise ValueError(f"{text_model.path}: describing an image needs the MAV family's text/image encoder pair "
+                         f"(its world captions); this is a {text_model.family!r} text encoder")
+    return [caption(Scene(shape=shape, colour=colour, size=size, background=background))
+            for size in SIZES for colour in COLOURS for shape in SHAPES for background in BACKGROUNDS]
+
+
+def describe_images(text_model: LoadedModel, video: torch.Tensor) -> list[str]:
+    """Zero-shot captions, CLIP-style: per clip of `video` [B, 3, F, H, W] in -1..1, the family caption whose
+    text embedding is nearest the clip's image embedding (encode_images). D^t reads shapes from text tokens
+    far better than from the image embedding, so image animation conditions on both."""
+    captions = family_captions(text_model)
+    _, text_embed = encode_prompt(text_model, captions)
+    image_embed = encode_images(text_model, video).to(text_embed.device, text_embed.dtype)
+    return [captions[int(i)] for i in (image_embed @ text_embed.t()).argmax(dim=-1)]

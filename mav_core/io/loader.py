@@ -33,17 +33,20 @@ def load_model(path, device="cpu", dtype: torch.dtype | None = None, expect_stag
     """Load one of our checkpoints (or, through mav_core.io.convert, a UNet3D checkpoint).
 
     Our files are checked from the header alone (config sizes, schedule, tensor names and shapes on the
-    meta device) before any tensor is read, so a hostile declaration allocates nothing."""
+    meta device) before any tensor is read, so a hostile declaration allocates nothing. Weights are made
+    outside torch.inference_mode (a host may load inside it), so sampling can take gradients through them
+    (reconstruction guidance, diffusion.KnownFrames)."""
     path = str(path)
-    if not path.endswith(".safetensors"):
-        loaded = load_external(path, device=device, dtype=dtype)
-    else:
-        header, meta = read_header(path)
-        if "mav_module" not in meta:
-            sd, meta = load_state_dict(path)
-            loaded = load_external(path, device=device, dtype=dtype, state_dict=sd, metadata=meta)
+    with torch.inference_mode(False):
+        if not path.endswith(".safetensors"):
+            loaded = load_external(path, device=device, dtype=dtype)
         else:
-            loaded = _load_ours(path, header, meta, device, dtype)
+            header, meta = read_header(path)
+            if "mav_module" not in meta:
+                sd, meta = load_state_dict(path)
+                loaded = load_external(path, device=device, dtype=dtype, state_dict=sd, metadata=meta)
+            else:
+                loaded = _load_ours(path, header, meta, device, dtype)
     if expect_stage is not None:
         expected = (expect_stage,) if isinstance(expect_stage, str) else tuple(expect_stage)
         if loaded.stage not in expected:

@@ -1,5 +1,6 @@
-"""MakeAVideo Image Encode inside a real ComfyUI: the shipped image_animation and image_interpolation API
-workflows (Load Image -> Image Encode -> Frame Interpolator positive) run from the API with a rendered start
+"""MakeAVideo Image Encode inside a real ComfyUI: the shipped image_animation (Load Image -> Image Encode with
+prompt_from_image -> Sampler positive, the image as start_images) and image_interpolation (Image Encode ->
+Frame Interpolator positive) API workflows run from the API with a rendered start
 image in the host's input folder (as input/examples/<name>, which takes precedence over the pack's example); the embedding changes the animation; a wrong model type is refused in
 validation. Step counts are cut to 2 so each graph takes seconds on a CPU."""
 from __future__ import annotations
@@ -70,10 +71,11 @@ def test_image_animation_workflow_runs_with_the_image_embedding(host):
     files = host.output_files(history)
     assert [f.suffix for f in files] == [".webp"]
     frames = _webp_frames(files[0])
-    assert frames.shape == (4, 32, 32, 3)   # the input image + 3 extrapolated frames at 32x32
-    # without the embedding (positive unlinked), the same seed gives another animation from the same start
+    assert frames.shape == (16, 32, 32, 3)   # the input image + 15 frames D^t continues it with, at 32x32
+    # without Image Encode (the negative prompt as positive), the same seed gives another animation
     plain = _api("image_animation", "mav_encode/plain")
-    del plain[_node_id(plain, "MakeAVideoFrameInterpolator")]["inputs"]["positive"]
+    sampler = plain[_node_id(plain, "MakeAVideoSampler")]["inputs"]
+    sampler["positive"] = sampler["negative"]
     history, executed = _run(host, plain)
     other = _webp_frames(host.output_files(history)[0])
     assert np.abs(other[0].astype(int) - frames[0]).max() <= 2            # both start at the input image
@@ -91,9 +93,9 @@ def test_image_interpolation_workflow_runs_with_the_pair_embedding(host):
 def test_wrong_model_into_image_encode_is_refused(host):
     api = _api("image_animation", "mav_encode/bad")
     encode = _node_id(api, "MakeAVideoImageEncode")
-    api[encode]["inputs"]["text_encoder"] = [_node_id(api, "MakeAVideoInterpolatorLoader"), 0]
+    api[encode]["inputs"]["text_encoder"] = [_node_id(api, "MakeAVideoDecoderLoader"), 0]
     with pytest.raises(PromptRejected) as rejected:
         host.queue_prompt(api)
     body = json.dumps(rejected.value.body)
     assert rejected.value.status == 400 and encode in rejected.value.body.get("node_errors", {})
-    assert "MAV_INTERPOLATOR" in body and "MAV_TEXT" in body
+    assert "MAV_DECODER" in body and "MAV_TEXT" in body
