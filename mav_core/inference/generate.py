@@ -96,8 +96,8 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, shape:
         cond = {**cond, "image_embed": torch.zeros_like(cond["image_embed"])} if "image_embed" in cond else cond
         out = estimate_unet(decoder, out_shape, cond, windows=windows, precision=options.precision, callback=callback)
         return guess + out / residual_scale
-    out = sample_unet(decoder, out_shape, cond, uncond, options, init=init, windows=windows, callback=callback,
-                      known=pinned)
+    start = Guides(init=init, **({"known": pinned[0], "known_mask": pinned[1]} if pinned is not None else {}))
+    out = sample_unet(decoder, out_shape, cond, uncond, options, guides=start, windows=windows, callback=callback)
     if pinned is not None:
         return torch.where(pinned[1].reshape(-1, 1, shape.frames, 1, 1), pinned[0], out)
     return out if guess is None else guess + out / residual_scale

@@ -19,7 +19,7 @@ from ..diffusion import CFGDenoiser, Denoiser, KnownFrames, NoiseSampler, sample
 from ..diffusion.noise import freeinit_start
 from ..io.checkpoints import LoadedModel
 from ..models.control import ControlledUNet
-from .options import SamplingOptions, WindowOptions
+from .options import Guides, SamplingOptions, WindowOptions
 from .placement import model_device_dtype, to_model
 from .precision import autocast
 from .windows import FrameWindows
@@ -103,13 +103,12 @@ def _network(model: LoadedModel, cond: dict, windows: WindowOptions | None) -> t
 
 
 def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = None,
-                options: SamplingOptions = SamplingOptions(), *, init: torch.Tensor | None = None,
-                windows: WindowOptions | None = None, callback: Callable | None = None,
-                known: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                options: SamplingOptions = SamplingOptions(), *, guides: Guides = Guides(),
+                windows: WindowOptions | None = None, callback: Callable | None = None) -> torch.Tensor:
     """Draw a sample of `shape` ([B, C, F, H, W]) from a SpaceTimeUNet with guidance (options.cfg; uncond
-    None or cfg 1: no guidance). known: (frames [B, C, F, H, W], mask [F] or [B, F]) put into every
-    denoised estimate (diffusion.KnownFrames), for models without frame-conditioning channels.
-    init + options.denoise < 1: start from `init` noised to the matching level
+    None or cfg 1: no guidance). guides.known + known_mask ([B, C, F, H, W], [F] or [B, F]): frames put into
+    every denoised estimate (diffusion.KnownFrames), for models without frame-conditioning channels.
+    guides.init + options.denoise < 1: start from `init` noised to the matching level
     (vid2vid / variations); denoise 0 returns `init` itself (float32), denoise 1 starts from the noise alone,
     exactly as without an init. windows: sliding temporal windows, or a closed loop (windows.FrameWindows).
     options.freeinit_iterations: that many more passes, each started from the previous result's low
@@ -121,7 +120,7 @@ def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = Non
     if model.schedule is None:
         raise ValueError(f"{model.path}: checkpoint has no noise schedule; it is not a diffusion model")
     device, dtype = model_device_dtype(model.module)
-    init = None if options.denoise >= 1.0 else init
+    init = None if options.denoise >= 1.0 else guides.init
     if init is not None and tuple(init.shape) != tuple(shape):
         raise ValueError(f"init frames of shape {tuple(init.shape)} do not match the requested {tuple(shape)}")
     if init is not None and options.denoise == 0.0:
@@ -131,8 +130,8 @@ def sample_unet(model: LoadedModel, shape, cond: dict, uncond: dict | None = Non
     cond, uncond = to_model(cond, device, dtype), to_model(uncond, device, dtype)
     den = Denoiser(_network(model, cond, windows), model.schedule, model.prediction or "eps", dtype=dtype).to(device)
     guided = CFGDenoiser(den, cond, uncond, options.cfg)
-    if known is not None:
-        guided = KnownFrames(guided, known[0].to(device, torch.float32), known[1])
+    if guides.known is not None:
+        guided = KnownFrames(guided, guides.known.to(device, torch.float32), guides.known_mask)
     denoise = options.denoise if init is not None else 1.0
     sigmas = sampling_sigmas(model.schedule, options.steps, denoise, options.schedule)   # stays on the CPU
     noise = seeded_noise(shape, options.seed, device=device, dtype=torch.float32, shared_frames=options.noise_share)
