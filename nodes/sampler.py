@@ -1,9 +1,7 @@
 """MakeAVideo Sampler: the spatiotemporal decoder D^t, text/image-embedding conditioned video."""
 from __future__ import annotations
 
-import torch
-
-from ..mav_core.inference.frame_masks import extrapolation_mask
+from ..mav_core.inference.frame_masks import start_frames
 from ..mav_core.inference.generate import LatentVideo, conditioning_batch, generate_latent, latent_samples, latent_video
 from ..mav_core.inference.memory import activation_bytes
 from ..mav_core.inference.options import MAX_FREEINIT
@@ -162,8 +160,9 @@ class Sampler:
                 raise InputError("denoise", f"{denoise} < 1 needs {'latent' if latent_model else 'init_frames'} "
                                             "to start from")
         cond, uncond = scheduled_conditioning(positive, model, frames, cond, uncond)
+        start, start_mask = start_frames(known, frames) if known is not None else (None, None)
         guides = Guides(init=init, controls=tuple(core_controls(positive, model, frames, height, width)),
-                        **(start_guides(known, frames) if known is not None else {}))
+                        known=start, known_mask=start_mask)
         progress = StepProgress(steps * (1 + freeinit_iterations))
         need = activation_bytes(model.config, 2 if cfg != 1.0 else 1, min(frames, context_window or frames), height,
                                 width, next(model.module.parameters()).element_size())
@@ -180,13 +179,6 @@ class Sampler:
             samples = latent_samples(video.to(host.intermediate_device()).float(), SD_VAE_SCALING)
             return (None, float(fps), {"samples": samples})
         return (frames_out(video), float(fps), None)
-
-
-def start_guides(start: torch.Tensor, frames: int) -> dict:
-    """Guides' known frames for start images [1, 3, S, H, W]: the first S of `frames` frames."""
-    known = start.new_zeros(*start.shape[:2], frames, *start.shape[-2:])
-    known[:, :, :start.shape[2]] = start
-    return {"known": known, "known_mask": extrapolation_mask(frames, start.shape[2])}
 
 
 NODE_CLASS_MAPPINGS = {"MakeAVideoSampler": Sampler}

@@ -23,7 +23,7 @@ from ..data.world import caption, motion_scenes, random_scene, render_scenes, sa
 from ..inference import (Guides, InterpolationOptions, SamplingOptions, VideoShape, encode_prompt, frames_to_video,
                          generate_video, interpolate_video, video_to_frames)
 from ..inference.pipeline import MakeAVideo
-from ..inference.frame_masks import extrapolation_mask
+from ..inference.frame_masks import start_frames
 from ..inference.interpolate import is_flow_interpolator
 from ..inference.text import describe_images, encode_images
 from ..io.loader import load_model
@@ -79,10 +79,9 @@ def animate_with_decoder(mav: MakeAVideo, image: torch.Tensor, frames: int, opti
     if image_encode:
         tokens, _ = encode_prompt(mav.text, describe_images(mav.text, image))
         cond = {"context": tokens, "image_embed": encode_images(mav.text, image)}
-    known = image.new_zeros(1, 3, frames, *image.shape[-2:])
-    known[:, :, :1] = image
+    known, mask = start_frames(image, frames)
     return generate_video(mav.decoder, cond, uncond, VideoShape(frames, *image.shape[-2:], fps), options,
-                          Guides(known=known, known_mask=extrapolation_mask(frames, 1)))
+                          Guides(known=known, known_mask=mask))
 
 
 @torch.no_grad()

@@ -32,6 +32,14 @@ def extrapolation_mask(num_frames: int, known: int) -> torch.Tensor:
     return mask
 
 
+def start_frames(start: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start frames [B, C, S, H, W] as the known first S of a video of num_frames frames: (known frames
+    [B, C, num_frames, H, W], zero after the start; mask [num_frames]), for Guides.known / known_mask."""
+    known = start.new_zeros(*start.shape[:2], num_frames, *start.shape[-2:])
+    known[:, :, :start.shape[2]] = start
+    return known, extrapolation_mask(num_frames, start.shape[2])
+
+
 TRAINING_MULTIPLIERS = (2, 3, 4, 8)
 
 
