@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..mav_core.inference import encode_prompt, frames_to_video
-from ..mav_core.inference.text import describe_images, encode_images
+from ..mav_core.inference.text import encode_images, nearest_captions
 from . import host
 from .common import CATEGORY, IMAGE_EMBED_KEY, TEXT, require_frames, require_model
 
@@ -42,16 +42,17 @@ class ImageEncode:
                              "or leave it unconnected")
         out = host.intermediate_device()
         with host.models_on_device(model):
-            embed = encode_images(model, frames_to_video(frames)).to(out, torch.float32)
+            embed = encode_images(model, frames_to_video(frames))
             caption = ""
             if conditioning is None and prompt_from_image:
                 try:
-                    caption = describe_images(model, frames_to_video(frames))[0]
+                    caption = nearest_captions(model, embed)[0]
                 except ValueError as e:
                     raise ValueError(f"prompt_from_image: {e}") from None
             if conditioning is None:
                 tokens, pooled = encode_prompt(model, [caption])
                 conditioning = [[tokens.to(out, torch.float32), {"pooled_output": pooled.to(out, torch.float32)}]]
+            embed = embed.to(out, torch.float32)
         result = []
         for entry in conditioning:
             try:

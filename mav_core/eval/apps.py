@@ -25,7 +25,7 @@ from ..inference import (Guides, InterpolationOptions, SamplingOptions, VideoSha
 from ..inference.pipeline import MakeAVideo
 from ..inference.frame_masks import start_frames
 from ..inference.interpolate import is_flow_interpolator
-from ..inference.text import describe_images, encode_images
+from ..inference.text import encode_images, nearest_captions
 from ..io.loader import load_model
 from ..models import family
 from ..models.control import Control, make_hint
@@ -77,8 +77,9 @@ def animate_with_decoder(mav: MakeAVideo, image: torch.Tensor, frames: int, opti
     uncond = {"context": empty, "image_embed": torch.zeros(1, mav.text.module.config.embed_dim)}
     cond = uncond
     if image_encode:
-        tokens, _ = encode_prompt(mav.text, describe_images(mav.text, image))
-        cond = {"context": tokens, "image_embed": encode_images(mav.text, image)}
+        embed = encode_images(mav.text, image)
+        tokens, _ = encode_prompt(mav.text, nearest_captions(mav.text, embed))
+        cond = {"context": tokens, "image_embed": embed}
     known, mask = start_frames(image, frames)
     return generate_video(mav.decoder, cond, uncond, VideoShape(frames, *image.shape[-2:], fps), options,
                           Guides(known=known, known_mask=mask))

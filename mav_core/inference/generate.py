@@ -74,10 +74,11 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, shape:
     if guides.controls:
         per_latent["controls"] = list(to_model(tuple(guides.controls), device))
     residual_scale = float(decoder.metadata.get("mav_interp_residual_scale", 0) or 0)
-    guess = pinned = None
+    guess = pinned = pinned_mask = None
     if known is not None:
         if not cfgm.extra_in_channels:   # D^t: the known frames are put into every denoised estimate
-            pinned = _pinned_frames(known, guides.known_mask, (b, cfgm.out_channels, shape.frames, shape.height, shape.width))
+            pinned, pinned_mask = _pinned_frames(known, guides.known_mask,
+                                                 (b, cfgm.out_channels, shape.frames, shape.height, shape.width))
         elif residual_scale:   # residual ↑F: conditioned on the guess, diffusing (frames - guess) * scale
             per_latent["extra"] = guess_condition(known, known_mask)
             guess = per_latent["extra"][:, :-1]
@@ -96,10 +97,10 @@ def generate_video(decoder: LoadedModel, cond: dict, uncond: dict | None, shape:
         cond = {**cond, "image_embed": torch.zeros_like(cond["image_embed"])} if "image_embed" in cond else cond
         out = estimate_unet(decoder, out_shape, cond, windows=windows, precision=options.precision, callback=callback)
         return guess + out / residual_scale
-    start = Guides(init=init, **({"known": pinned[0], "known_mask": pinned[1]} if pinned is not None else {}))
+    start = Guides(init=init, known=pinned, known_mask=pinned_mask)
     out = sample_unet(decoder, out_shape, cond, uncond, options, guides=start, windows=windows, callback=callback)
     if pinned is not None:
-        return torch.where(pinned[1].reshape(-1, 1, shape.frames, 1, 1), pinned[0], out)
+        return torch.where(pinned_mask.reshape(-1, 1, shape.frames, 1, 1), pinned, out)
     return out if guess is None else guess + out / residual_scale
 
 

@@ -105,7 +105,12 @@ def describe_images(text_model: LoadedModel, video: torch.Tensor) -> list[str]:
     """Zero-shot captions, CLIP-style: per clip of `video` [B, 3, F, H, W] in -1..1, the family caption whose
     text embedding is nearest the clip's image embedding (encode_images). D^t reads shapes from text tokens
     far better than from the image embedding, so image animation conditions on both."""
+    return nearest_captions(text_model, encode_images(text_model, video))
+
+
+def nearest_captions(text_model: LoadedModel, image_embed: torch.Tensor) -> list[str]:
+    """describe_images from image embeddings [B, E] already made by encode_images."""
     captions = family_captions(text_model)
     _, text_embed = encode_prompt(text_model, captions)
-    image_embed = encode_images(text_model, video).to(text_embed.device, text_embed.dtype)
+    image_embed = image_embed.to(text_embed.device, text_embed.dtype)
     return [captions[int(i)] for i in (image_embed @ text_embed.t()).argmax(dim=-1)]
