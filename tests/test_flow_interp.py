@@ -15,7 +15,7 @@ from mav_core.errors import InputError
 from mav_core.eval.interpolation import opencv_flow_frame
 from mav_core.eval.metrics import flow_midpoint
 from mav_core.inference import InterpolationOptions, interpolate_video
-from mav_core.inference.flow import FlowOptions, estimate_flows, fusion_inputs, warp_pair
+from mav_core.inference.flow import FlowOptions, estimate_flow_set, estimate_flows, fusion_inputs, warp_pair, warp_set
 from mav_core.inference.interpolate import motion_compensated_frames
 from mav_core.io.checkpoints import LoadedModel, save_model
 from mav_core.io.loader import load_model
@@ -116,6 +116,55 @@ def test_visibility_weights_sum_to_one_and_follow_time():
     assert early > late
 
 
+def test_linear_warp_reads_each_frame_along_the_other_frames_flow_with_time_weights():
+    video = moving_texture(2, 40, 56, step=(2.0, 1.0))
+    f0, f1 = video[:, :, 0], video[:, :, 1]
+    flow01, flow10 = estimate_flows(f0, f1, FlowOptions())
+    pair = warp_pair(f0, f1, (flow01, flow10), 0.25, warp="linear")
+    assert torch.equal(pair.weight0, torch.full_like(pair.weight0, 0.75))
+    from mav_core.inference.flow import backward_warp
+    torch.testing.assert_close(pair.warped0, backward_warp(f0, 0.25 * flow10))
+    torch.testing.assert_close(pair.warped1, backward_warp(f1, 0.75 * flow01))
+
+
+def test_flow_variants_are_separate_estimates_averaged_after_warping():
+    video = moving_texture(2, 48, 64, step=(2.0, 1.0))
+    f0, f1 = video[:, :, 0], video[:, :, 1]
+    options = FlowOptions(variants=("patch4", "ultrafast_x2"))
+    flow01, flow10 = estimate_flow_set(f0, f1, options)
+    assert flow01.shape == flow10.shape == (3, 1, 2, 48, 64)
+    torch.testing.assert_close(flow01[0], estimate_flows(f0, f1, options)[0])
+    assert not torch.equal(flow01[1], flow01[0]) and not torch.equal(flow01[2], flow01[0])
+    for v in range(3):   # every estimate follows the motion: content moves by (-2, -1) px a frame
+        mean = flow01[v, 0, :, 12:-12, 12:-12].mean((-1, -2))
+        assert abs(float(mean[0]) + 2) < 0.4 and abs(float(mean[1]) + 1) < 0.4, (v, mean)
+    pair = warp_set(f0, f1, (flow01, flow10), 0.5, options)
+    singles = [warp_pair(f0, f1, (flow01[v], flow10[v]), 0.5, warp="linear") for v in range(3)]
+    torch.testing.assert_close(pair.average, torch.stack([p.average for p in singles]).mean(0))
+    torch.testing.assert_close(pair.error1, torch.stack([p.error1 for p in singles]).mean(0))
+
+
+def test_bad_flow_settings_are_refused_naming_the_setting():
+    for kw, param in ((dict(variants=("patch5",)), "flow_variants"), (dict(variants="patch4"), "flow_variants"),
+                      (dict(warp="cubic"), "flow_warp")):
+        with pytest.raises(InputError) as e:
+            FlowOptions(**kw).validate()
+        assert e.value.param == param
+    with pytest.raises(ValueError, match="flow_variants"):
+        FlowFusionConfig(flow_variants=("patch5",))
+
+
+def test_files_from_before_flow_warp_keep_the_warp_they_were_trained_on(tmp_path):
+    old = FlowFusionConfig(flow_warp="superslomo", flow_variants=()).to_dict()
+    del old["flow_warp"], old["flow_variants"]
+    config = FlowFusionConfig.from_dict(old)
+    assert config.flow_warp == "superslomo" and config.flow_variants == ()
+    from mav_core.inference.interpolate import flow_options
+    options = flow_options(FlowFusionNet(config))
+    assert options.warp == "superslomo" and options.variants == ()
+    assert FlowFusionConfig.from_dict(FlowFusionConfig().to_dict()).flow_variants == ("patch4", "ultrafast_x2")
+
+
 def test_flow_estimated_on_shrunk_frames_is_scaled_back():
     video = moving_texture(2, 96, 160, step=(3.0, 1.0))
     full = estimate_flows(video[:, :, 0], video[:, :, 1], FlowOptions())[0][..., 16:-16, 16:-16].mean((-1, -2))
@@ -149,12 +198,13 @@ def test_extrapolation_is_refused_naming_mode():
 
 
 def test_checkpoint_round_trip_through_the_loader(tmp_path):
-    net = FlowFusionNet(FlowFusionConfig(widths=(8, 8, 8), flow_preset="fast"))
+    net = FlowFusionNet(FlowFusionConfig(widths=(8, 8, 8), flow_preset="fast", flow_variants=("finest0",)))
     torch.nn.init.normal_(net.head.weight, std=0.01)
     path = tmp_path / FLOW_INTERPOLATOR_FILE
     save_model(path, net, "interpolator")
     loaded = load_model(path, expect_stage="interpolator")
     assert loaded.config.flow_preset == "fast" and loaded.config.widths == (8, 8, 8)
+    assert loaded.config.flow_variants == ("finest0",) and loaded.config.flow_warp == "linear"
     video = moving_texture(3, 33, 47)
     torch.testing.assert_close(motion_compensated_frames(video, 2, loaded.module),
                                motion_compensated_frames(video, 2, net))

@@ -50,7 +50,8 @@ def flow_options(net: FlowFusionNet | None) -> FlowOptions:
     if net is None:
         return FlowOptions()
     c = net.config
-    return FlowOptions(method=c.flow_method, preset=c.flow_preset, max_side=c.flow_max_side, sigma=c.flow_sigma)
+    return FlowOptions(method=c.flow_method, preset=c.flow_preset, max_side=c.flow_max_side, sigma=c.flow_sigma,
+                       warp=c.flow_warp, variants=c.flow_variants)
 
 
 def motion_compensated_frames(video: torch.Tensor, multiplier: int, net: FlowFusionNet | None = None,

@@ -14,6 +14,10 @@ from .config import ConfigDict
 
 FUSION_MODULE = "FlowFusionNet"
 FLOW_INTERPOLATOR_FILE = "flow_interpolator.safetensors"   # the shipped file in weights/mav-tiny
+# Extra flow estimates of a pair (inference/flow.py), averaged with the main one: (DIS preset, patch size or
+# 0 for the preset's, factor the grey frames are enlarged by before estimating).
+FLOW_VARIANTS = {"patch4": ("medium", 4, 1), "ultrafast_x2": ("ultrafast", 0, 2), "finest0": ("medium", 0, 1)}
+WARPS = ("linear", "superslomo")   # how both frames are warped to time t (inference.flow.intermediate_flows)
 FEATURE_CHANNELS = 19   # warped0, warped1, average (3 each), weight0, error0, error1, frame0, frame1 (3 each), t
 
 
@@ -21,15 +25,30 @@ FEATURE_CHANNELS = 19   # warped0, warped1, average (3 each), weight0, error0, e
 class FlowFusionConfig(ConfigDict):
     """widths: channels at full, 1/2 and 1/4 resolution. The flow settings travel with the weights the
     network was trained on: flow_method ('dis' / 'farneback'), flow_preset (DIS), flow_max_side (pixels of
-    the long side the flow is estimated at, at most), flow_sigma (consistency error scale, px)."""
+    the long side the flow is estimated at, at most), flow_sigma (consistency error scale, px), flow_warp
+    and flow_variants (inference.flow.FlowOptions' warp and variants)."""
     widths: tuple = (12, 24, 32)
     flow_method: str = "dis"
     flow_preset: str = "medium"
     flow_max_side: int = 512
     flow_sigma: float = 1.0
+    flow_warp: str = "linear"
+    flow_variants: tuple = ("patch4", "ultrafast_x2")
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Files saved before flow_warp existed were trained on the Super-SloMo warp of one estimate."""
+        if "flow_warp" not in d:
+            d = {**d, "flow_warp": "superslomo", "flow_variants": ()}
+        return super().from_dict(d)
 
     def __post_init__(self):
         self.widths = tuple(self.widths)
+        self.flow_variants = tuple(self.flow_variants)
+        if self.flow_warp not in WARPS:
+            raise ValueError(f"flow_warp must be one of {WARPS}, got {self.flow_warp!r}")
+        if not all(v in FLOW_VARIANTS for v in self.flow_variants):
+            raise ValueError(f"flow_variants must be names in {tuple(FLOW_VARIANTS)}, got {self.flow_variants!r}")
         if len(self.widths) != 3 or not all(type(w) is int and 1 <= w <= 1024 for w in self.widths):
             raise ValueError(f"widths must be three integers in [1, 1024], got {self.widths}")
         if self.flow_method not in ("dis", "farneback"):

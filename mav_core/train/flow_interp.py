@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from ..data.clips import RealClips
 from ..data.world import to_tensor
-from ..inference.flow import FlowOptions, estimate_flows, fusion_inputs, warp_pair
+from ..inference.flow import FLOW_VARIANTS, WARPS, FlowOptions, estimate_flow_set, fusion_inputs, warp_set
+from ..inference.interpolate import flow_options
 from ..errors import check_int
 from ..io.checkpoints import save_model
 from ..io.loader import load_model
@@ -38,6 +39,10 @@ def add_arguments(p):
     add_common_arguments(p, 600, 8, 2e-3)
     p.set_defaults(out="runs/flow-interp", save_every=200)
     p.add_argument("--flow-preset", default="medium", choices=("ultrafast", "fast", "medium"))
+    p.add_argument("--flow-warp", default="linear", choices=WARPS)
+    p.add_argument("--flow-variants", default="patch4,ultrafast_x2",
+                   help=f"extra DIS estimates averaged with the main one, comma-separated names from "
+                        f"{', '.join(FLOW_VARIANTS)} ('' for none)")
     p.add_argument("--widths", default="12,24,32", help="fusion channels at 1, 1/2, 1/4 resolution")
     p.add_argument("--sides", default=",".join(map(str, SIDES)), help="square crop sides examples are resized to")
     p.add_argument("--init", default=None, help="a flow_interpolator file to start from (its widths and flow "
@@ -75,7 +80,7 @@ class FlowTriplets:
         if reverse:
             frames, t = frames.flip(0), 1 - t
         f0, truth, f1 = frames[0:1], frames[1:2], frames[2:3]
-        pair = warp_pair(f0, f1, estimate_flows(f0, f1, self.flow), t, self.flow.sigma)
+        pair = warp_set(f0, f1, estimate_flow_set(f0, f1, self.flow), t, self.flow)
         features, average, difference = fusion_inputs(pair, f0, f1, t)
         return features[0], average[0], difference[0], truth[0]
 
@@ -92,7 +97,9 @@ def run(args) -> str:
     settings = settings_from_args(args, warmup=50)
     widths = tuple(int(w) for w in args.widths.split(","))
     torch.manual_seed(args.seed)
-    config = FlowFusionConfig(widths=widths, flow_preset=args.flow_preset)
+    variants = tuple(v for v in args.flow_variants.split(",") if v)
+    config = FlowFusionConfig(widths=widths, flow_preset=args.flow_preset, flow_warp=args.flow_warp,
+                              flow_variants=variants)
     start = load_model(args.init, expect_stage="interpolator").module.float() if args.init else None
     if start is not None:
         if not isinstance(start, FlowFusionNet):
@@ -101,11 +108,10 @@ def run(args) -> str:
     sides = tuple(int(v) for v in args.sides.split(","))
     for side in sides:
         check_int("sides", side, 32, 1024)
-    flow = FlowOptions(method=config.flow_method, preset=config.flow_preset, max_side=config.flow_max_side,
-                       sigma=config.flow_sigma)
+    net = start if start is not None else FlowFusionNet(config)
+    flow = flow_options(net)
     if not (Path(args.clips) / "manifest.json").exists():
         raise FileNotFoundError(f"--clips {args.clips}: no manifest.json (run scripts/fetch_clips.py first)")
-    net = start if start is not None else FlowFusionNet(config)
     data = StreamBatches(FlowTriplets(args.clips, args.seed * 100, flow, sides), args.batch_size,
                          collate=_collate_by_side)
 
