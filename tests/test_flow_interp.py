@@ -298,3 +298,16 @@ def test_chain_default_is_the_motion_compensated_interpolator(tmp_path):
     for name in family.STAGE_FILES.values():
         (tmp_path / name).symlink_to(family.WEIGHTS_DIR / name)
     assert not is_flow_interpolator(MakeAVideo.load(tmp_path).interpolator)
+
+
+@pytest.mark.skipif(not (CLIPS / "manifest.json").exists(), reason="no real clips: run scripts/fetch_clips.py")
+def test_shipped_flow_interpolator_beats_opencv_dis_on_held_out_real_clips():
+    """6 moving held-out windows at 64x64 x2 (the eval's table, smaller): the shipped fusion file above its
+    own warped average and above OpenCV DIS, which is above blending."""
+    from mav_core.eval.interpolation import FlowTableOptions, eval_flow_interpolation, flow_table_methods
+    shipped = load_model(SHIPPED, expect_stage="interpolator")
+    methods = flow_table_methods(None, shipped)
+    row = eval_flow_interpolation(methods, CLIPS, FlowTableOptions(windows=6, sizes=(64,), multipliers=(2,)))["64x2"]
+    psnr = {k: v["psnr"] for k, v in row.items()}
+    assert psnr["mav_flow_interpolator"] > psnr["flow_warped_average"] > psnr["opencv_dis_flow"] + 0.05, psnr
+    assert psnr["opencv_dis_flow"] > psnr["linear_blend"] + 1.0, psnr

@@ -1,14 +1,15 @@
 """The motion-compensated ↑F's fusion network, trained on real clips:
 
-  python -m mav_core train flow_interp --steps 600 --batch-size 8 --out runs/flow-interp
+  python -m mav_core train flow_interp --steps 2400 --batch-size 8 --ema 0.999 --out runs/flow-interp
 
 Each example: a random window of 9 frames of a real training clip (random shot, stride 1 or 2, random
-square crop of 60-100% of the short side, resized to a random side of 64 or 96), a
+square crop of 60-100% of the short side, resized to a random side of 64, 96 or 128), a
 random gap g in (2, 4, 8) between the two known frames and a random in-between frame k/g, both time
 directions (the pair swapped, t -> 1 - t), random horizontal flips and a random gain / offset shared by
-the three frames. Optical flow is estimated on the known frames as at inference (inference/flow.py), both
-are warped to t, and the network (zero-initialised head: it starts at the flow-warped average) learns to
-fuse them; the loss is the Charbonnier distance to the true frame. Resumable, seeded, tqdm progress and
+the three frames. Optical flow is estimated on the known frames as at inference (inference/flow.py: the
+main DIS estimate and the --flow-variants ones), both are warped to t, and the network (zero-initialised
+head: it starts at the flow-warped average) learns to fuse them; the loss is the Charbonnier distance to
+the true frame. Resumable, seeded, tqdm progress and
 torchrun-ready through train.loop; writes <out>/flow_interpolator.safetensors."""
 from __future__ import annotations
 
@@ -31,12 +32,12 @@ from .common import StreamBatches, add_common_arguments, settings_from_args
 from .loop import train_loop
 
 GAPS = (2, 4, 8)
-SIDES = (64, 96)
+SIDES = (64, 96, 128)
 WINDOW = 9
 
 
 def add_arguments(p):
-    add_common_arguments(p, 600, 8, 2e-3)
+    add_common_arguments(p, 2400, 8, 2e-3)
     p.set_defaults(out="runs/flow-interp", save_every=200)
     p.add_argument("--flow-preset", default="medium", choices=("ultrafast", "fast", "medium"))
     p.add_argument("--flow-warp", default="linear", choices=WARPS)
