@@ -58,7 +58,8 @@ class FlowOptions:
 
 @dataclass
 class WarpedPair:
-    """Both known frames warped to time t, their visibility weights (w0 + w1 = 1) and the weighted average."""
+    """Both known frames warped to time t, frame 0's weight (w0 + w1 = 1), the consistency errors (px) and
+    the weighted average."""
     warped0: torch.Tensor
     warped1: torch.Tensor
     weight0: torch.Tensor
@@ -170,7 +171,8 @@ def warp_pair(f0: torch.Tensor, f1: torch.Tensor, flows, t: float, sigma: float 
     return WarpedPair(warped0, warped1, weight0, error0.to(f0.dtype), error1.to(f0.dtype), average)
 
 
-def warp_set(f0: torch.Tensor, f1: torch.Tensor, flow_set, t: float, options: FlowOptions = FlowOptions()) -> WarpedPair:
+def warp_set(f0: torch.Tensor, f1: torch.Tensor, flow_set, t: float,
+             options: FlowOptions = FlowOptions()) -> WarpedPair:
     """warp_pair for every estimate of estimate_flow_set (one batched warp), each field averaged over them."""
     flow01, flow10 = flow_set
     v = flow01.shape[0]
@@ -179,7 +181,8 @@ def warp_set(f0: torch.Tensor, f1: torch.Tensor, flow_set, t: float, options: Fl
     pair = warp_pair(f0.repeat(v, 1, 1, 1), f1.repeat(v, 1, 1, 1), (flow01.flatten(0, 1), flow10.flatten(0, 1)), t,
                      options.sigma, options.warp)
     mean = lambda x: x.unflatten(0, (v, -1)).mean(0)   # noqa: E731
-    return WarpedPair(*(mean(getattr(pair, f)) for f in ("warped0", "warped1", "weight0", "error0", "error1", "average")))
+    fields = ("warped0", "warped1", "weight0", "error0", "error1", "average")
+    return WarpedPair(*(mean(getattr(pair, f)) for f in fields))
 
 
 def flow_average(f0: torch.Tensor, f1: torch.Tensor, t: float, options: FlowOptions = FlowOptions()) -> torch.Tensor:

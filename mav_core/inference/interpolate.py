@@ -29,8 +29,8 @@ def linear_blend_frames(grid: torch.Tensor, multiplier: int) -> torch.Tensor:
 def start_estimate(grid: torch.Tensor, multiplier: int) -> torch.Tensor:
     """The diffusion ↑F's start for grid [B, C, T, H, W] (every m-th frame known): the motion-compensated
     estimate of the frames between (optical flow both ways, both known frames warped to each in-between
-    time, the visibility-weighted average; no network), the known frames kept; frames below MIN_SIDE px,
-    where flow is not estimated, get the linear blend."""
+    time, the warped average of the flow estimates; no network), the known frames kept; frames below
+    MIN_SIDE px, where flow is not estimated, get the linear blend."""
     if grid.shape[-2] < MIN_SIDE or grid.shape[-1] < MIN_SIDE:
         return linear_blend_frames(grid, multiplier)
     return motion_compensated_frames(grid[:, :, ::multiplier], multiplier).to(grid)
@@ -58,7 +58,7 @@ def motion_compensated_frames(video: torch.Tensor, multiplier: int, net: FlowFus
                               callback: Callable | None = None, options: FlowOptions | None = None) -> torch.Tensor:
     """Motion-compensated interpolation of video [B, 3, N, H, W] (any H, W >= 32): N -> (N-1)·m+1 frames,
     the input frames kept at every m-th position, the m-1 frames between each pair at t = k/m from one
-    bidirectional flow estimate of the pair, fused by `net` (None: the visibility-weighted warped average).
+    bidirectional flow estimate of the pair, fused by `net` (None: the warped average of the flow estimates).
     One pair at a time into the preallocated output (memory: the output plus one pair's working set);
     callback({"step": i, "total": N-1, "denoised": the pair's output frames [B, 3, m+1, H, W]}) after each
     pair (a Cancel check raises there). Output on the input's device and in its dtype."""
