@@ -15,8 +15,9 @@ from mav_core.errors import InputError
 from mav_core.eval.interpolation import opencv_flow_frame
 from mav_core.eval.metrics import flow_midpoint
 from mav_core.inference import InterpolationOptions, interpolate_video
-from mav_core.inference.flow import FlowOptions, estimate_flow_set, estimate_flows, fusion_inputs, warp_pair, warp_set
-from mav_core.inference.interpolate import motion_compensated_frames
+from mav_core.inference.flow import (FlowOptions, backward_warp, estimate_flow_set, estimate_flows, fusion_inputs,
+                                     warp_pair, warp_set)
+from mav_core.inference.interpolate import flow_options, motion_compensated_frames
 from mav_core.io.checkpoints import LoadedModel, save_model
 from mav_core.io.loader import load_model
 from mav_core.models.flow_fusion import FLOW_INTERPOLATOR_FILE, FlowFusionConfig, FlowFusionNet
@@ -122,7 +123,6 @@ def test_linear_warp_reads_each_frame_along_the_other_frames_flow_with_time_weig
     flow01, flow10 = estimate_flows(f0, f1, FlowOptions())
     pair = warp_pair(f0, f1, (flow01, flow10), 0.25, warp="linear")
     assert torch.equal(pair.weight0, torch.full_like(pair.weight0, 0.75))
-    from mav_core.inference.flow import backward_warp
     torch.testing.assert_close(pair.warped0, backward_warp(f0, 0.25 * flow10))
     torch.testing.assert_close(pair.warped1, backward_warp(f1, 0.75 * flow01))
 
@@ -154,12 +154,11 @@ def test_bad_flow_settings_are_refused_naming_the_setting():
         FlowFusionConfig(flow_variants=("patch5",))
 
 
-def test_files_from_before_flow_warp_keep_the_warp_they_were_trained_on(tmp_path):
+def test_files_from_before_flow_warp_keep_the_warp_they_were_trained_on():
     old = FlowFusionConfig(flow_warp="superslomo", flow_variants=()).to_dict()
     del old["flow_warp"], old["flow_variants"]
     config = FlowFusionConfig.from_dict(old)
     assert config.flow_warp == "superslomo" and config.flow_variants == ()
-    from mav_core.inference.interpolate import flow_options
     options = flow_options(FlowFusionNet(config))
     assert options.warp == "superslomo" and options.variants == ()
     assert FlowFusionConfig.from_dict(FlowFusionConfig().to_dict()).flow_variants == ("patch4", "ultrafast_x2")
